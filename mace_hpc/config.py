@@ -1,0 +1,301 @@
+"""Layered configuration with provenance.
+
+Precedence, lowest first: built-in defaults < site config YAML (`site-configs/`) <
+`.mace_config.json` < `MACE_*` environment < command-line flags. Every value remembers where it
+came from so `mace config show --explain` can answer "why is this set?". A bad value is a one-line
+ConfigError naming the source, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ISOLATION_MODES = ("shared", "isolated")
+BACKENDS = ("local", "slurm", "pbs")
+ON_COMPLETE = ("merge", "archive", "merge+archive", "keep")
+ON_FAILURE = ("keep", "archive")
+PBS_FLAVORS = ("pbspro", "torque")
+CONFIG_FILE_NAME = ".mace_config.json"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError("true or false")
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def conv(value: Any) -> str:
+        if isinstance(value, str) and value in allowed:
+            return value
+        raise ValueError(" | ".join(allowed))
+
+    return conv
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, str) and value and "\n" not in value:
+        return value
+    raise ValueError("a non-empty single-line string")
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _pos_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("a positive integer")
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("a positive integer") from None
+    if n <= 0 or (isinstance(value, float) and value != n):
+        raise ValueError("a positive integer")
+    return n
+
+
+def _opt_pos_int(value: Any) -> int | None:
+    return None if value is None else _pos_int(value)
+
+
+def _pos_float(value: Any) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("a positive number") from None
+    if not x > 0 or isinstance(value, bool):
+        raise ValueError("a positive number")
+    return x
+
+
+def _str_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list) and all(isinstance(v, str) and "\n" not in v for v in value):
+        return list(value)
+    raise ValueError("a list of single-line strings")
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    default: Any
+    convert: Callable[[Any], Any]
+    help: str
+    env: str | None = None
+
+
+def _k(name: str, default: Any, convert: Callable[[Any], Any], help: str, env: str | None = None) -> Key:
+    return Key(name, default, convert, help, env)
+
+
+KEYS: dict[str, Key] = {
+    k.name: k
+    for k in [
+        _k("isolation_mode", "shared", _choice(*ISOLATION_MODES), "shared database or one context per workflow", "MACE_ISOLATION_MODE"),
+        _k("auto_cleanup", False, _bool, "remove a context when its workflow ends (after archiving)", "MACE_AUTO_CLEANUP"),
+        _k("context_settings.cleanup_on_exit", None, lambda v: None if v is None else _bool(v), "per-context cleanup; unset: follow auto_cleanup", "MACE_CLEANUP_ON_EXIT"),
+        _k("context_settings.archive_results", True, _bool, "archive a context before cleaning it up", "MACE_ARCHIVE_RESULTS"),
+        _k("scratch_root", "~/.mace/contexts", _str, "where isolated context directories live ($VARS expanded)", "MACE_SCRATCH_ROOT"),
+        _k("shared_database", "materials.db", _str, "the shared materials database (shared mode, merges)", "MACE_SHARED_DATABASE"),
+        _k("archive_dir", "~/.mace/archives", _str, "where context archives (.tar.gz) are written", "MACE_ARCHIVE_DIR"),
+        _k("backend", "local", _choice(*BACKENDS), "scheduler backend for mace-submit", "MACE_BACKEND"),
+        _k("max_parallel", 4, _pos_int, "array elements running at once (the %N throttle)", "MACE_MAX_PARALLEL"),
+        _k("on_complete", "merge", _choice(*ON_COMPLETE), "what the epilogue does with a finished element", "MACE_ON_COMPLETE"),
+        _k("on_failure", "keep", _choice(*ON_FAILURE), "what the epilogue does with a failed element", "MACE_ON_FAILURE"),
+        _k("epilogue_deadline", 60.0, _pos_float, "seconds an epilogue may take before leaving a pending record", "MACE_EPILOGUE_DEADLINE"),
+        _k("scheduler.partition", None, _opt_str, "SLURM partition / PBS queue"),
+        _k("scheduler.account", None, _opt_str, "account to charge"),
+        _k("scheduler.qos", None, _opt_str, "quality of service"),
+        _k("scheduler.time", 60, _pos_int, "time limit per element, minutes"),
+        _k("scheduler.cpus", 1, _pos_int, "cpus per element"),
+        _k("scheduler.mem", None, _opt_str, "memory per element, e.g. 2G"),
+        _k("scheduler.gres", None, _opt_str, "generic resources, e.g. gpu:1"),
+        _k("scheduler.setup", [], _str_list, "shell lines run before the element (module load, venv)"),
+        _k("scheduler.signal_margin", 120, _pos_int, "seconds before the time limit at which the element is signalled"),
+        _k("scheduler.requeue", False, _bool, "requeue a preempted or timed-out element into its context"),
+        _k("scheduler.max_array_size", None, _opt_pos_int, "largest array per submission (default: ask the cluster)"),
+        _k("scheduler.pbs_flavor", None, lambda v: None if v is None else _choice(*PBS_FLAVORS)(v), "pbspro | torque (default: detect)"),
+        _k("scheduler.python", None, _opt_str, "python on the compute nodes (default: this interpreter)"),
+    ]
+}
+SITE_ONLY_KEYS = {"name", "description"}
+
+
+@dataclass
+class Config:
+    """Resolved configuration: `values[key]` plus `sources[key]` saying where it came from."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    site_name: str | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def path(self, key: str) -> Path:
+        """A path-valued key with `~` and `$VARS` expanded (`$USER` falls back to the login name)."""
+        return expand_path(self.values[key])
+
+    def set(self, key: str, value: Any, source: str) -> None:
+        self.values[key] = convert(key, value, source)
+        self.sources[key] = source
+
+    def scheduler(self) -> dict[str, Any]:
+        return {k.split(".", 1)[1]: v for k, v in self.values.items() if k.startswith("scheduler.")}
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.values)
+
+
+_VAR_RE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
+
+
+def expand_path(value: str) -> Path:
+    """`~` and `$VAR`/`${VAR}` expanded; `$USER` falls back to the login name (batch jobs may lack it)."""
+
+    def var(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        if name == "USER" and "USER" not in os.environ:
+            import getpass
+
+            return getpass.getuser()
+        return os.environ.get(name, m.group(0))
+
+    return Path(os.path.expanduser(_VAR_RE.sub(var, value)))
+
+
+def convert(key: str, value: Any, source: str) -> Any:
+    spec = KEYS.get(key)
+    if spec is None:
+        known = ", ".join(sorted(KEYS))
+        raise ConfigError(f"{source}: unknown key '{key}'; known keys: {known}")
+    try:
+        return spec.convert(value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {key}={value!r} is invalid; allowed: {exc}") from None
+
+
+def flatten(data: Mapping[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> dotted keys (`{"context_settings": {"archive_results": 1}}` -> dotted)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping) and any(key.startswith(name + ".") for key in KEYS):
+            out.update(flatten(v, source, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def site_search_path() -> list[Path]:
+    dirs = []
+    if os.environ.get("MACE_SITE_CONFIG_DIR"):
+        dirs.append(Path(os.environ["MACE_SITE_CONFIG_DIR"]))
+    dirs += [
+        Path.cwd() / "site-configs",
+        Path.home() / ".config" / "mace" / "sites",
+        Path(__file__).resolve().parent.parent / "site-configs",
+    ]
+    return dirs
+
+
+def find_site_config(site: str) -> Path:
+    """A site name (`slurm-generic`) or a path to a YAML file -> the file."""
+    candidate = Path(site).expanduser()
+    if site.endswith((".yaml", ".yml")) or os.sep in site:
+        if candidate.is_file():
+            return candidate
+        raise ConfigError(f"--site: no such site config file {site}")
+    for d in site_search_path():
+        for ext in (".yaml", ".yml"):
+            p = d / f"{site}{ext}"
+            if p.is_file():
+                return p
+    known = sorted({p.stem for d in site_search_path() if d.is_dir() for p in d.glob("*.y*ml")})
+    raise ConfigError(f"--site: unknown site '{site}'; known sites: {', '.join(known) or 'none found'}")
+
+
+def load_site_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    source = f"site config {path}"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{source}: cannot read: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: must be a mapping of keys to values")
+    return {k: v for k, v in flatten(data, source).items() if k not in SITE_ONLY_KEYS}
+
+
+def load_json_config(path: Path) -> dict[str, Any]:
+    source = f"{path}"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{source}: malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: must be a JSON object")
+    return flatten(data, source)
+
+
+def load_config(
+    site: str | None = None,
+    cli: Mapping[str, Any] | None = None,
+    cwd: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Resolve every key through the layers; raises ConfigError on the first bad value."""
+    environ = os.environ if environ is None else environ
+    cfg = Config()
+    for key, spec in KEYS.items():
+        cfg.values[key] = spec.default
+        cfg.sources[key] = "default"
+
+    site = site or environ.get("MACE_SITE")
+    if site:
+        path = find_site_config(site)
+        cfg.site_name = path.stem
+        for key, value in load_site_config(path).items():
+            cfg.set(key, value, f"site config {path}")
+
+    json_path = Path(environ["MACE_CONFIG"]) if environ.get("MACE_CONFIG") else (cwd or Path.cwd()) / CONFIG_FILE_NAME
+    if json_path.is_file():
+        for key, value in load_json_config(json_path).items():
+            cfg.set(key, value, str(json_path))
+
+    for key, spec in KEYS.items():
+        if spec.env and environ.get(spec.env) not in (None, ""):
+            cfg.set(key, environ[spec.env], f"environment {spec.env}")
+
+    for key, value in (cli or {}).items():
+        if value is not None:
+            cfg.set(key, value, f"command line --{key.split('.')[-1].replace('_', '-')}")
+    return cfg
+
+
+def effective_cleanup_on_exit(cfg: Config) -> bool:
+    """`context_settings.cleanup_on_exit` when set, else `auto_cleanup`."""
+    value = cfg["context_settings.cleanup_on_exit"]
+    return cfg["auto_cleanup"] if value is None else bool(value)

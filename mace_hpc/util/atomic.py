@@ -1,0 +1,50 @@
+"""Atomic file writes (temp file in the same directory, fsync, rename) and tolerant reads.
+
+A reader never sees a half-written file: it sees the old content or the new one. A truncated or
+corrupt file (a node died mid-write on a filesystem without rename atomicity) reads as absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> Path:
+    """Write `data` to `path` so that readers see either the old or the new content."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int = 0o600) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, mode: int = 0o600, indent: int | None = 2) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n", mode)
+
+
+def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
+    """Read a JSON file; a missing, truncated or corrupt file returns `default` (never raises)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return default
