@@ -1,0 +1,49 @@
+"""JSON export of a materials database: the portable, human-readable copy of a context's results."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from ..util.atomic import atomic_write_json
+
+TABLES = ("materials", "calculations", "properties", "files")
+
+
+def dump_database(db_path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every row of the result tables as dicts (read-only; a missing database dumps as empty)."""
+    db_path = Path(db_path)
+    if not db_path.exists():
+        return {t: [] for t in TABLES}
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=60)
+    conn.row_factory = sqlite3.Row
+    try:
+        existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        out: dict[str, list[dict[str, Any]]] = {}
+        for table in TABLES:
+            rows = conn.execute(f"SELECT * FROM {table}").fetchall() if table in existing else []
+            out[table] = [_decode(dict(r)) for r in rows]
+        return out
+    finally:
+        conn.close()
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("metadata", "settings"):
+        value = row.get(key)
+        if isinstance(value, str) and value[:1] in "{[":
+            try:
+                row[key] = json.loads(value)
+            except ValueError:
+                pass
+    return row
+
+
+def export_json(db_path: Path, target: Path, **header: Any) -> Path:
+    """Write the database's rows plus `header` fields to `target` atomically."""
+    data = {"exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **header, **dump_database(db_path)}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_json(target, data, mode=0o600)

@@ -1,0 +1,92 @@
+"""Cross-process registry of active workflow contexts.
+
+One small JSON file per activation (`<scratch_root>/.registry/<workflow_id>.<host>.<pid>.json`),
+written atomically and removed on exit, so no lock is needed and a crashed process leaves an entry
+that psutil can prove stale (pid gone, or reused by a process with another start time).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ..util.atomic import atomic_write_json, read_json
+
+REGISTRY_DIR = ".registry"
+
+
+def _process_start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def _entry_path(scratch_root: Path, workflow_id: str) -> Path:
+    return scratch_root / REGISTRY_DIR / f"{workflow_id}.{socket.gethostname()}.{os.getpid()}.json"
+
+
+def register(scratch_root: Path, workflow_id: str, info: dict[str, Any]) -> Path:
+    """Record that this process has `workflow_id` active."""
+    path = _entry_path(scratch_root, workflow_id)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    entry = {
+        "workflow_id": workflow_id,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "process_start": _process_start_time(os.getpid()),
+        "activated_at": time.time(),
+        **info,
+    }
+    atomic_write_json(path, entry)
+    return path
+
+
+def unregister(scratch_root: Path, workflow_id: str) -> None:
+    try:
+        _entry_path(scratch_root, workflow_id).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def is_alive(entry: dict[str, Any]) -> bool | None:
+    """True/False for a process on this host; None when it runs elsewhere (cannot tell)."""
+    if entry.get("host") != socket.gethostname():
+        return None
+    start = _process_start_time(int(entry.get("pid", -1)))
+    if start is None:
+        return False
+    recorded = entry.get("process_start")
+    return recorded is None or abs(start - float(recorded)) < 1.0
+
+
+def list_entries(scratch_root: Path) -> list[dict[str, Any]]:
+    """Every registry entry with `status`: active, stale (dead process) or unknown (other host)."""
+    folder = scratch_root / REGISTRY_DIR
+    if not folder.is_dir():
+        return []
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        entry = read_json(path)
+        if not isinstance(entry, dict) or "workflow_id" not in entry:
+            continue
+        alive = is_alive(entry)
+        entry["status"] = {True: "active", False: "stale", None: "unknown"}[alive]
+        entry["registry_file"] = str(path)
+        out.append(entry)
+    return out
+
+
+def prune_stale(scratch_root: Path) -> list[str]:
+    """Remove entries whose process is provably dead; returns their workflow ids."""
+    removed = []
+    for entry in list_entries(scratch_root):
+        if entry["status"] == "stale":
+            Path(entry["registry_file"]).unlink(missing_ok=True)
+            removed.append(entry["workflow_id"])
+    return removed
