@@ -13,15 +13,20 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> Path:
-    """Write `data` to `path` so that readers see either the old or the new content."""
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o600, fsync: bool = True) -> Path:
+    """Write `data` to `path` so that readers see either the old or the new content.
+
+    `fsync=False` keeps the rename atomicity but skips the flush to disk: for bulk files that are
+    rebuilt anyway if the machine crashes (e.g. during submission).
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -33,12 +38,14 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
     return path
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int = 0o600) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"), mode)
+def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int = 0o600, fsync: bool = True) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), mode, fsync)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, mode: int = 0o600, indent: int | None = 2) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n", mode)
+def atomic_write_json(
+    path: str | os.PathLike[str], obj: Any, mode: int = 0o600, indent: int | None = 2, fsync: bool = True
+) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n", mode, fsync)
 
 
 def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:

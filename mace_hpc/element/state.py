@@ -1,0 +1,42 @@
+"""An element's own state file, `<context>/state.json`: the source of truth for `mace status`.
+
+The scheduler forgets finished jobs (and sacct lags), so every element records its own lifecycle,
+atomically. A missing or truncated file reads as PENDING, never as a crash.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from ..util.atomic import atomic_write_json, read_json
+
+STATE_FILE = "state.json"
+PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, CANCELLED = (
+    "PENDING", "RUNNING", "COMPLETED", "FAILED", "TIMEOUT", "CANCELLED",
+)
+MERGED, ARCHIVED, PENDING_MERGE, KEPT = "MERGED", "ARCHIVED", "PENDING_MERGE", "KEPT"
+RUN_STATES = (PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, CANCELLED)
+FINAL_RUN_STATES = (COMPLETED, FAILED, TIMEOUT, CANCELLED)
+EPILOGUE_STATES = (MERGED, ARCHIVED, PENDING_MERGE, KEPT)
+
+
+def read_state(context_dir: Path) -> dict[str, Any]:
+    state = read_json(Path(context_dir) / STATE_FILE)
+    if not isinstance(state, dict) or "state" not in state:
+        return {"state": PENDING, "attempts": 0}
+    return state
+
+
+def write_state(context_dir: Path, **updates: Any) -> dict[str, Any]:
+    """Merge `updates` into the state file (atomic); returns the new state."""
+    state = read_state(context_dir)
+    state.update(updates)
+    state["updated_at"] = time.time()
+    state.setdefault("history", [])
+    if "state" in updates:
+        state["history"] = (state["history"] + [[updates["state"], state["updated_at"], socket.gethostname()]])[-50:]
+    atomic_write_json(Path(context_dir) / STATE_FILE, state)
+    return state

@@ -1,0 +1,195 @@
+"""Run one plan step inside a context, recording it as a calculation.
+
+Each step gets its own work directory (`calculations/<step>`), its stdout/stderr saved to files,
+its exit code and runtime recorded; a `results.json` it writes (or the dict a function step
+returns) becomes properties of its material.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+RESULTS_FILE = "results.json"
+
+
+@dataclass
+class StepOutcome:
+    name: str
+    status: str  # completed | failed | timeout | skipped
+    exit_code: int | None
+    runtime_s: float
+    calc_id: str | None
+    message: str = ""
+
+
+class StepInterrupted(Exception):
+    """Raised inside a function step when the runner receives the time-limit signal."""
+
+
+_current_proc: subprocess.Popen[bytes] | None = None
+
+
+def terminate_current(grace: float = 5.0) -> None:
+    """Stop the running command step's whole process group (the time-limit path)."""
+    proc = _current_proc
+    if proc is None or proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def substitute(value: str, mapping: dict[str, str]) -> str:
+    for key, val in mapping.items():
+        value = value.replace("{" + key + "}", val)
+    return value
+
+
+def load_callable(spec: str, search_path: list[str]) -> Any:
+    module_name, _, attr = spec.partition(":")
+    for p in reversed(search_path):
+        if p and p not in sys.path:
+            sys.path.insert(0, p)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InputError(f"function {spec!r}: cannot import module {module_name!r}: {exc}") from None
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise InputError(f"function {spec!r}: module {module_name!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise InputError(f"function {spec!r}: {attr!r} is not callable")
+    return fn
+
+
+def read_results(work_dir: Path) -> dict[str, Any]:
+    """`results.json` as flat name -> number/string; anything else is ignored with a note."""
+    data: Any = None
+    path = work_dir / RESULTS_FILE
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            return {}
+    return flat_results(data)
+
+
+def flat_results(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {}
+    return {
+        str(k): v for k, v in data.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    }
+
+
+def run_step(
+    step: dict[str, Any],
+    db: Any,
+    work_dir: Path,
+    env: dict[str, str],
+    mapping: dict[str, str],
+    material_id: str | None,
+    workflow_id: str,
+    search_path: list[str],
+) -> StepOutcome:
+    """Run one step (command argv or python function) and record it in `db`."""
+    global _current_proc
+    work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    name = step["name"]
+    calc_id = db.create_calculation(
+        material_id,
+        step.get("calc_type") or name,
+        work_dir=str(work_dir),
+        settings={"step": name, "command": step.get("command"), "function": step.get("function")},
+        status="running",
+        workflow_id=workflow_id,
+    )
+    db.update_calculation_status(calc_id, "running")
+    t0 = time.monotonic()
+    stdout_path, stderr_path = work_dir / "stdout.txt", work_dir / "stderr.txt"
+    status, exit_code, message, results = "failed", None, "", {}
+    timeout = step.get("timeout")
+    try:
+        if step.get("command"):
+            argv = [substitute(a, mapping) for a in step["command"]]
+            with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+                try:
+                    _current_proc = subprocess.Popen(
+                        argv, cwd=work_dir, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                except FileNotFoundError:
+                    raise InputError(f"step {name!r}: program {argv[0]!r} not found") from None
+                except PermissionError:
+                    raise InputError(f"step {name!r}: program {argv[0]!r} is not executable") from None
+                try:
+                    exit_code = _current_proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    terminate_current()
+                    exit_code = _current_proc.returncode
+                    status, message = "timeout", f"step timeout after {timeout}s"
+                finally:
+                    _current_proc = None
+            if status != "timeout":
+                status = "completed" if exit_code == 0 else "failed"
+                if exit_code and exit_code < 0:
+                    message = f"killed by signal {-exit_code}"
+                elif exit_code:
+                    message = f"exit code {exit_code}"
+            results = read_results(work_dir)
+        else:
+            fn = load_callable(step["function"], search_path)
+            kwargs = {k: substitute(v, mapping) if isinstance(v, str) else v for k, v in (step.get("kwargs") or {}).items()}
+            old_cwd = os.getcwd()
+            with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    os.chdir(work_dir)
+                    try:
+                        value = fn(**kwargs)
+                    finally:
+                        os.chdir(old_cwd)
+            results = {**read_results(work_dir), **flat_results(value)}
+            status, exit_code = "completed", 0
+    except StepInterrupted:
+        status, message = "timeout", "interrupted by the time-limit signal"
+    except InputError as exc:
+        status, exit_code, message = "failed", 127, str(exc)
+    except Exception as exc:  # a failing user function fails its step, not the runner
+        status, exit_code, message = "failed", 1, f"{type(exc).__name__}: {exc}"
+        with open(stderr_path, "a") as err:
+            import traceback
+
+            traceback.print_exc(file=err)
+    runtime = time.monotonic() - t0
+    if material_id:
+        for key, value in results.items():
+            db.store_material_property(material_id, key, value, calc_id=calc_id)
+    for fname in ("stdout.txt", "stderr.txt", RESULTS_FILE):
+        p = work_dir / fname
+        if p.is_file():
+            db.add_file_record(calc_id, fname.split(".")[0], str(p), file_size=p.stat().st_size)
+    db.update_calculation_status(
+        calc_id, status, error_message=message or None, exit_code=exit_code, runtime_seconds=runtime
+    )
+    return StepOutcome(name, status, exit_code, runtime, calc_id, message)

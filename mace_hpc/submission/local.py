@@ -1,0 +1,113 @@
+"""The embedded default backend: array elements as local processes, at most `max_parallel` at once.
+
+submitit's LocalExecutor starts every job at once and kills after its own timeout, so (as
+DESIGN.md allows) this is a bounded process pool that runs the same element runner command a
+cluster would, with the same environment, time-limit signal and epilogue.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ProgressFn = Callable[[int, int, int], None]
+
+
+class LocalBackend:
+    """Runs the array in the foreground; `submit` returns when every element has finished."""
+
+    name = "local"
+
+    def __init__(self, progress: ProgressFn | None = None, poll_interval: float = 0.02) -> None:
+        self.progress = progress
+        self.poll_interval = poll_interval
+        self.returncodes: dict[int, int] = {}
+
+    def _argv(self, req, task_id: int) -> list[str]:  # noqa: ANN001 - ArrayRequest
+        return [*req.command, "--index", str(task_id + req.index_offset)]
+
+    def render(self, req) -> tuple[str, list[str]]:  # noqa: ANN001
+        tasks = req.indices if req.indices is not None else [0]
+        lines = [
+            "# local backend: each element runs as a process on this machine",
+            f"# at most {req.max_parallel} at once, time limit {req.scheduler.get('time')} min",
+            *(f"export {k}={shlex.quote(v)}" for k, v in sorted(req.env.items())),
+            *(shlex.join(self._argv(req, t)) for t in tasks[:3]),
+        ]
+        if len(tasks) > 3:
+            lines.append(f"# … and {len(tasks) - 3} more elements")
+        return "\n".join(lines) + "\n", ["(local)", shlex.join(req.command)]
+
+    def submit(self, req) -> str:  # noqa: ANN001
+        job_id = f"local-{os.getpid()}-{int(time.time())}"
+        tasks = list(req.indices) if req.indices is not None else [0]
+        limit_s = float(req.scheduler.get("time") or 60) * 60
+        margin = min(float(req.scheduler.get("signal_margin") or 0), limit_s / 2)
+        env = {**os.environ, **req.env, "MACE_JOB_ID": job_id}
+        req.work_dir.mkdir(parents=True, exist_ok=True)
+        running: dict[int, tuple[subprocess.Popen[bytes], float, bool]] = {}
+        pending = list(reversed(tasks))
+        done = failed = 0
+        try:
+            while pending or running:
+                while pending and len(running) < max(1, req.max_parallel):
+                    task = pending.pop()
+                    with open(req.work_dir / f"{job_id}_{task}.out", "wb") as out:
+                        proc = subprocess.Popen(
+                            self._argv(req, task), env=env, stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                        )
+                    running[task] = (proc, time.monotonic(), False)
+                time.sleep(self.poll_interval)
+                now = time.monotonic()
+                for task, (proc, started, signalled) in list(running.items()):
+                    rc = proc.poll()
+                    if rc is None:
+                        elapsed = now - started
+                        if not signalled and elapsed >= limit_s - margin:
+                            _signal(proc, signal.SIGUSR2)
+                            running[task] = (proc, started, True)
+                        elif elapsed >= limit_s + 10:
+                            _signal(proc, signal.SIGKILL, group=True)
+                        continue
+                    del running[task]
+                    self.returncodes[task] = rc
+                    done += 1
+                    failed += rc != 0
+                    if self.progress:
+                        self.progress(done, len(tasks), failed)
+        except BaseException:
+            for proc, _, _ in running.values():
+                _signal(proc, signal.SIGTERM)
+            for proc, _, _ in running.values():
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    _signal(proc, signal.SIGKILL, group=True)
+            raise
+        return job_id
+
+    def query(self, job_ids: list[str]) -> dict[int, str]:
+        return {}  # local elements are known only through their state files
+
+    def cancel(self, job_ids: list[str]) -> None:
+        return None  # the foreground pool is cancelled with Ctrl-C
+
+    def max_array_size(self) -> int:
+        return 1 << 31
+
+
+def _signal(proc: subprocess.Popen[bytes], sig: int, group: bool = False) -> None:
+    try:
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+

@@ -1,0 +1,112 @@
+"""Executors that run a plan's elements on this machine, each in its own context when isolated.
+
+They are the local backend of `mace-submit` seen through the spec's API: the same contexts,
+element runner, state files and epilogue as a cluster run, so what works here works in a job.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, load_config
+from .context import WorkflowContext
+
+
+class ContextualWorkflowExecutor:
+    """Run a workflow plan locally, up to `max_parallel` elements at once."""
+
+    def __init__(
+        self,
+        isolation_mode: str | None = None,
+        *,
+        max_parallel: int | None = None,
+        scratch_root: str | os.PathLike[str] | None = None,
+        shared_database: str | os.PathLike[str] | None = None,
+        config: Config | None = None,
+        progress: Any = None,
+    ) -> None:
+        overrides = {"isolation_mode": isolation_mode, "scratch_root": scratch_root and str(scratch_root),
+                     "shared_database": shared_database and str(shared_database)}
+        self.config = config or load_config(cli=overrides)
+        for key, value in overrides.items():
+            if value is not None and config is not None:
+                self.config.set(key, value, "executor argument")
+        self.isolation_mode = self.config["isolation_mode"]
+        self.max_parallel = max_parallel
+        self.progress = progress
+        self.last_result: Any = None
+
+    def execute_workflow_plan(self, plan: str | os.PathLike[str] | dict[str, Any] | Any) -> dict[str, Any]:
+        """Run every element; returns a summary (counts per state, per-element rows, where results are)."""
+        from ..status.collect import element_states, summarize
+        from ..submission.submit import submit_plan
+
+        result = submit_plan(
+            plan, config=self.config, backend="local", isolation_mode=self.isolation_mode,
+            max_parallel=self.max_parallel, progress=self.progress,
+        )
+        self.last_result = result
+        rows = element_states(result.submission.manifest())
+        counts = summarize(rows)
+        return {
+            "plan": result.submission.name,
+            "isolation_mode": result.submission.isolation_mode,
+            "elements": len(rows),
+            "states": counts,
+            "succeeded": all(r.get("run_state") == "COMPLETED" for r in rows),
+            "shared_database": str(result.submission.shared_database),
+            "manifest": str(result.submission.manifest_path),
+            "job_id": result.job_ids[0] if result.job_ids else None,
+            "seconds": round(result.seconds, 3),
+            "results": [
+                {k: r.get(k) for k in ("index", "workflow_id", "state", "run_state", "context_dir", "message")}
+                for r in rows
+            ],
+        }
+
+
+class IsolatedWorkflowExecution:
+    """`with IsolatedWorkflowExecution("id") as executor:` a whole workflow in one isolated context.
+
+    Its elements' contexts live inside the workflow's context; on exit their results have been
+    merged into the shared database (by the epilogue) and the context is archived, then removed.
+    """
+
+    def __init__(
+        self,
+        workflow_id: str | None = None,
+        *,
+        cleanup_on_exit: bool = True,
+        archive_results: bool | None = None,
+        max_parallel: int | None = None,
+        config: Config | None = None,
+    ) -> None:
+        self.config = config or load_config()
+        self.context = WorkflowContext(
+            workflow_id, "isolated", cleanup_on_exit=cleanup_on_exit, archive_results=archive_results,
+            config=self.config,
+        )
+        self.workflow_id = self.context.workflow_id
+        self.max_parallel = max_parallel
+        self.executor: ContextualWorkflowExecutor | None = None
+
+    def __enter__(self) -> IsolatedWorkflowExecution:
+        self.context.activate()
+        self.executor = ContextualWorkflowExecutor(
+            "isolated", max_parallel=self.max_parallel,
+            scratch_root=self.context.directory / "elements",
+            shared_database=self.config.path("shared_database").absolute(),
+        )
+        return self
+
+    def execute_workflow_plan(self, plan: str | os.PathLike[str] | dict[str, Any] | Any) -> dict[str, Any]:
+        if self.executor is None:
+            raise RuntimeError("use IsolatedWorkflowExecution as a context manager: `with ... as executor:`")
+        if isinstance(plan, (str, os.PathLike)):
+            plan = Path(plan).absolute()
+        return self.executor.execute_workflow_plan(plan)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.context.deactivate(failed=exc_type is not None)
