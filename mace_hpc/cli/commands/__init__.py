@@ -1,0 +1,1 @@
+"""One module per `mace` sub-command, each with `register(subparsers)`."""
