@@ -1,0 +1,179 @@
+"""`mace contexts list|show|export|archive|restore|cleanup`: inspect and manage workflow contexts."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("contexts", help="list, inspect, export, archive and clean up contexts", description=__doc__)
+    p.add_argument("--scratch-root", help="default: config scratch_root")
+    csub = p.add_subparsers(dest="contexts_command", metavar="ACTION")
+
+    ls = csub.add_parser("list", help="every context under the scratch root, with state and size")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=_list)
+
+    show = csub.add_parser("show", help="one context's status")
+    show.add_argument("workflow_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_show)
+
+    exp = csub.add_parser("export", help="export a context's results (JSON, or merge into a .db)")
+    exp.add_argument("workflow_id")
+    exp.add_argument("--to", metavar="FILE", help=".json file or .db database (default: JSON in the context)")
+    exp.set_defaults(handler=_export)
+
+    arc = csub.add_parser("archive", help="archive a context to a .tar.gz (and keep it unless --remove)")
+    arc.add_argument("workflow_id")
+    arc.add_argument("--remove", action="store_true", help="remove the context once archived")
+    arc.set_defaults(handler=_archive)
+
+    res = csub.add_parser("restore", help="restore an archived context (to resume it)")
+    res.add_argument("archive", help="a .tar.gz written by `mace contexts archive` or the epilogue")
+    res.set_defaults(handler=_restore)
+
+    cl = csub.add_parser("cleanup", help="remove old contexts (archived first) and stale registry entries")
+    cl.add_argument("--older-than", default="7d", help="age like 7d, 12h, 30m (default 7d)")
+    cl.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    cl.add_argument("--no-archive", action="store_true", help="do not archive before removing")
+    cl.set_defaults(handler=_cleanup)
+    p.set_defaults(handler=lambda a: p.print_help() or 2)
+
+
+def parse_age(text: str) -> float:
+    """'7d' / '12h' / '30m' / '45s' -> seconds; a clear InputError otherwise."""
+    from ...errors import InputError
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        value, unit = float(text[:-1]), text[-1].lower()
+        if unit in units and value >= 0:
+            return value * units[unit]
+    except (ValueError, IndexError):
+        pass
+    raise InputError(f"--older-than: {text!r} is not an age; use e.g. 7d, 12h, 30m")
+
+
+def _root(args: argparse.Namespace) -> Path:
+    from ...config import load_config
+
+    return Path(args.scratch_root).expanduser().absolute() if args.scratch_root else load_config().path("scratch_root").absolute()
+
+
+def _context(args: argparse.Namespace) -> Any:
+    from ...errors import InputError
+    from ...util.atomic import read_json
+    from ...workflow.context import WorkflowContext
+
+    root = _root(args)
+    ctx_dir = root / args.workflow_id
+    ident = read_json(ctx_dir / "context.json")
+    ctx = WorkflowContext(args.workflow_id, (ident or {}).get("isolation_mode", "isolated"),
+                          cleanup_on_exit=False, scratch_root=root)
+    if not ctx.directory.is_dir():
+        raise InputError(f"no context {args.workflow_id!r} under {root} (see `mace contexts list`)")
+    return ctx
+
+
+def _rows(root: Path) -> list[dict[str, Any]]:
+    from ...element.state import read_state
+    from ...util.atomic import read_json
+    from ...workflow import registry
+
+    active = {e["workflow_id"]: e["status"] for e in registry.list_entries(root)}
+    rows = []
+    if not root.is_dir():
+        return rows
+    for d in sorted(root.iterdir()):
+        if d.name.startswith(".") or not d.is_dir() or d.is_symlink():
+            continue
+        ident = read_json(d / "context.json")
+        if not isinstance(ident, dict) and not (d / "state.json").exists():
+            continue
+        st = read_state(d)
+        rows.append({
+            "workflow_id": d.name, "isolation_mode": (ident or {}).get("isolation_mode"),
+            "state": st["state"], "active": active.get(d.name, "no"),
+            "modified": d.stat().st_mtime, "directory": str(d),
+        })
+    return rows
+
+
+def _list(args: argparse.Namespace) -> int:
+    from ..output import print_json, print_table
+
+    rows = _rows(_root(args))
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(("workflow_id", "mode", "state", "active", "modified"),
+                    [(r["workflow_id"], r["isolation_mode"], r["state"], r["active"],
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(r["modified"]))) for r in rows])
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from ...element.state import read_state
+    from ..output import print_json
+
+    ctx = _context(args)
+    status = {**ctx.get_status(), "element_state": read_state(ctx.directory)}
+    if args.json:
+        print_json(status)
+    else:
+        for key, value in status.items():
+            if key != "element_state":
+                print(f"{key:16} {value}")
+        print(f"{'element state':16} {status['element_state'].get('state')}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    path = _context(args).export_results(args.to)
+    print(path)
+    return 0
+
+
+def _archive(args: argparse.Namespace) -> int:
+    from ...config import load_config
+    from ...epilogue.archive import archive_context
+
+    ctx = _context(args)
+    path = archive_context(ctx.directory, load_config().path("archive_dir"), ctx.workflow_id)
+    if args.remove:
+        shutil.rmtree(ctx.directory)
+    print(path)
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from ...epilogue.archive import restore_archive
+
+    print(restore_archive(Path(args.archive), _root(args)))
+    return 0
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    from ...config import load_config
+    from ...epilogue.archive import archive_context
+    from ...workflow import registry
+
+    root = _root(args)
+    cutoff = time.time() - parse_age(args.older_than)
+    removed = registry.prune_stale(root) if not args.dry_run else []
+    victims = [r for r in _rows(root) if r["modified"] < cutoff and r["active"] != "active"]
+    for r in victims:
+        if args.dry_run:
+            print(f"would remove {r['directory']} ({r['state']})")
+            continue
+        if not args.no_archive:
+            archive_context(Path(r["directory"]), load_config().path("archive_dir"), r["workflow_id"])
+        shutil.rmtree(r["directory"])
+        print(f"removed {r['directory']}")
+    print(f"{len(victims)} context(s) {'would be ' if args.dry_run else ''}removed; {len(removed)} stale registry entries pruned")
+    return 0
