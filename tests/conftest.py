@@ -1,0 +1,48 @@
+"""Shared pytest fixtures. Each section belongs to one area; keep additions in their own section."""
+
+# ---------------------------------------------------------------- slurm (real local cluster) ----
+# `slurm_cluster`: session fixture, fails in CI / skips elsewhere when SLURM is not running.
+# Tests that need it are marked `@pytest.mark.slurm` (marker registered in pyproject.toml).
+from slurm_fixtures import SlurmCluster, slurm_cluster  # noqa: F401
+# ---------------------------------------------------------------- end slurm ---------------------
+
+# ---------------------------------------------------------------- environment isolation ---------
+# Every test gets its own scratch root, archive dir and shared database under tmp_path, and no
+# MACE_* variable leaks in from the developer's shell, so tests never touch ~/.mace or the repo.
+import os as _os  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = _Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def mace_env(tmp_path, monkeypatch):
+    """Isolated MACE_* environment; returns the paths it set."""
+    for key in list(_os.environ):
+        if key.startswith("MACE_"):
+            monkeypatch.delenv(key, raising=False)
+    paths = {
+        "scratch_root": tmp_path / "scratch",
+        "archive_dir": tmp_path / "archives",
+        "shared_database": tmp_path / "shared" / "materials.db",
+    }
+    monkeypatch.setenv("MACE_SCRATCH_ROOT", str(paths["scratch_root"]))
+    monkeypatch.setenv("MACE_ARCHIVE_DIR", str(paths["archive_dir"]))
+    monkeypatch.setenv("MACE_SHARED_DATABASE", str(paths["shared_database"]))
+    monkeypatch.setenv("MACE_CONFIG", str(tmp_path / "no-such-mace-config.json"))
+    from mace_hpc.database import materials as _materials
+    from mace_hpc.workflow.context import WorkflowContext as _WC
+
+    yield paths
+    _materials.set_default_path_resolver(None)
+    _WC._stack.clear()
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run the test with the current directory set to tmp_path (for relative paths in the spec)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+# ---------------------------------------------------------------- end environment isolation -----
