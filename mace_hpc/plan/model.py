@@ -1,0 +1,165 @@
+"""The validated, expanded plan: plain frozen dataclasses that every later stage reads.
+
+A `Plan` only ever exists after validation (`mace_hpc.plan.load`), so consumers can trust its
+fields: workflow ids are valid and unique, commands are argv lists, env keys are safe. The
+containers inside (lists, dicts) are not deep-frozen; treat them as read-only.
+
+`Element.to_dict()` is what goes into a context's `element.json` (fully resolved, except the
+`{context_dir}` token that the step runner fills in); `Plan.to_dict()` is a plan file again: loading
+it with `load_plan_data` gives an equal plan (braces are re-escaped so nothing is substituted twice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PLAN_FORMAT_VERSION = 1
+CONTEXT_DIR_TOKEN = "{context_dir}"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One calculation of an element: an argv (`command`) or a Python callable (`function`)."""
+
+    name: str
+    calc_type: str
+    material_id: str | None = None
+    command: list[str] | None = None
+    function: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able; absent optional fields are omitted so the output is a valid plan step."""
+        out: dict[str, Any] = {"name": self.name, "calc_type": self.calc_type}
+        if self.material_id is not None:
+            out["material_id"] = self.material_id
+        if self.command is not None:
+            out["command"] = list(self.command)
+        if self.function is not None:
+            out["function"] = self.function
+            if self.kwargs:
+                out["kwargs"] = dict(self.kwargs)
+        if self.timeout is not None:
+            out["timeout"] = self.timeout
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "step", material_ids: set[str] | None = None) -> Step:
+        """Rebuild (and re-validate: the file may have been edited) from `to_dict()` output."""
+        from .validate import validate_step
+
+        return validate_step(data, path, material_ids)
+
+
+@dataclass(frozen=True)
+class Element:
+    """One array element: its index in the array, its ids, and its resolved spec.
+
+    `env` is the effective environment: the plan's `env` overlaid with the element's own.
+    """
+
+    index: int
+    id: str
+    workflow_id: str
+    materials: list[dict[str, Any]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able resolved spec (what `element.json` holds)."""
+        return {
+            "index": self.index,
+            "id": self.id,
+            "workflow_id": self.workflow_id,
+            "materials": [dict(m) for m in self.materials],
+            "env": dict(self.env),
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "element") -> Element:
+        """Rebuild from `to_dict()` output, re-validating every field (no placeholder substitution)."""
+        from .validate import validate_element_record
+
+        return validate_element_record(data, path)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated plan with its sweep expanded into `elements` (explicit elements first).
+
+    `isolation_mode`, `on_complete`, `on_failure`, `max_parallel` are None when the plan leaves them
+    to the configuration; `resources` holds only the `scheduler.*` keys the plan overrides.
+    `shared_database` is an absolute path string (relative paths were resolved against `plan_dir`).
+    """
+
+    name: str
+    description: str | None = None
+    isolation_mode: str | None = None
+    on_complete: str | None = None
+    on_failure: str | None = None
+    shared_database: str | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    max_parallel: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    elements: list[Element] = field(default_factory=list)
+    source: Path | None = None
+    plan_dir: Path = field(default_factory=Path.cwd)
+
+    def __len__(self) -> int:
+        return len(self.elements)
+
+    def workflow_ids(self) -> list[str]:
+        """Workflow ids in element-index order (index i is array task i)."""
+        return [e.workflow_id for e in self.elements]
+
+    def element_by_workflow_id(self, workflow_id: str) -> Element:
+        """The element with this workflow id; KeyError if the plan has none."""
+        for e in self.elements:
+            if e.workflow_id == workflow_id:
+                return e
+        raise KeyError(workflow_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plan file again (no sweep: every element explicit); `load_plan_data` reproduces it."""
+        out: dict[str, Any] = {"version": PLAN_FORMAT_VERSION, "name": self.name}
+        for key in ("description", "isolation_mode", "on_complete", "on_failure", "shared_database"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.resources:
+            out["resources"] = dict(self.resources)
+        if self.max_parallel is not None:
+            out["max_parallel"] = self.max_parallel
+        if self.env:
+            out["env"] = escape_braces(dict(self.env))
+        out["elements"] = [
+            {
+                "id": e.id,
+                "materials": escape_braces([dict(m) for m in e.materials]),
+                "env": escape_braces(dict(e.env)),
+                "steps": [escape_braces(s.to_dict()) for s in e.steps],
+            }
+            for e in self.elements
+        ]
+        return out
+
+
+def escape_braces(value: Any) -> Any:
+    """Double every brace in string values (not keys) so a re-load substitutes nothing.
+
+    The `{context_dir}` token is kept as is: loading leaves it in place either way.
+    """
+    if isinstance(value, str):
+        if "{" not in value and "}" not in value:
+            return value
+        escaped = value.replace("{", "{{").replace("}", "}}")
+        return escaped.replace("{{context_dir}}", CONTEXT_DIR_TOKEN)
+    if isinstance(value, list):
+        return [escape_braces(v) for v in value]
+    if isinstance(value, dict):
+        return {k: escape_braces(v) for k, v in value.items()}
+    return value
