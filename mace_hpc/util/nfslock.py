@@ -120,7 +120,9 @@ def describe_holder(seen: _Seen | None) -> str:
     if info is None:
         return "an unknown process (the lock file is empty or unreadable)"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info.get("acquired_at", 0))))
-    return f"pid {info.get('pid')} on host {info.get('host')} since {since} (lifetime {info.get('lifetime')} s)"
+    return (
+        f"pid {info.get('pid')} on host {info.get('host')} since {since} (lifetime {info.get('lifetime')} s)"
+    )
 
 
 def _unique_sibling(path: Path, tag: str) -> Path:
@@ -140,7 +142,11 @@ def _remove_if(path: Path, accept: _Seen | str) -> bool:
         ours = moved is not None and moved.info is not None and moved.info.get("token") == accept
     else:
         ours = moved is not None and (
-            (accept.info is not None and moved.info is not None and moved.info.get("token") == accept.info.get("token"))
+            (
+                accept.info is not None
+                and moved.info is not None
+                and moved.info.get("token") == accept.info.get("token")
+            )
             or (accept.info is None and moved.ino == accept.ino)
         )
     if not ours:
@@ -259,7 +265,9 @@ class NfsLock:
             raise RuntimeError(f"lock {self.path} is not held")
         seen = _read(self.path)
         if seen is None or seen.info is None or seen.info.get("token") != self.token:
-            raise LockTimeout(f"lock {self.path} was broken while held (lifetime {self.lifetime:g} s exceeded)")
+            raise LockTimeout(
+                f"lock {self.path} was broken while held (lifetime {self.lifetime:g} s exceeded)"
+            )
         tmp = _unique_sibling(self.path, "refresh")
         with open(tmp, "wb") as fh:
             fh.write(self._content(self.token))
