@@ -225,6 +225,16 @@ def test_orphaned_break_guard_is_cleared(tmp_path: Path) -> None:
     assert not guard.exists()
 
 
+def test_break_guard_of_a_dead_breaker_is_cleared(tmp_path: Path) -> None:
+    path = tmp_path / "k.lock"
+    pid, start = dead_pid()
+    write_lock(path, pid=pid, start_time=start)
+    write_lock(tmp_path / "k.lock.break", pid=pid, start_time=start, lifetime=30)  # killed mid-break
+    with NfsLock(path, timeout=10, poll=0.01) as lock:
+        assert json.loads(path.read_text())["token"] == lock.token
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
 def test_refresh_extends_lifetime_and_detects_a_broken_lock(tmp_path: Path) -> None:
     path = tmp_path / "f.lock"
     lock = NfsLock(path, lifetime=60).acquire()

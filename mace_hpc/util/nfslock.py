@@ -7,7 +7,9 @@ a zombie, or the pid now belongs to a process started at another time: pid reuse
 lifetime has expired (any host; the holder may `refresh()` to extend it), or the file has been
 empty/unparsable for longer than a grace period (its creator died between create and write).
 
-Breaking is serialised through a short-lived `<lock>.break` file and done by renaming the lock
+Breaking is serialised through a short-lived `<lock>.break` guard (itself a lock file with holder
+info and a 30 s lifetime, so a breaker killed mid-break is detected like any dead holder) and done
+by renaming the lock
 to a unique name, then re-reading the token: if the renamed file is not the one judged stale
 (someone released and another process re-acquired in between) it is put back with link(), which
 cannot clobber a newer lock. `release()` uses the same rename-and-check, so a holder whose lock
@@ -32,7 +34,7 @@ import psutil
 from ..errors import MaceError
 
 EMPTY_GRACE_S = 5.0  # an empty/unparsable lock file younger than this is being written
-BREAK_LOCK_STALE_S = 30.0  # breaking takes milliseconds; an older .break file was orphaned
+BREAK_LOCK_STALE_S = 30.0  # lifetime of the `.break` guard: breaking takes milliseconds
 START_TIME_TOLERANCE_S = 0.05
 
 
@@ -161,6 +163,38 @@ def _remove_if(path: Path, accept: _Seen | str) -> bool:
     return ours
 
 
+def _holder_content(token: str, lifetime: float) -> bytes:
+    pid = os.getpid()
+    return json.dumps(
+        {
+            "host": socket.gethostname(),
+            "pid": pid,
+            "start_time": _process_start_time(pid),
+            "acquired_at": time.time(),
+            "lifetime": lifetime,
+            "token": token,
+        }
+    ).encode("utf-8")
+
+
+def _create(path: Path, content: bytes) -> bool:
+    """Create `path` exclusively (O_EXCL) with `content`; False if it already exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, content)
+        os.fsync(fd)
+    except BaseException:
+        st = os.fstat(fd)
+        os.close(fd)
+        _remove_if(path, _Seen(None, st.st_ino, st.st_mtime))  # ours, half-written
+        raise
+    os.close(fd)
+    return True
+
+
 class NfsLock:
     """Inter-host mutual exclusion through an O_EXCL lock file; see the module docstring.
 
@@ -180,63 +214,25 @@ class NfsLock:
     def held(self) -> bool:
         return self.token is not None
 
-    def _content(self, token: str) -> bytes:
-        pid = os.getpid()
-        return json.dumps(
-            {
-                "host": socket.gethostname(),
-                "pid": pid,
-                "start_time": _process_start_time(pid),
-                "acquired_at": time.time(),
-                "lifetime": self.lifetime,
-                "token": token,
-            }
-        ).encode("utf-8")
-
-    def _try_create(self, token: str) -> bool:
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        try:
-            os.write(fd, self._content(token))
-            os.fsync(fd)
-        except BaseException:
-            st = os.fstat(fd)
-            os.close(fd)
-            _remove_if(self.path, _Seen(None, st.st_ino, st.st_mtime))  # ours, half-written
-            raise
-        os.close(fd)
-        return True
-
     def _try_break(self, seen: _Seen) -> bool:
         """Remove `seen` if it is still the lock file; serialised with other breakers."""
         guard = self.path.with_name(self.path.name + ".break")
-        try:
-            fd = os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            try:
-                if time.time() - guard.stat().st_mtime > BREAK_LOCK_STALE_S:
-                    _remove_guard_if_same(guard)
-            except FileNotFoundError:
-                pass
+        guard_token = uuid.uuid4().hex
+        if not _create(guard, _holder_content(guard_token, BREAK_LOCK_STALE_S)):
+            guard_seen = _read(guard)
+            if guard_seen is not None and stale_reason(guard_seen) is not None:
+                _remove_if(guard, guard_seen)  # a breaker died mid-break
             return False
-        os.close(fd)
         try:
             again = _read(self.path)
             if again is None:
                 return True
-            same = again.ino == seen.ino and (
-                again.info == seen.info or (seen.info is None and again.info is None)
-            )
+            same = again.ino == seen.ino and again.info == seen.info
             if not same or stale_reason(again) is None:
                 return False
             return _remove_if(self.path, again)
         finally:
-            try:
-                guard.unlink()
-            except FileNotFoundError:
-                pass
+            _remove_if(guard, guard_token)
 
     def acquire(self, timeout: float | None = None) -> NfsLock:
         """Wait up to `timeout` seconds (default: the constructor's) for the lock."""
@@ -246,7 +242,7 @@ class NfsLock:
         deadline = time.monotonic() + timeout
         token = uuid.uuid4().hex
         while True:
-            if self._try_create(token):
+            if _create(self.path, _holder_content(token, self.lifetime)):
                 self.token = token
                 return self
             seen = _read(self.path)
@@ -270,7 +266,7 @@ class NfsLock:
             )
         tmp = _unique_sibling(self.path, "refresh")
         with open(tmp, "wb") as fh:
-            fh.write(self._content(self.token))
+            fh.write(_holder_content(self.token, self.lifetime))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
@@ -291,23 +287,3 @@ class NfsLock:
 
     def __repr__(self) -> str:
         return f"NfsLock({str(self.path)!r}, held={self.held})"
-
-
-def _remove_guard_if_same(guard: Path) -> None:
-    """Remove an orphaned `.break` guard, unless it was replaced since we looked at it."""
-    try:
-        before = guard.stat()
-    except FileNotFoundError:
-        return
-    grave = _unique_sibling(guard, "gone")
-    try:
-        os.rename(guard, grave)
-    except FileNotFoundError:
-        return
-    after = os.stat(grave)
-    if after.st_ino != before.st_ino:
-        try:
-            os.link(grave, guard)
-        except FileExistsError:
-            pass
-    os.unlink(grave)
