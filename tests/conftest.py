@@ -3,7 +3,8 @@
 # ---------------------------------------------------------------- slurm (real local cluster) ----
 # `slurm_cluster`: session fixture, fails in CI / skips elsewhere when SLURM is not running.
 # Tests that need it are marked `@pytest.mark.slurm` (marker registered in pyproject.toml).
-from slurm_fixtures import SlurmCluster, slurm_cluster  # noqa: F401
+# (a plugin module rather than an import, so this section needs no import ordering)
+pytest_plugins = ["slurm_fixtures"]
 # ---------------------------------------------------------------- end slurm ---------------------
 
 # ---------------------------------------------------------------- environment isolation ---------
