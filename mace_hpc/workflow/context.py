@@ -55,9 +55,9 @@ class WorkflowContext:
     ) -> None:
         cfg = config or load_config()
         self.config = cfg
-        self.workflow_id = validate_workflow_id(
-            workflow_id or os.environ.get("MACE_WORKFLOW_ID") or generate_workflow_id()
-        )
+        if workflow_id is None:
+            workflow_id = os.environ.get("MACE_WORKFLOW_ID") or generate_workflow_id()
+        self.workflow_id = validate_workflow_id(workflow_id)
         mode = isolation_mode or cfg["isolation_mode"]
         if mode not in ISOLATION_MODES:
             raise InputError(f"isolation_mode: {mode!r} is invalid; allowed: {' | '.join(ISOLATION_MODES)}")

@@ -1,0 +1,82 @@
+"""Isolation under concurrency: separate processes, separate worlds, one shared result."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sqlite3
+from pathlib import Path
+
+
+def _workflow(args: tuple[str, int, str, str]) -> list[str]:
+    """A workflow in its own process: stores n materials, then lists what it can see."""
+    workflow_id, n, scratch, barrier_dir = args
+    os.environ["MACE_SCRATCH_ROOT"] = scratch
+    from mace_hpc.workflow.context import WorkflowContext
+
+    with WorkflowContext(workflow_id, isolation_mode="isolated") as ctx:
+        db = ctx.get_database()
+        for i in range(n):
+            db.create_material(material_id=f"{workflow_id}-m{i}", formula="Al")
+        # wait until the other workflow has written too, then look
+        Path(barrier_dir, workflow_id).touch()
+        while len(os.listdir(barrier_dir)) < 2:
+            pass
+        return sorted(m["material_id"] for m in db.get_all_materials())
+
+
+def test_two_concurrent_workflows_never_see_each_other(tmp_path, mace_env):
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    scratch = str(mace_env["scratch_root"])
+    with mp.get_context("spawn").Pool(2) as pool:
+        seen_a, seen_b = pool.map(_workflow, [("wfA", 5, scratch, str(barrier)), ("wfB", 7, scratch, str(barrier))])
+    assert seen_a == sorted(f"wfA-m{i}" for i in range(5))
+    assert seen_b == sorted(f"wfB-m{i}" for i in range(7))
+
+
+def test_legacy_shared_mode_unaffected(tmp_path, mace_env):
+    """A script that never opts in writes the shared database, as before isolation existed."""
+    from mace_hpc.database.materials import MaterialDatabase
+    from mace_hpc.workflow.context import WorkflowContext
+
+    legacy = MaterialDatabase()
+    legacy.create_material(material_id="legacy1", formula="Fe")
+    with WorkflowContext("iso", isolation_mode="isolated") as ctx:
+        ctx.get_database().create_material(material_id="private", formula="Cu")
+        assert [m["material_id"] for m in MaterialDatabase().get_all_materials()] == ["legacy1"]
+    assert legacy.db_path == mace_env["shared_database"]
+    assert [m["material_id"] for m in legacy.get_all_materials()] == ["legacy1"]
+
+
+def _work_and_export(args: tuple[int, str, str]) -> str:
+    index, scratch, shared = args
+    os.environ["MACE_SCRATCH_ROOT"] = scratch
+    from mace_hpc.workflow.context import WorkflowContext
+
+    with WorkflowContext(f"proc{index}", isolation_mode="isolated") as ctx:
+        db = ctx.get_database()
+        for m in range(10):
+            mid = f"p{index}-m{m}"
+            db.create_material(material_id=mid, formula="SiO2", space_group=154)
+            calc = db.create_calculation(mid, "SP")
+            db.update_calculation_status(calc, "completed", exit_code=0)
+            db.store_material_property(mid, "energy", -float(index * 100 + m), calc_id=calc, property_unit="eV")
+        ctx.export_results(shared)
+        ctx.export_results(shared)  # a second export adds nothing
+    return ctx.workflow_id
+
+
+def test_eight_processes_export_into_one_shared_database(tmp_path, mace_env):
+    shared = tmp_path / "shared_all.db"
+    scratch = str(mace_env["scratch_root"])
+    with mp.get_context("spawn").Pool(8) as pool:
+        done = pool.map(_work_and_export, [(i, scratch, str(shared)) for i in range(8)])
+    assert sorted(done) == [f"proc{i}" for i in range(8)]
+    conn = sqlite3.connect(shared)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    materials = {r[0] for r in conn.execute("SELECT material_id FROM materials")}
+    assert materials == {f"p{i}-m{m}" for i in range(8) for m in range(10)}
+    assert conn.execute("SELECT COUNT(*) FROM calculations").fetchone()[0] == 80
+    energies = sorted(r[0] for r in conn.execute("SELECT property_value FROM properties WHERE property_name='energy'"))
+    assert energies == sorted(-float(i * 100 + m) for i in range(8) for m in range(10))
