@@ -136,7 +136,7 @@ def array_spec(task_ids: Iterable[int], max_parallel: int | None = None) -> str:
     if not ids:
         raise InputError("an array needs at least one index")
     if ids[0] < 0:
-        raise InputError(f"array task ids must be >= 0, got {ids[0]}")
+        raise InputError(f"array task ids (index - index_offset) must be >= 0, got {ids[0]}")
     parts: list[str] = []
     start = prev = ids[0]
     for i in ids[1:] + [None]:  # type: ignore[list-item]

@@ -75,6 +75,16 @@ def _log_pattern(work_dir: Path, stem: str) -> str:
     return os.path.join(directory.replace("%", "%%"), stem)
 
 
+def signal_margin(sched: Mapping[str, Any]) -> int:
+    """Seconds before the time limit for USR2; at most half the limit when the margin would exceed it.
+
+    A margin >= the limit would signal the element as soon as it starts.
+    """
+    limit_s = int(sched.get("time") or 60) * 60
+    margin = int(sched.get("signal_margin") or 120)
+    return margin if margin < limit_s else max(limit_s // 2, 1)
+
+
 class SlurmBackend:
     """`sbatch`/`squeue`/`sacct`/`scancel` through argv lists; submitit writes the job script."""
 
@@ -112,7 +122,7 @@ class SlurmBackend:
                 script_exports.append(f"export {key}={shell_quote(value, f'env.{key}')}")
         extra: dict[str, Any] = {
             "export": ",".join(["ALL"] + [f"{k}={v}" for k, v in exported.items()]),
-            "signal": f"B:USR2@{int(sched.get('signal_margin') or 120)}",
+            "signal": f"B:USR2@{signal_margin(sched)}",
         }
         if req.indices is not None:
             extra["array"] = array_spec(req.task_ids(), int(req.max_parallel))
