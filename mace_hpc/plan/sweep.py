@@ -113,9 +113,31 @@ def compile_template(value: Any, path: str, names: Collection[str]) -> Render:
 
 
 def substitute(value: Any, path: str, values: Mapping[str, Any]) -> Any:
-    """One-off substitution of `values` into `value` (compile + render)."""
+    """One-off substitution of `values` into `value` (explicit elements: one walk, no compiling)."""
     texts = {k: scalar_to_str(v) for k, v in values.items()}
-    return compile_template(value, path, [*values, "context_dir"])(values, texts)
+    return _substitute(value, path, None, [*values, "context_dir"], values, texts)
+
+
+def _substitute(
+    value: Any,
+    path: str,
+    key: str | int | None,
+    names: list[str],
+    values: Mapping[str, Any],
+    texts: Mapping[str, str],
+) -> Any:
+    # The path is joined only for strings that have braces: most values need no work at all.
+    if isinstance(value, str):
+        if "{" not in value and "}" not in value:
+            return value
+        return _compile_str(value, join(path, key), names)(values, texts)
+    if isinstance(value, list):
+        at = join(path, key)
+        return [_substitute(v, at, i, names, values, texts) for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        at = join(path, key)
+        return {k: _substitute(v, at, str(k), names, values, texts) for k, v in value.items()}
+    return value
 
 
 def resolve_context_dir(value: Any, context_dir: str | Path) -> Any:

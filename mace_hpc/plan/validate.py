@@ -10,6 +10,7 @@ restricted to a conservative character set.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
 from collections.abc import Collection, Iterable, Mapping
@@ -145,8 +146,15 @@ def as_mapping(value: Any, path: str, key: str | int | None = None) -> Mapping[s
     return value
 
 
-def check_keys(data: Mapping[str, Any], allowed: Collection[str], path: str) -> None:
+@functools.lru_cache(maxsize=64)
+def _allowed_set(allowed: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(allowed)
+
+
+def check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], path: str) -> None:
     """Refuse unknown keys (typos would otherwise be silently ignored)."""
+    if data.keys() <= _allowed_set(allowed):
+        return
     for key in data:
         if not isinstance(key, str):
             fail(path, f"key {show(key)} must be a string")
