@@ -4,8 +4,8 @@ from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the work ran and something in it failed (a step, a merge)
-EXIT_INPUT = 2  # bad input: nothing was changed
-EXIT_SCHEDULER = 3  # the scheduler refused or could not be reached
+EXIT_INPUT = 2  # bad input, including a request the scheduler refused: nothing was changed
+EXIT_SCHEDULER = 3  # the scheduler could not be reached (not installed, not answering): retry later
 
 
 class MaceError(Exception):
@@ -29,6 +29,19 @@ class PlanError(InputError):
 
 
 class SchedulerError(MaceError):
-    """The scheduler refused a request; the message quotes the scheduler."""
+    """The scheduler refused a request; the message quotes the scheduler.
+
+    Exit 2 like other bad input: a refusal (bad partition, account, time limit) is fixed by
+    changing the request, and submission has removed everything it created.
+    """
+
+    exit_code = EXIT_INPUT
+
+
+class SchedulerUnavailable(SchedulerError):
+    """The scheduler could not be asked at all (command missing, no answer): exit 3, try again later.
+
+    Separate from a refusal so scripts can retry this one and not the other.
+    """
 
     exit_code = EXIT_SCHEDULER

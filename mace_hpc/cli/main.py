@@ -2,7 +2,8 @@
 
 Each sub-command lives in `commands/<name>.py` with `register(subparsers)`; handlers import the
 heavy modules lazily so `mace --help` stays fast. Errors we expect (MaceError) print one line and
-exit with their code (2 for bad input, 3 for a scheduler refusal); never a traceback for bad input.
+exit with their code (2 for bad input or a scheduler refusal, 3 when the scheduler cannot be
+reached); never a traceback for bad input.
 """
 
 from __future__ import annotations
