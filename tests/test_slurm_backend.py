@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -383,7 +384,7 @@ def _wait_final(
 
 
 @pytest.fixture(scope="module")
-def submitted(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def submitted(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Submit every real-SLURM scenario at once so they run concurrently."""
     root = tmp_path_factory.mktemp("slurm")
     os.chmod(root, 0o755)
@@ -418,7 +419,9 @@ def submitted(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> d
     [(offset, task_ids)] = chunk_indices([size, size + 1], size)
     submit("offset", [offset + t for t in task_ids], "ok", 0, index_offset=offset)
     submit("cancel", [0, 1, 2], "sleep", 300, max_parallel=1)
-    return jobs
+    yield jobs
+    # whatever tests were selected, leave nothing queued or running behind
+    backend.cancel([v[0] for v in jobs.values() if isinstance(v, tuple)])
 
 
 @pytest.mark.slurm

@@ -18,6 +18,9 @@
 #                                    more elements than this is split into several arrays (chunks
 #                                    with an index offset); 1001 is a common site value and keeps
 #                                    chunking real: a 10,000-element plan becomes 10 arrays.
+#   LOCAL_SLURM_MAX_JOB_COUNT=100000 MaxJobCount. Every array task counts, and a cancelled or finished
+#                                    task stays a record for MinJobAge (300 s): a 10,000-element
+#                                    benchmark submitted and cancelled twice needs > 20,000.
 #   LOCAL_SLURM_ACCOUNTING=1         1: mariadb + slurmdbd (sacct works). 0: no accounting.
 #   LOCAL_SLURM_TASK_EPILOG=/path    TaskEpilog (job user, sees the job env incl. --export'ed MACE_*)
 #   LOCAL_SLURM_EPILOG=/path         node Epilog (root, no job env; a failing one drains the node)
@@ -29,6 +32,7 @@ set -euo pipefail
 
 CPUS_WANTED="${LOCAL_SLURM_CPUS:-8}"
 MAX_ARRAY_SIZE="${LOCAL_SLURM_MAX_ARRAY_SIZE:-1001}"
+MAX_JOB_COUNT="${LOCAL_SLURM_MAX_JOB_COUNT:-100000}"
 ACCOUNTING="${LOCAL_SLURM_ACCOUNTING:-1}"
 TIMEOUT="${LOCAL_SLURM_TIMEOUT:-60}"
 CONF_DIR=/etc/slurm
@@ -46,6 +50,7 @@ die() {
 bad() { log "ERROR: $*"; exit 2; }   # a bad setting: nothing was changed, no logs to show
 [ "$(id -u)" = 0 ] || bad "must run as root (it installs packages and starts daemons)"
 case "$CPUS_WANTED" in ''|*[!0-9]*) bad "LOCAL_SLURM_CPUS must be a positive integer" ;; esac
+case "$MAX_JOB_COUNT" in ''|*[!0-9]*) bad "LOCAL_SLURM_MAX_JOB_COUNT must be a positive integer" ;; esac
 case "$MAX_ARRAY_SIZE" in ''|*[!0-9]*) bad "LOCAL_SLURM_MAX_ARRAY_SIZE must be a positive integer" ;; esac
 
 pid_alive() { # pidfile [comm]: the process in the pidfile exists, is not a zombie, has that name
@@ -164,7 +169,7 @@ SchedulerType=sched/backfill
 SchedulerParameters=bf_interval=1,sched_min_interval=100000,batch_sched_delay=0
 ReturnToService=2
 MinJobAge=300
-MaxJobCount=20000
+MaxJobCount=${MAX_JOB_COUNT}
 MaxArraySize=${MAX_ARRAY_SIZE}
 ${acct}
 JobCompType=jobcomp/filetxt

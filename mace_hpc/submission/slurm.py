@@ -269,8 +269,10 @@ class SlurmBackend:
                 timeout=self._timeout,
                 env={**os.environ, "SLURM_TIME_FORMAT": "standard"},
             )
-        except subprocess.TimeoutExpired:
-            raise SchedulerError(f"{argv[0]} did not answer within {self._timeout:.0f}s") from None
+        except subprocess.TimeoutExpired as exc:
+            said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
+            why = f": {_first_error(said)}" if said else ""
+            raise SchedulerError(f"{argv[0]} did not answer within {self._timeout:.0f}s{why}") from None
 
 
 def _check_ids(job_ids: list[str]) -> list[str]:
