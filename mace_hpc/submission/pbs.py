@@ -51,7 +51,7 @@ from pathlib import Path
 
 from submitit.core import core, job_environment, logger, utils
 
-from ..errors import ConfigError, InputError, SchedulerError
+from ..errors import ConfigError, InputError, SchedulerError, SchedulerUnavailable
 from ..util.atomic import atomic_write_text
 from .backend import (
     CANCELLED,
@@ -117,11 +117,11 @@ def _version_tuple(text: str) -> tuple[int, ...] | None:
 def _detect(path_key: str) -> tuple[str, tuple[int, ...] | None]:
     del path_key  # only part of the cache key: a different PATH may find another qstat
     if shutil.which("qstat") is None:
-        raise SchedulerError("qstat not found on PATH: is this a PBS login node? (or set scheduler.pbs_flavor)")
+        raise SchedulerUnavailable("qstat not found on PATH: is this a PBS login node? (or set scheduler.pbs_flavor)")
     try:
         proc = subprocess.run(["qstat", "--version"], capture_output=True, text=True, timeout=_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise SchedulerError("qstat --version did not answer") from None
+        raise SchedulerUnavailable("qstat --version did not answer") from None
     return parse_version_output(proc.stdout + "\n" + proc.stderr)
 
 
@@ -1008,11 +1008,11 @@ class PbsBackend:
 
     def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         if shutil.which(argv[0]) is None:
-            raise SchedulerError(f"{argv[0]} not found on PATH: is this a PBS login node?")
+            raise SchedulerUnavailable(f"{argv[0]} not found on PATH: is this a PBS login node?")
         try:
             return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=self._timeout)
         except subprocess.TimeoutExpired:
-            raise SchedulerError(f"{argv[0]} did not answer within {self._timeout:.0f}s") from None
+            raise SchedulerUnavailable(f"{argv[0]} did not answer within {self._timeout:.0f}s") from None
 
 
 def _first_line(stderr: str | None, stdout: str | None = None) -> str:

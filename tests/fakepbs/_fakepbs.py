@@ -236,7 +236,7 @@ def run_daemon(seq: str) -> None:
                            used=int((time.time() - starts[key]) / scale))
                 del procs[key]
             if job.get("deleted"):
-                for key, sub in subs.items():
+                for sub in subs.values():
                     if sub["state"] in ("Q", "H"):
                         sub.update(state=done_state, exit=None)
             dep = _dep_state(job)

@@ -1,0 +1,17 @@
+#!/bin/bash
+#PBS -N sweep
+#PBS -q workq
+#PBS -l nodes=1:ppn=1
+#PBS -l walltime=00:30:00
+#PBS -t 1,3,7%2
+#PBS -j oe
+#PBS -o /scratch/mace/sub/
+#PBS -v "MACE_INDEX_OFFSET=100,MACE_MANIFEST=/scratch/mace/sub/manifest.json,MACE_ISOLATION_MODE=isolated"
+#PBS -W depend=afteranyarray:55[].server
+
+cd /scratch/mace/sub || exit 1
+
+export MACE_INDEX_OFFSET=100
+export MACE_NOTE='a b,c'
+( sleep 1740 && kill -s USR2 $$ ) >/dev/null 2>&1 &
+exec python3 -m mace_hpc.element.run --manifest /scratch/mace/sub/manifest.json
