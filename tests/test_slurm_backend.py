@@ -226,6 +226,7 @@ def test_unsafe_env_values_become_quoted_lines(tmp_path: Path) -> None:
     [
         {"env": {"MACE_X": "a\nb"}},
         {"env": {"LD_PRELOAD": "/x.so"}},
+        {"env": {"MACE_INDEX_OFFSET": "5"}},
         {"command": ["echo", "a\nb"]},
         {"command": []},
         {"name": "bad name"},

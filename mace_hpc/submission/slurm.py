@@ -115,8 +115,15 @@ class SlurmBackend:
         if req.indices is not None:
             exported["MACE_INDEX_OFFSET"] = str(int(req.index_offset))
         script_exports: list[str] = []
+        if (
+            "MACE_INDEX_OFFSET" in env
+        ):  # the backend sets it from index_offset; a different one would mis-index
+            if req.indices is None or env.pop("MACE_INDEX_OFFSET") != str(int(req.index_offset)):
+                raise InputError(
+                    "env.MACE_INDEX_OFFSET is set by the backend from index_offset; do not pass it"
+                )
         for key, value in env.items():
-            if _EXPORT_SAFE.match(value) and key != "MACE_INDEX_OFFSET":
+            if _EXPORT_SAFE.match(value):
                 exported[key] = value
             else:  # commas, quotes, $, backslashes...: a quoted shell line, seen by the batch shell
                 script_exports.append(f"export {key}={shell_quote(value, f'env.{key}')}")
