@@ -1,8 +1,10 @@
-"""Plan -> one context directory per element + the submission's manifest.
+"""Plan -> one context directory per element + the submission's manifest and record.
 
 Submission does only cheap work per element (one mkdir); databases and sub-directories are
 created lazily by the element itself, so 10,000 elements take well under a second
-(see benchmarks/). The manifest maps array index -> workflow id -> context directory.
+(see benchmarks/). The manifest maps array index -> workflow id -> context directory; the record
+(`record.json`) says how and where the elements were submitted, so `status`, `cancel` and
+`resubmit` find a submission again by plan name or by any of its job ids.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..plan import Plan
 from ..util.atomic import atomic_write_json, read_json
 from ..util.ids import validate_workflow_id
 
 SUBMISSIONS_DIR = ".submissions"
+RECORD_FILE = "record.json"
 
 
 @dataclass
@@ -34,12 +37,18 @@ class Submission:
     on_complete: str
     on_failure: str
     archive_dir: Path
+    plan_dir: str = ""
     entries: list[dict[str, Any]] = field(default_factory=list)
-    created: list[Path] = field(default_factory=list)
+    created: list[Path] = field(default_factory=list)  # context dirs this submission made
+    created_directory: bool = False  # the submission dir itself was made by this submission
 
     @property
     def manifest_path(self) -> Path:
         return self.directory / "manifest.json"
+
+    @property
+    def record_path(self) -> Path:
+        return self.directory / RECORD_FILE
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -55,11 +64,28 @@ class Submission:
             "elements": self.entries,
         }
 
-    plan_dir: str = ""
+
+def submissions_root(scratch_root: Path) -> Path:
+    return Path(scratch_root) / SUBMISSIONS_DIR
 
 
 def submission_dir(scratch_root: Path, plan_name: str) -> Path:
-    return scratch_root / SUBMISSIONS_DIR / validate_workflow_id(plan_name, "name")
+    return submissions_root(scratch_root) / validate_workflow_id(plan_name, "name")
+
+
+def scratch_root_of(cfg: Config) -> Path:
+    """The configured scratch root, absolute; a `$VAR` left unexpanded is a ConfigError.
+
+    `$SCRATCH/mace` on a machine without `$SCRATCH` would otherwise create a directory literally
+    named `$SCRATCH` in the current directory.
+    """
+    path = cfg.path("scratch_root")
+    if "$" in str(path):
+        raise ConfigError(
+            f"scratch_root: {cfg['scratch_root']!r} (from {cfg.sources.get('scratch_root', 'default')}) names "
+            "an unset environment variable; set it or choose another scratch root (MACE_SCRATCH_ROOT)"
+        )
+    return path.absolute()
 
 
 def plan_settings(plan: Plan, cfg: Config) -> dict[str, Any]:
@@ -75,7 +101,7 @@ def plan_settings(plan: Plan, cfg: Config) -> dict[str, Any]:
 
 def build_submission(plan: Plan, cfg: Config, isolation_mode: str | None = None) -> Submission:
     """Compute (without touching the disk) where every element's context goes."""
-    scratch_root = cfg.path("scratch_root").absolute()
+    scratch_root = scratch_root_of(cfg)
     settings = plan_settings(plan, cfg)
     if isolation_mode:
         settings["isolation_mode"] = isolation_mode
@@ -99,11 +125,19 @@ def create_contexts(sub: Submission, plan: Plan) -> Submission:
     """Create the context directories (0700) and write elements.json, plan.json and the manifest.
 
     Directories that already exist are resumed, not recreated; `sub.created` lists the new ones
-    so a failed submission can remove exactly what it made.
+    so a failed submission can remove exactly what it made. Bulk files skip fsync: if the machine
+    crashes during submission, nothing was queued and the user submits again.
     """
     try:
         sub.scratch_root.mkdir(parents=True, exist_ok=True)
-        sub.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        base = submissions_root(sub.scratch_root)
+        if not base.is_dir():
+            base.mkdir(mode=0o700, exist_ok=True)
+        try:
+            sub.directory.mkdir(mode=0o700)
+            sub.created_directory = True
+        except FileExistsError:
+            pass
         for entry in sub.entries:
             path = entry["context_dir"]
             try:
@@ -111,9 +145,11 @@ def create_contexts(sub: Submission, plan: Plan) -> Submission:
                 sub.created.append(Path(path))
             except FileExistsError:
                 if os.path.islink(path) or not os.path.isdir(path):
-                    raise InputError(f"context {path} exists and is not a directory; remove it or rename the plan") from None
-        atomic_write_json(sub.directory / "elements.json", [e.to_dict() for e in plan.elements], indent=None)
-        atomic_write_json(sub.directory / "plan.json", plan.to_dict(), indent=None)
+                    raise InputError(
+                        f"context {path} exists and is not a directory; remove it or rename the plan"
+                    ) from None
+        atomic_write_json(sub.directory / "elements.json", [e.to_dict() for e in plan.elements], indent=None, fsync=False)
+        atomic_write_json(sub.directory / "plan.json", plan.to_dict(), indent=None, fsync=False)
         atomic_write_json(sub.manifest_path, sub.manifest(), indent=None)
     except BaseException:
         remove_created(sub)
@@ -122,27 +158,57 @@ def create_contexts(sub: Submission, plan: Plan) -> Submission:
 
 
 def remove_created(sub: Submission) -> None:
-    """Undo create_contexts for directories this submission made (used when submission fails)."""
+    """Undo create_contexts: the context dirs this submission made, and its submission dir if new."""
     for path in sub.created:
         shutil.rmtree(path, ignore_errors=True)
     sub.created = []
+    if sub.created_directory:
+        shutil.rmtree(sub.directory, ignore_errors=True)
+        sub.created_directory = False
+
+
+def write_record(directory: Path, record: dict[str, Any]) -> None:
+    atomic_write_json(Path(directory) / RECORD_FILE, record, indent=None)
+
+
+def list_records(scratch_root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Every submission under the scratch root (unreadable records are skipped), by plan name."""
+    base = submissions_root(scratch_root)
+    out = []
+    for rec_path in sorted(base.glob(f"*/{RECORD_FILE}")) if base.is_dir() else []:
+        rec = read_json(rec_path)
+        if isinstance(rec, dict):
+            out.append((rec_path.parent, rec))
+    return out
+
+
+def _job_matches(query: str, job_id: str) -> bool:
+    # `123`, `123_4` (an element of array 123) and `123_[4-9]` all find array 123
+    return query == job_id or query.split("_", 1)[0] == job_id
 
 
 def load_record(scratch_root: Path, name_or_job: str) -> tuple[Path, dict[str, Any]]:
     """Find a submission by plan name, or by a job id recorded in any submission's record."""
-    base = scratch_root / SUBMISSIONS_DIR
-    direct = base / name_or_job / "record.json"
-    record = read_json(direct) if direct.parent.is_dir() else None
-    if isinstance(record, dict):
-        return direct.parent, record
-    if base.is_dir():
-        for rec_path in base.glob("*/record.json"):
-            rec = read_json(rec_path)
-            if isinstance(rec, dict) and any(
-                name_or_job == j["job_id"] or name_or_job.split("_")[0] == j["job_id"] for j in rec.get("jobs", [])
-            ):
-                return rec_path.parent, rec
-    known = sorted(p.name for p in base.iterdir()) if base.is_dir() else []
+    base = submissions_root(scratch_root)
+    name_or_job = str(name_or_job).strip()
+    if name_or_job and "/" not in name_or_job and name_or_job not in (".", ".."):
+        direct = base / name_or_job / RECORD_FILE
+        record = read_json(direct)
+        if isinstance(record, dict):
+            return direct.parent, record
+    for directory, rec in list_records(scratch_root):
+        jobs = list(rec.get("jobs", [])) + [j for old in rec.get("history", []) for j in old.get("jobs", [])]
+        if any(_job_matches(name_or_job, str(j.get("job_id"))) for j in jobs):
+            return directory, rec
+    known = [d.name for d, _ in list_records(scratch_root)]
     raise InputError(
-        f"no submission named or with job id {name_or_job!r} under {base}; known plans: {', '.join(known) or 'none'}"
+        f"no submission named or with job id {name_or_job!r} under {base}; "
+        f"known plans: {', '.join(known) or 'none'} (see `mace status`)"
     )
+
+
+def load_manifest(directory: Path) -> dict[str, Any]:
+    manifest = read_json(Path(directory) / "manifest.json")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("elements"), list):
+        raise InputError(f"{directory}/manifest.json: missing or truncated; submit the plan again")
+    return manifest

@@ -8,13 +8,25 @@ cluster would, with the same environment, time-limit signal and epilogue.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 ProgressFn = Callable[[int, int, int], None]
+_LOCAL_JOB = re.compile(r"^local-(\d+)-(\d+)$")
+
+
+class LocalCancelled(KeyboardInterrupt):
+    """SIGTERM to the submitting process (`mace cancel` of a local run): stop every element."""
+
+
+def _raise_cancelled(signum: int, frame: Any) -> None:
+    raise LocalCancelled()
 
 
 class LocalBackend:
@@ -40,7 +52,7 @@ class LocalBackend:
         ]
         if len(tasks) > 3:
             lines.append(f"# … and {len(tasks) - 3} more elements")
-        return "\n".join(lines) + "\n", ["(local)", shlex.join(req.command)]
+        return "\n".join(lines) + "\n", [*req.command, "--index", "N"]  # once per element, N = its index
 
     def submit(self, req) -> str:  # noqa: ANN001
         job_id = f"local-{os.getpid()}-{int(time.time())}"
@@ -52,6 +64,9 @@ class LocalBackend:
         running: dict[int, tuple[subprocess.Popen[bytes], float, bool]] = {}
         pending = list(reversed(tasks))
         done = failed = 0
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _raise_cancelled)
         try:
             while pending or running:
                 while pending and len(running) < max(1, req.max_parallel):
@@ -89,13 +104,31 @@ class LocalBackend:
                 except subprocess.TimeoutExpired:
                     _signal(proc, signal.SIGKILL, group=True)
             raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         return job_id
 
     def query(self, job_ids: list[str]) -> dict[int, str]:
         return {}  # local elements are known only through their state files
 
     def cancel(self, job_ids: list[str]) -> None:
-        return None  # the foreground pool is cancelled with Ctrl-C
+        """SIGTERM the `mace-submit` process running a local array (it stops its elements).
+
+        Only a live process whose command line is a mace one is signalled: a recycled pid is left alone.
+        """
+        for job_id in job_ids:
+            m = _LOCAL_JOB.match(str(job_id))
+            if not m:
+                continue
+            try:
+                import psutil
+
+                proc = psutil.Process(int(m.group(1)))
+                if any("mace" in part for part in proc.cmdline()):
+                    proc.terminate()
+            except Exception:  # gone already, or not ours to signal
+                continue
 
     def max_array_size(self) -> int:
         return 1 << 31
