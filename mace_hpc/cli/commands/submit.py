@@ -1,11 +1,15 @@
 """`mace-submit plan.json`: one isolated context per element, submitted as job arrays.
 
 With the local backend (the default) the elements run here and the merged results are printed.
+On a cluster the job ids and a one-line summary are printed; follow with `mace status PLAN`.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+DRY_RUN_ELEMENTS = 3  # elements shown in full by --dry-run; the rest are counted
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,22 +20,65 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--isolation-mode", choices=("isolated", "shared"), help="default: plan, then config")
     p.add_argument("--max-parallel", type=int, metavar="N", help="elements running at once (the %%N throttle)")
     p.add_argument("--dry-run", action="store_true", help="show contexts, env, job script, command; create nothing")
+    p.add_argument(
+        "--no-submit", action="store_true",
+        help="create the contexts and manifest only; submit yourself (jobscripts/slurm-array.sh)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_run)
 
 
-def _dry_run_text(result, limit: int = 3) -> str:  # noqa: ANN001
-    sub = result.submission
-    lines = [f"plan {sub.name}: {len(sub.entries)} elements, backend {result.backend}, "
-             f"isolation {sub.isolation_mode}, {len(result.requests)} array(s)"]
-    for entry in sub.entries[:limit]:
-        lines.append(f"  [{entry['index']}] MACE_WORKFLOW_ID={entry['workflow_id']}  context {entry['context_dir']}")
-    if len(sub.entries) > limit:
-        lines.append(f"  ... and {len(sub.entries) - limit} more elements")
-    for (script, argv), req in zip(result.rendered, result.requests, strict=False):
-        lines.append(f"--- job script (array offset {req.index_offset}) ---")
-        lines.append(script.rstrip())
-        lines.append(f"--- submit command: {' '.join(argv)}")
+def dry_run_data(result: Any, limit: int | None = DRY_RUN_ELEMENTS) -> dict[str, Any]:
+    """What --dry-run shows: every element's identity and env (or the first few), scripts, commands."""
+    from ...submission.submit import element_env
+
+    sub, plan = result.submission, result.plan
+    shown = sub.entries if limit is None else sub.entries[:limit]
+    base_env = result.requests[0].env if result.requests else {}
+    elements = []
+    for entry in shown:
+        element = plan.elements[entry["index"]]
+        req = next((r for r in result.requests if entry["index"] in (r.indices or [])), None)
+        env = {**(req.env if req else base_env), **element_env(sub, entry, element.env)}
+        elements.append({**entry, "env": env})
+    return {
+        "plan": sub.name,
+        "backend": result.backend,
+        "isolation_mode": sub.isolation_mode,
+        "total_elements": len(sub.entries),
+        "elements": elements,
+        "arrays": [
+            {"index_offset": req.index_offset, "task_ids": len(req.task_ids()), "script": script, "command": argv}
+            for (script, argv), req in zip(result.rendered, result.requests, strict=True)
+        ],
+        "created": False,
+    }
+
+
+def dry_run_text(data: dict[str, Any]) -> str:
+    import shlex
+
+    n, arrays = data["total_elements"], data["arrays"]
+    lines = [
+        f"plan {data['plan']}: {n} elements, backend {data['backend']}, isolation {data['isolation_mode']}, "
+        f"{len(arrays)} array(s)"
+    ]
+    for e in data["elements"]:
+        lines.append(f"element {e['index']}: workflow id {e['workflow_id']}")
+        lines.append(f"  context {e['context_dir']}")
+        lines += [f"  {k}={shlex.quote(v)}" for k, v in sorted(e["env"].items())]
+    if n > len(data["elements"]):
+        lines.append(f"... and {n - len(data['elements'])} more elements (--dry-run --json lists them all)")
+    for k, a in enumerate(arrays):
+        if k == 0 or len(arrays) <= 3:
+            lines.append(f"--- job script {k + 1}/{len(arrays)} (index offset {a['index_offset']}, {a['task_ids']} tasks) ---")
+            lines.append(a["script"].rstrip())
+        else:
+            lines.append(
+                f"--- job script {k + 1}/{len(arrays)}: as above with index offset {a['index_offset']} and "
+                f"{a['task_ids']} tasks (--dry-run --json shows it)"
+            )
+        lines.append(f"--- submit: {shlex.join(a['command'])}")
     lines.append("dry run: nothing was created or submitted")
     return "\n".join(lines)
 
@@ -40,50 +87,71 @@ def _run(args: argparse.Namespace) -> int:
     import sys
 
     from ...submission.submit import submit_plan
-    from ..output import Progress, print_json, print_table
+    from ..output import Progress, print_json
 
-    backend = args.backend
     progress = None if args.json else Progress("elements")
     result = submit_plan(
-        args.plan, site=args.site, backend=backend, isolation_mode=args.isolation_mode,
-        max_parallel=args.max_parallel, dry_run=args.dry_run, progress=progress,
+        args.plan, site=args.site, backend=args.backend, isolation_mode=args.isolation_mode,
+        max_parallel=args.max_parallel, dry_run=args.dry_run, prepare_only=args.no_submit, progress=progress,
     )
     sub = result.submission
     if args.dry_run:
         if args.json:
-            print_json({"plan": sub.name, "backend": result.backend, "elements": sub.entries,
-                        "scripts": [s for s, _ in result.rendered], "commands": [a for _, a in result.rendered]})
+            print_json(dry_run_data(result, limit=None))
         else:
-            print(_dry_run_text(result))
+            print(dry_run_text(dry_run_data(result)))
+        return 0
+    for warning in result.warnings:
+        print(f"mace-submit: warning: {warning}", file=sys.stderr)
+    if args.no_submit:
+        if args.json:
+            print_json({**result.record, "seconds": result.seconds})
+        else:
+            n = len(sub.entries)
+            print(f"prepared {sub.name}: {n} contexts under {sub.scratch_root}, nothing submitted")
+            print(f"MACE_MANIFEST={sub.manifest_path}")
+            print(
+                f"submit it yourself, e.g.: sbatch --array=0-{n - 1}%{result.record['max_parallel']} "
+                f"--export=ALL,MACE_MANIFEST={sub.manifest_path} jobscripts/slurm-array.sh"
+            )
         return 0
     if result.backend != "local":
         if args.json:
             print_json({**result.record, "seconds": result.seconds})
         else:
-            print(f"submitted {sub.name}: {len(sub.entries)} elements as {len(result.job_ids)} array(s): "
-                  f"{' '.join(result.job_ids)} ({result.seconds:.2f} s); follow with `mace status {sub.name}`")
+            print(" ".join(result.job_ids))
+            backstop = f", backstop merge job {result.backstop_job_id}" if result.backstop_job_id else ""
+            print(
+                f"submitted {sub.name}: {len(sub.entries)} elements as {len(result.job_ids)} array(s) "
+                f"{' '.join(result.job_ids)} (at most {result.record['max_parallel']} running){backstop} in "
+                f"{result.seconds:.2f} s; follow with `mace status {sub.name}`"
+            )
         return 0
-    from ...status.collect import element_states, summarize
+    return _local_report(args, result)
+
+
+def _local_report(args: argparse.Namespace, result: Any) -> int:
+    """The local backend ran everything: states, and the merged results table."""
+    import sys
+
+    from ...status.reconcile import collect
     from ...status.results import results_table
+    from ..output import print_json, print_table
 
-    rows = element_states(sub.manifest())
-    counts = summarize(rows)
-    ok = all(r.get("run_state") == "COMPLETED" for r in rows)
+    sub = result.submission
+    report = collect(result.record, sub.manifest(), None, query=False)
+    ok = report.succeeded()
     if args.json:
-        print_json({**result.record, "states": counts, "succeeded": ok, "seconds": result.seconds,
-                    "elements": [{k: r.get(k) for k in ("index", "workflow_id", "state", "message")} for r in rows]})
+        print_json({**result.record, "states": report.counts, "succeeded": ok, "seconds": result.seconds,
+                    "elements": [{k: r.get(k) for k in ("index", "workflow_id", "state", "message")} for r in report.rows]})
         return 0 if ok else 1
-    from ...plan import plan_from_any
-
-    plan = plan_from_any(args.plan)
-    material_ids = [m["material_id"] for e in plan.elements for m in e.materials]
+    material_ids = [m["material_id"] for e in result.plan.elements for m in e.materials]
     headers, table = results_table(sub.shared_database, material_ids)
     if table:
         print(f"results merged into {sub.shared_database}:")
         print_table(headers, table)
-    for r in rows:
-        if r.get("run_state") != "COMPLETED":
+    for r in report.rows:
+        if r["run_state"] != "COMPLETED":
             print(f"element {r['index']} ({r['workflow_id']}): {r['state']} {r.get('message', '')}", file=sys.stderr)
-    state_text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    print(f"{sub.name}: {len(rows)} elements ({state_text}) in {result.seconds:.1f} s")
+    print(f"{report.summary_line()} in {result.seconds:.1f} s")
     return 0 if ok else 1

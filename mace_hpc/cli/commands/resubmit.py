@@ -1,0 +1,48 @@
+"""`mace resubmit PLAN [--failed | --elements 3,7,12]`: run only those elements again.
+
+They go out as one sparse array (`--array=3,7,12`) into their existing contexts: each resumes by
+workflow id, skips the steps it completed, and counts the attempt in its state file.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("resubmit", help="rerun failed (or chosen) elements of a plan", description=__doc__)
+    p.add_argument("target", metavar="PLAN|JOBID", help="plan name or any of its job ids")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--failed", action="store_true", help="the FAILED, TIMEOUT and CANCELLED elements (default)")
+    which.add_argument("--elements", metavar="LIST", help="element indices, e.g. 3,7,12 or 0-4,9")
+    p.add_argument("--max-parallel", type=int, metavar="N", help="default: as first submitted")
+    p.add_argument("--site", metavar="NAME|PATH", help="site config (for its scratch_root)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ...config import load_config
+    from ...submission.control import resubmit
+    from ..output import Progress, print_json
+
+    progress = None if args.json else Progress("elements")
+    result = resubmit(
+        args.target, elements=args.elements, max_parallel=args.max_parallel, cfg=load_config(site=args.site),
+        progress=progress,
+    )
+    if args.json:
+        print_json({k: v for k, v in result.__dict__.items() if k != "record"})
+        return 0
+    for warning in result.warnings:
+        print(f"mace resubmit: warning: {warning}")
+    if not result.indices:
+        print(f"{result.plan}: nothing to resubmit (no FAILED, TIMEOUT or CANCELLED elements)")
+        return 0
+    shown = ",".join(map(str, result.indices[:20])) + (" ..." if len(result.indices) > 20 else "")
+    print(" ".join(result.job_ids))
+    print(
+        f"resubmitted {len(result.indices)} element(s) of {result.plan} ({shown}) as "
+        f"{len(result.job_ids)} array(s) {' '.join(result.job_ids)}; follow with `mace status {result.plan}`"
+    )
+    return 0

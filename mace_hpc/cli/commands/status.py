@@ -1,0 +1,113 @@
+"""`mace status [PLAN|JOBID] [--watch] [--json]`: every element's state, from its own state file
+reconciled with one scheduler query per submission. Without an argument: the submissions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+TABLE_COLUMNS = ("index", "workflow_id", "state", "attempts", "job_id", "message")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="element states of a submitted plan", description=__doc__)
+    p.add_argument("target", nargs="?", metavar="PLAN|JOBID", help="plan name or any of its job ids")
+    p.add_argument("--site", metavar="NAME|PATH", help="site config (for its scratch_root)")
+    p.add_argument("--watch", action="store_true", help="live progress until every element has finished")
+    p.add_argument("--interval", type=float, default=2.0, metavar="S", help="seconds between --watch polls")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ...config import load_config
+
+    cfg = load_config(site=args.site)
+    if not args.target:
+        return _list(cfg, args.json)
+    if args.interval <= 0:
+        from ...errors import InputError
+
+        raise InputError(f"--interval: {args.interval} must be a positive number of seconds")
+    from ...submission.control import status_of
+
+    if args.watch:
+        return _watch(args, cfg, status_of)
+    report = status_of(args.target, cfg)
+    _show(report, args.json)
+    return 0
+
+
+def _show(report: Any, as_json: bool) -> None:
+    from ..output import format_table, print_json
+
+    if as_json:
+        print_json(report.to_json())
+        return
+    rows = [[r[c] if c != "message" else _short(r[c]) for c in TABLE_COLUMNS] for r in report.rows]
+    sys.stdout.write(format_table(TABLE_COLUMNS, rows) + "\n")
+    print(report.summary_line())
+
+
+def _short(text: str, width: int = 70) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _watch(args: argparse.Namespace, cfg: Any, status_of: Any) -> int:
+    """Poll (one scheduler query each time) and draw a progress bar until every element settles."""
+    from ..output import Progress, print_json
+
+    bar = Progress(f"{args.target}", stream=sys.stderr)
+    while True:
+        report = status_of(args.target, cfg)
+        failed = sum(1 for r in report.rows if r["settled"] and r["run_state"] not in ("COMPLETED",))
+        bar(report.settled(), report.total, failed)
+        if report.all_settled():
+            break
+        time.sleep(args.interval)
+    if args.json:
+        print_json(report.to_json())
+    else:
+        for r in report.rows:
+            if r["run_state"] != "COMPLETED":
+                print(f"element {r['index']} ({r['workflow_id']}): {r['state']} {_short(r['message'])}")
+        print(report.summary_line())
+    return 0 if report.succeeded() else 1
+
+
+def _list(cfg: Any, as_json: bool) -> int:
+    """Every submission under the scratch root, with state counts from the files (no scheduler)."""
+    from ...status.reconcile import state_counts_from_files
+    from ...submission.contexts import list_records, load_manifest, scratch_root_of
+    from ..output import print_json, print_table
+
+    root = scratch_root_of(cfg)
+    out = []
+    for directory, rec in list_records(root):
+        try:
+            counts = state_counts_from_files(load_manifest(directory))
+        except Exception:  # a half-written submission: list it without counts
+            counts = {}
+        jobs = [str(j["job_id"]) for j in rec.get("jobs", []) if j.get("kind", "array") != "backstop"]
+        out.append({
+            "plan": rec.get("plan", directory.name), "backend": rec.get("backend"), "elements": rec.get("elements"),
+            "jobs": jobs, "submitted_at": rec.get("submitted_at"), "states": counts,
+        })
+    if as_json:
+        print_json(out)
+        return 0
+    if not out:
+        print(f"no submissions under {root}")
+        return 0
+    rows = [
+        [o["plan"], o["backend"], o["elements"], " ".join(o["jobs"][:3]) + (" ..." if len(o["jobs"]) > 3 else ""),
+         time.strftime("%Y-%m-%d %H:%M", time.localtime(o["submitted_at"] or 0)),
+         ", ".join(f"{n} {s}" for s, n in sorted(o["states"].items()))]
+        for o in out
+    ]
+    print_table(("plan", "backend", "elements", "jobs", "submitted", "states"), rows)
+    return 0

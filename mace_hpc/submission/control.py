@@ -1,0 +1,209 @@
+"""`mace cancel` and `mace resubmit`: acting on a submission found by plan name or job id.
+
+Both start from the record and one reconciled status (one scheduler query), so they act on what
+is really queued: cancel stops every array of the plan in one scheduler call and marks elements
+that never started CANCELLED; resubmit queues only the chosen elements, as a sparse array into
+their existing contexts (the runner resumes by workflow id and skips completed steps), and refuses
+elements that are still queued or running.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, load_config
+from ..errors import InputError
+from ..status.reconcile import ACTIVE, BAD_FINAL, Report, array_jobs, collect
+from .backend import get_backend
+from .contexts import Submission, load_manifest, load_record, scratch_root_of, write_record
+from .submit import (
+    array_limit,
+    cancel_unstarted,
+    local_runner_alive,
+    make_requests,
+    own_runner,
+    reset_states,
+    resolve_parallel,
+    restore_states,
+    submit_backstop,
+    submit_requests,
+)
+
+
+def find_submission(name_or_job: str, cfg: Config | None = None) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(submission dir, record, manifest) by plan name or job id under the configured scratch root."""
+    cfg = cfg or load_config()
+    directory, record = load_record(scratch_root_of(cfg), name_or_job)
+    return directory, record, load_manifest(directory)
+
+
+def status_of(name_or_job: str, cfg: Config | None = None) -> Report:
+    _, record, manifest = find_submission(name_or_job, cfg)
+    return collect(record, manifest, get_backend(record.get("backend", "local")))
+
+
+# ------------------------------------------------------------------ cancel
+@dataclass
+class CancelResult:
+    plan: str
+    job_ids: list[str]
+    marked: int  # elements that never started, now CANCELLED
+    running: int  # elements that were running: the scheduler's signal makes them record CANCELLED
+
+
+def cancel(name_or_job: str, cfg: Config | None = None) -> CancelResult:
+    """Cancel every array (and the backstop job) of a submission in one scheduler call."""
+    directory, record, manifest = find_submission(name_or_job, cfg)
+    backend = record.get("backend", "local")
+    jobs = [str(j["job_id"]) for j in record.get("jobs", [])]
+    report = collect(record, manifest, get_backend(backend))
+    running = sum(1 for r in report.rows if r["state"] == "RUNNING")
+    if backend == "local":
+        if local_runner_alive(record):
+            import psutil
+
+            psutil.Process(int(record["runner"]["pid"])).terminate()
+    elif jobs:
+        get_backend(backend).cancel(jobs)
+    pending = [
+        {"context_dir": r["context_dir"]} for r in report.rows if r["file_state"] == "PENDING" and r["state"] in ACTIVE
+    ]
+    marked = cancel_unstarted(pending, "cancelled (mace cancel) before it started")
+    record["cancelled_at"] = time.time()
+    write_record(directory, record)
+    return CancelResult(record.get("plan", directory.name), jobs, marked, running)
+
+
+# ------------------------------------------------------------------ resubmit
+@dataclass
+class ResubmitResult:
+    plan: str
+    backend: str
+    indices: list[int]
+    job_ids: list[str] = field(default_factory=list)
+    backstop_job_id: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_elements(text: str, total: int) -> list[int]:
+    """`3,7,12` or `0-4,9` -> sorted indices, each checked against the plan's size."""
+    out: set[int] = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if lo > hi:
+                    raise ValueError
+                out.update(range(lo, hi + 1))
+            else:
+                out.add(int(part))
+        except ValueError:
+            raise InputError(f"--elements: {part!r} is not an index or a range like 3-7") from None
+    if not out:
+        raise InputError("--elements: give element indices like 3,7,12")
+    bad = sorted(i for i in out if not 0 <= i < total)
+    if bad:
+        raise InputError(f"--elements: {bad[0]} is not an element of this plan (indices 0-{total - 1})")
+    return sorted(out)
+
+
+def resubmit(
+    name_or_job: str,
+    *,
+    elements: Sequence[int] | str | None = None,
+    failed: bool = True,
+    max_parallel: int | None = None,
+    cfg: Config | None = None,
+    progress: Any = None,
+) -> ResubmitResult:
+    """Queue the chosen elements again (default: the FAILED/TIMEOUT/CANCELLED ones) as a sparse array."""
+    cfg = cfg or load_config()
+    directory, record, manifest = find_submission(name_or_job, cfg)
+    backend_name = record.get("backend", "local")
+    opts = {"progress": progress} if backend_name == "local" and progress else {}
+    be = get_backend(backend_name, **opts)
+    if local_runner_alive(record):
+        raise InputError(
+            f"plan {record.get('plan')!r} is still being run by pid {record['runner']['pid']}; "
+            f"wait for it or `mace cancel {record.get('plan')}`"
+        )
+    report = collect(record, manifest, be)
+    total = len(manifest["elements"])
+    if elements is not None:
+        wanted = parse_elements(elements, total) if isinstance(elements, str) else parse_elements(
+            ",".join(str(i) for i in elements), total
+        )
+    else:
+        wanted = [r["index"] for r in report.rows if r["run_state"] in BAD_FINAL]
+    plan = record.get("plan", directory.name)
+    result = ResubmitResult(plan, backend_name, wanted)
+    if not wanted:
+        return result
+    busy = [
+        r for r in report.rows
+        if r["index"] in set(wanted) and (r["state"] in ACTIVE or r["scheduler_state"] in ACTIVE)
+    ]
+    if busy:
+        shown = ",".join(str(r["index"]) for r in busy[:10]) + (" ..." if len(busy) > 10 else "")
+        raise InputError(
+            f"--elements: element(s) {shown} of {plan!r} are still queued or running; "
+            f"wait for them or `mace cancel {plan}` first"
+        )
+    scheduler = dict(record.get("scheduler") or {})
+    parallel = resolve_parallel(max_parallel, None, cfg) if max_parallel else int(record.get("max_parallel") or 1)
+    env = dict(record.get("env") or {})
+    command = list(record.get("command") or [])
+    if not env or not command:
+        raise InputError(f"{directory}/record.json: written by an older mace-hpc; submit the plan again")
+    requests = make_requests(
+        plan, wanted, max_parallel=parallel, command=command, env=env, work_dir=directory / "logs",
+        scheduler=scheduler, max_array_size=array_limit(scheduler, be),
+    )
+    for req in requests:
+        be.render(req)  # refuse bad values before touching any state file
+    attempt = 1 + max((int(j.get("attempt", 1)) for j in array_jobs(record)), default=1)
+    by_index = {e["index"]: e for e in manifest["elements"]}
+    contexts = [Path(by_index[i]["context_dir"]) for i in wanted]
+    for d in contexts:
+        d.mkdir(mode=0o700, exist_ok=True)  # removed by hand since: recreated, the runner starts afresh
+    saved = reset_states(contexts, resubmitted_at=time.time())
+    record["runner"] = own_runner()  # until the arrays are queued (or, locally, have run)
+    write_record(directory, record)
+    try:
+        result.job_ids = submit_requests(be, requests, record, directory, kind="resubmit", attempt=attempt)
+    except KeyboardInterrupt:
+        if backend_name == "local":
+            cancel_unstarted([by_index[i] for i in wanted], "interrupted before it started")
+        raise
+    except BaseException:
+        restore_states(saved)
+        record["runner"] = None
+        write_record(directory, record)
+        raise
+    finally:
+        record["runner"] = None
+    if backend_name != "local":
+        sub = Submission(
+            name=plan, directory=directory, scratch_root=Path(manifest.get("scratch_root") or directory.parent.parent),
+            isolation_mode=manifest.get("isolation_mode", "shared"),
+            shared_database=Path(manifest.get("shared_database", "")), on_complete=manifest.get("on_complete", "merge"),
+            on_failure=manifest.get("on_failure", "keep"), archive_dir=Path(manifest.get("archive_dir", ".")),
+            entries=manifest["elements"],
+        )
+        result.backstop_job_id, warning = submit_backstop(be, sub, record, result.job_ids, scheduler)
+        if warning:
+            result.warnings.append(warning)
+    record.setdefault("resubmissions", []).append(
+        {"at": time.time(), "indices": wanted, "job_ids": result.job_ids, "attempt": attempt}
+    )
+    write_record(directory, record)
+    result.record = record
+    return result
