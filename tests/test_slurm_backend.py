@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from mace_hpc.errors import InputError, SchedulerError
+from mace_hpc.errors import InputError, SchedulerError, SchedulerUnavailable
 from mace_hpc.submission import slurm as slurm_mod
 from mace_hpc.submission.backend import (
     CANCELLED,
@@ -305,6 +305,12 @@ def test_submit_refusal_quotes_sbatch(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(backend, "_run", _FakeRun({"sbatch": (1, "", err)}))
     with pytest.raises(SchedulerError, match="sbatch: error: invalid partition specified: nope"):
         backend.submit(_req(tmp_path))
+    down = (
+        "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)\n"
+    )
+    monkeypatch.setattr(backend, "_run", _FakeRun({"sbatch": (1, "", down)}))
+    with pytest.raises(SchedulerUnavailable, match="Unable to contact slurm controller"):
+        backend.submit(_req(tmp_path))
     monkeypatch.setattr(backend, "_run", _FakeRun({"sbatch": (0, "4242;cluster\n", "")}))
     assert backend.submit(_req(tmp_path)) == "4242"
     assert (tmp_path / "plan-a.sbatch").is_file()
@@ -501,10 +507,18 @@ def test_signal_reaches_execd_runner(submitted: dict[str, Any]) -> None:
 @pytest.mark.slurm
 def test_bad_partition_is_scheduler_error(slurm_cluster: Any, tmp_path: Path) -> None:
     req = _req(tmp_path, scheduler={"partition": "nope", "time": 1}, command=["true"])
-    with pytest.raises(SchedulerError, match=r"sbatch: error: invalid partition specified: nope"):
+    with pytest.raises(SchedulerError, match=r"sbatch: error: invalid partition specified: nope") as info:
         SlurmBackend().submit(req)
+    assert not isinstance(info.value, SchedulerUnavailable)  # a refusal: fix the request, do not retry
 
 
 @pytest.mark.slurm
 def test_max_array_size_matches_cluster(slurm_cluster: Any) -> None:
     assert SlurmBackend().max_array_size() == slurm_cluster.max_array_size
+
+
+def test_missing_commands_are_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SchedulerUnavailable, match="sbatch not found"):
+        SlurmBackend().submit(_req(tmp_path))
+    assert SlurmBackend().max_array_size() == slurm_mod.DEFAULT_MAX_ARRAY_SIZE

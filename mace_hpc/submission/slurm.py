@@ -21,7 +21,7 @@ from typing import Any
 
 from submitit.slurm.slurm import _make_sbatch_string
 
-from ..errors import InputError, SchedulerError
+from ..errors import InputError, SchedulerError, SchedulerUnavailable
 from ..util.atomic import atomic_write_text
 from .backend import (
     PENDING,
@@ -45,6 +45,19 @@ _EXPORT_SAFE = re.compile(r"^[A-Za-z0-9_./:@+=%~ -]*$")
 _DIRECTIVE_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 _DEPENDENCY = re.compile(r"^[a-z_]+(:[0-9_+]+)+([,?][a-z_]+(:[0-9_+]+)+)*$|^singleton$")
 _TIMEOUT_S = 60.0
+# stderr of a command that could not reach slurmctld: retry later (SchedulerUnavailable, exit 3)
+_UNREACHABLE = re.compile(
+    r"unable to contact slurm controller|connection refused|socket timed out|temporarily unable|"
+    r"zero bytes were transmitted|communication connection failure",
+    re.IGNORECASE,
+)
+
+
+def _failure(what: str, stderr: str | None, stdout: str | None = None) -> SchedulerError:
+    """A refusal (SchedulerError, exit 2) or an unreachable controller (SchedulerUnavailable, exit 3)."""
+    msg = _first_error(stderr, stdout)
+    cls = SchedulerUnavailable if _UNREACHABLE.search(stderr or "") else SchedulerError
+    return cls(f"{what}: {msg}")
 
 
 def job_name(req: ArrayRequest) -> str:
@@ -175,14 +188,17 @@ class SlurmBackend:
         return text, ["sbatch", "--parsable", str(self.script_path(req))]
 
     def submit(self, req: ArrayRequest) -> str:
-        """Write the script next to the logs and sbatch it; the job id (`id;cluster` -> `id`)."""
+        """Write the script next to the logs and sbatch it; the job id (`id;cluster` -> `id`).
+
+        SchedulerError quoting sbatch when it refuses; SchedulerUnavailable when it cannot be reached.
+        """
         text, argv = self.render(req)
         work_dir = Path(req.work_dir)
         work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write_text(self.script_path(req), text, mode=0o700)
         proc = self._run(argv, cwd=work_dir)
         if proc.returncode != 0:
-            raise SchedulerError(f"sbatch refused {job_name(req)}: {_first_error(proc.stderr, proc.stdout)}")
+            raise _failure(f"sbatch refused {job_name(req)}", proc.stderr, proc.stdout)
         out = proc.stdout.strip().splitlines()
         job_id = out[-1].split(";", 1)[0].strip() if out else ""
         if not job_id.isdigit():
@@ -212,7 +228,7 @@ class SlurmBackend:
                 for key in _keys(job, task_ids):
                     found[key] = (state, name)
         elif "invalid job id" not in (proc.stderr or "").lower():
-            raise SchedulerError(f"squeue failed: {_first_error(proc.stderr, proc.stdout)}")
+            raise SchedulerUnavailable(f"squeue failed: {_first_error(proc.stderr, proc.stdout)}")
         if only_pending and seen_jobs >= set(ids):
             return found
         proc = self._run(["sacct", "-n", "-X", "-P", "-j", ",".join(ids), "-o", "JobID,State,JobName"])
@@ -247,7 +263,7 @@ class SlurmBackend:
         if proc.returncode != 0:
             msg = _first_error(proc.stderr, proc.stdout)
             if not re.search(r"already completing or completed|invalid job id", msg, re.IGNORECASE):
-                raise SchedulerError(f"scancel failed: {msg}")
+                raise _failure("scancel failed", proc.stderr, proc.stdout)
 
     def max_array_size(self) -> int:
         """MaxArraySize from `scontrol show config` (asked once); 1001, SLURM's default, if unknown."""
@@ -266,7 +282,7 @@ class SlurmBackend:
     # ------------------------------------------------------------------ plumbing
     def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         if shutil.which(argv[0]) is None:
-            raise SchedulerError(f"{argv[0]} not found on PATH: is this a SLURM login node?")
+            raise SchedulerUnavailable(f"{argv[0]} not found on PATH: is this a SLURM login node?")
         try:
             return subprocess.run(
                 argv,
@@ -279,7 +295,7 @@ class SlurmBackend:
         except subprocess.TimeoutExpired as exc:
             said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
             why = f": {_first_error(said)}" if said else ""
-            raise SchedulerError(f"{argv[0]} did not answer within {self._timeout:.0f}s{why}") from None
+            raise SchedulerUnavailable(f"{argv[0]} did not answer within {self._timeout:.0f}s{why}") from None
 
 
 def _check_ids(job_ids: list[str]) -> list[str]:
