@@ -1,29 +1,219 @@
-"""The epilogue: bring one finished element's results home, and never fail the node.
+"""The epilogue hook: finalize one finished element, within a deadline, and never fail the node.
 
-Policy (`on_complete` for COMPLETED elements, `on_failure` for FAILED/TIMEOUT/CANCELLED):
-merge into the shared database (exactly once), archive, both, or keep. Any error is caught,
-logged in the context and recorded as PENDING_MERGE for a later `mace merge`.
+`run_epilogue(context_dir, manifest=...)` is what the element runner calls at the end of every
+element (success, failure, time-limit signal); `mace epilogue` / `mace-epilogue` is the same for
+scheduler hooks and humans (see `find_context` for how it finds the element). Both:
+
+- never raise and (the CLI) always exit 0: a failing site Epilog drains the node (invariant 4);
+- never hang: the work runs in a forked child that is stopped at `epilogue_deadline` seconds
+  (SIGUSR1, so it unwinds and releases its locks and temp files; SIGKILL after a short grace),
+  and whatever could not be finished is left as PENDING_MERGE plus a log line in the context,
+  for the backstop job or the next `mace merge`.
+
+The child ignores SIGTERM/SIGINT/SIGUSR2: the scheduler's time-limit signals are for the element,
+and an epilogue that already holds the merge lock is better finished than abandoned.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import select
+import signal
+import threading
 import time
-import traceback
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..element import state as st
-from ..util.atomic import read_json
+from .finalize import (
+    CONTEXT_LOCK,
+    DONE_STATES,
+    Options,
+    Outcome,
+    Target,
+    finalize,
+    log_line,
+    read_state_strict,
+    target_from_context,
+    target_from_manifest,
+)
+
+KILL_GRACE_S = 5.0
+DEFAULT_DEADLINE_S = 60.0
 
 
-def _log(context_dir: Path, line: str) -> None:
+class _Deadline(BaseException):
+    """Raised inside the epilogue child when its parent says time is up."""
+
+
+def _raise_deadline(signum: int, frame: Any) -> None:
+    raise _Deadline()
+
+
+def _entry_for(manifest: Mapping[str, Any], context_dir: Path) -> dict[str, Any] | None:
+    for entry in manifest.get("elements") or []:
+        if isinstance(entry, dict) and Path(str(entry.get("context_dir", ""))) == context_dir:
+            return entry
+    for entry in manifest.get("elements") or []:  # moved scratch root: match by workflow id
+        if isinstance(entry, dict) and entry.get("workflow_id") == context_dir.name:
+            return {**entry, "context_dir": str(context_dir)}
+    return None
+
+
+def build_target(
+    context_dir: Path,
+    manifest: Mapping[str, Any] | None = None,
+    *,
+    shared_database: str | os.PathLike[str] | None = None,
+    archive_dir: str | os.PathLike[str] | None = None,
+) -> Target:
+    """Settings for one context: its manifest entry when there is one, else the configuration."""
+    from ..config import load_config
+
+    cfg = load_config()
+    entry = _entry_for(manifest, context_dir) if manifest else None
+    target = target_from_manifest(entry, manifest, cfg) if entry and manifest else target_from_context(context_dir, cfg)
+    if shared_database:
+        target.shared_database = Path(shared_database).absolute()
+    if archive_dir:
+        target.archive_dir = Path(archive_dir).absolute()
+    return target
+
+
+def _can_fork() -> bool:
+    return hasattr(os, "fork") and threading.current_thread() is threading.main_thread() and threading.active_count() == 1
+
+
+def run_with_deadline(fn: Callable[[], Any], deadline: float, grace: float = KILL_GRACE_S) -> tuple[bool, Any]:
+    """Run `fn` in a forked child for at most `deadline` seconds; (finished, JSON result or None).
+
+    Falls back to a daemon thread (which may outlive the deadline, but we stop waiting) when
+    forking is unsafe (other threads running).
+    """
+    if not _can_fork():
+        return _run_in_thread(fn, deadline)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # ---- child: do the work, report it as JSON on the pipe, never return
+        code = 1
+        try:
+            os.close(r)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+            signal.signal(signal.SIGUSR1, _raise_deadline)
+            data = json.dumps(fn(), default=str).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(w, view):]
+            code = 0
+        except BaseException:  # noqa: BLE001 - the parent records what is missing
+            pass
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks: list[bytes] = []
+    end = time.monotonic() + deadline
+    eof = False
     try:
-        logs = context_dir / "logs"
-        logs.mkdir(exist_ok=True, mode=0o700)
-        with open(logs / "epilogue.log", "a") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
-    except OSError:
-        pass
+        while not eof:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                ready, _, _ = select.select([r], [], [], remaining)
+            except BaseException:  # noqa: BLE001 - a signal handler of the caller raised: keep waiting
+                continue
+            if ready:
+                data = os.read(r, 1 << 16)
+                eof = not data
+                chunks.append(data)
+    finally:
+        os.close(r)
+    if not eof:
+        _stop_child(pid, grace)
+        return False, None
+    _reap(pid)
+    try:
+        return True, json.loads(b"".join(chunks) or b"null")
+    except ValueError:
+        return False, None
+
+
+def _reap(pid: int, timeout: float | None = None) -> bool:
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            done, _ = os.waitpid(pid, 0 if end is None else os.WNOHANG)
+        except ChildProcessError:
+            return True
+        except InterruptedError:
+            continue
+        if done:
+            return True
+        if end is not None and time.monotonic() >= end:
+            return False
+        time.sleep(0.02)
+
+
+def _stop_child(pid: int, grace: float) -> None:
+    for sig, wait in ((signal.SIGUSR1, grace), (signal.SIGKILL, None)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        if _reap(pid, wait):
+            return
+
+
+def _run_in_thread(fn: Callable[[], Any], deadline: float) -> tuple[bool, Any]:
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = json.loads(json.dumps(fn(), default=str))
+        except BaseException as exc:  # noqa: BLE001
+            box["error"] = exc
+
+    thread = threading.Thread(target=work, name="mace-epilogue", daemon=True)
+    thread.start()
+    thread.join(deadline)
+    if thread.is_alive() or "result" not in box:
+        return False, None
+    return True, box["result"]
+
+
+def _clear_dead_locks(target: Target) -> None:
+    """After killing a child: break the locks it held (dead holder on this host), so the backstop
+    on another host does not wait for their lifetime."""
+    from ..database.merge import lock_path
+    from ..util.nfslock import LockTimeout, NfsLock
+
+    paths = [target.context_dir / CONTEXT_LOCK]
+    if target.shared_database:
+        paths.append(lock_path(target.shared_database))
+    for path in paths:
+        if not os.path.lexists(path):
+            continue
+        try:
+            NfsLock(path, timeout=0.3, poll=0.05).acquire().release()
+        except (LockTimeout, OSError):
+            pass
+
+
+def _record_pending(context_dir: Path, reason: str) -> dict[str, Any]:
+    """PENDING_MERGE + log line, unless the context is already done (the child got that far)."""
+    log_line(context_dir, f"epilogue: {reason}; left PENDING_MERGE for the backstop / `mace merge`")
+    try:
+        state = read_state_strict(context_dir)
+        if state is not None and state.get("state") in DONE_STATES:
+            return state
+        if state is not None and state.get("state") not in (*st.FINAL_RUN_STATES, st.PENDING_MERGE):
+            return state  # not finished running: nothing is pending yet
+        return st.write_state(context_dir, state=st.PENDING_MERGE, pending_reason=reason, epilogue_error=reason)
+    except Exception:  # noqa: BLE001
+        return {"state": st.PENDING_MERGE, "pending_reason": reason}
 
 
 def run_epilogue(
@@ -34,51 +224,37 @@ def run_epilogue(
     on_failure: str | None = None,
     shared_database: str | Path | None = None,
     archive_dir: str | Path | None = None,
+    deadline: float | None = None,
+    ended: bool = False,
+    by: str = "epilogue",
 ) -> dict[str, Any]:
-    """Apply the policy to one context; returns the new state dict. Never raises."""
-    context_dir = Path(context_dir)
-    manifest = manifest or {}
+    """Apply the element's policy to one context within `deadline` s; returns its new state. Never raises.
+
+    `ended=True` (scheduler hooks): the job is over, so a RUNNING state means the runner was
+    killed before recording its end; it is recorded as such and the on_failure policy applied.
+    """
+    context_dir = Path(context_dir).absolute()
     try:
-        state = st.read_state(context_dir)
-        run_state = state.get("run_state", state["state"])
-        if state["state"] in (st.MERGED, st.ARCHIVED, st.KEPT):
-            return state
-        if run_state not in st.FINAL_RUN_STATES:
-            return state
-        ident = read_json(context_dir / "context.json", {}) or {}
-        workflow_id = ident.get("workflow_id", context_dir.name)
-        policy = (
-            (on_complete or manifest.get("on_complete") or "merge")
-            if run_state == st.COMPLETED
-            else (on_failure or manifest.get("on_failure") or "keep")
-        )
-        isolated = (manifest.get("isolation_mode") or ident.get("isolation_mode")) == "isolated"
-        epilogue: dict[str, Any] = {"policy": policy, "at": time.time()}
-        new_state = st.KEPT
-        if "merge" in policy and isolated:
-            from ..database.merge import merge_database
-
-            shared = Path(shared_database or manifest["shared_database"])
-            report = merge_database(shared, context_dir / "materials.db", workflow_id)
-            epilogue["merge"] = {"status": report.status, "counts": report.counts, "conflicts": len(report.conflicts)}
-            if report.status == "corrupt":
-                raise RuntimeError(f"context database is corrupt: {getattr(report, 'error', '')}")
-            new_state = st.MERGED
-        elif "merge" in policy:
-            new_state = st.MERGED  # shared mode: the steps wrote the shared database directly
-        if "archive" in policy:
+        if deadline is None:
             from ..config import load_config
-            from .archive import archive_context
 
-            target = Path(archive_dir or manifest.get("archive_dir") or load_config().path("archive_dir"))
-            epilogue["archive"] = str(archive_context(context_dir, target, workflow_id))
-            new_state = st.ARCHIVED if new_state != st.MERGED else st.MERGED
-            epilogue["archived"] = True
-        _log(context_dir, f"{run_state} -> {new_state} ({policy})")
-        return st.write_state(context_dir, state=new_state, epilogue=epilogue)
-    except Exception as exc:
-        _log(context_dir, f"epilogue failed, left for `mace merge`: {exc}\n{traceback.format_exc()}")
-        try:
-            return st.write_state(context_dir, state=st.PENDING_MERGE, epilogue_error=str(exc))
-        except Exception:
-            return {"state": st.PENDING_MERGE, "epilogue_error": str(exc)}
+            deadline = float(load_config()["epilogue_deadline"])
+        target = build_target(context_dir, manifest, shared_database=shared_database, archive_dir=archive_dir)
+        lock_wait = max(0.5, deadline - 10.0) if deadline > 20 else deadline / 2
+        opts = Options(on_complete, on_failure, lock_timeout=lock_wait, ended=ended, by=by,
+                       context_lock_timeout=min(5.0, deadline / 4))
+
+        def work() -> list[dict[str, Any]]:
+            return [o.to_dict() for o in finalize([target], opts)]
+
+        finished, result = run_with_deadline(work, deadline)
+        if not finished:
+            _clear_dead_locks(target)
+            return _record_pending(context_dir, f"epilogue deadline of {deadline:g} s exceeded")
+        outcome = Outcome(**result[0]) if result else None
+        state = st.read_state(context_dir)
+        if outcome is not None:
+            state = {**state, "outcome": outcome.to_dict()}
+        return state
+    except Exception as exc:  # noqa: BLE001 - the hook must never fail its caller
+        return _record_pending(context_dir, f"epilogue failed: {type(exc).__name__}: {exc}")

@@ -1,0 +1,448 @@
+"""Bring finished contexts home: the one code path behind the epilogue hook, `mace merge` and the backstop.
+
+For each context whose run ended (or that an earlier epilogue left PENDING_MERGE) the policy is
+applied: `on_complete` (merge | archive | merge+archive | keep) for COMPLETED runs, `on_failure`
+(keep | archive) otherwise. Merges go through `merge_many` (one lock, batched transactions, the
+exactly-once ledger), so finalizing a context twice, or from two processes, adds nothing.
+
+Outcomes, written to the context's state file:
+- MERGED / ARCHIVED / KEPT: done; with cleanup configured a merged or archived context's data is
+  removed, leaving only `state.json` + `context.json` (a tombstone, so `mace status` still knows).
+- PENDING_MERGE: something failed (lock not obtained in time, disk full while archiving, ...);
+  `pending_reason` says what, the context is untouched and the next `mace merge` retries.
+- QUARANTINED: unreadable state file or corrupt context database; the context is moved to
+  `<scratch_root>/.quarantine/<id>.<time>/` and a stub state file left in its place says where.
+
+Two finalizers never work on one context at once: each holds the context's `.epilogue.lock`
+(an NfsLock) and re-reads the state under it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import ON_COMPLETE, ON_FAILURE, Config, effective_cleanup_on_exit, load_config
+from ..element import state as st
+from ..util.atomic import atomic_write_json, read_json
+from ..util.ids import validate_workflow_id
+from ..util.nfslock import LockTimeout, NfsLock
+
+QUARANTINED = "QUARANTINED"
+DONE_STATES = (st.MERGED, st.ARCHIVED, st.KEPT, QUARANTINED)
+QUARANTINE_DIR = ".quarantine"
+CONTEXT_LOCK = ".epilogue.lock"
+CONTEXT_FILE = "context.json"
+DATABASE_FILE = "materials.db"
+_KEEP_IN_TOMBSTONE = (st.STATE_FILE, CONTEXT_FILE)
+
+
+@dataclass
+class Target:
+    """One context to finalize and the settings that apply to it."""
+
+    context_dir: Path
+    workflow_id: str
+    isolation_mode: str = "isolated"
+    shared_database: Path | None = None
+    archive_dir: Path | None = None
+    on_complete: str = "merge"
+    on_failure: str = "keep"
+    cleanup: bool = False  # remove the data once merged or archived
+    archive_before_cleanup: bool = True  # context_settings.archive_results
+    plan: str | None = None
+    index: int | None = None
+
+
+@dataclass
+class Outcome:
+    """What finalizing one context did; `action` is one of ACTIONS."""
+
+    workflow_id: str
+    context_dir: str
+    before: str
+    state: str
+    action: str
+    reason: str = ""
+    merge: dict[str, Any] | None = None
+    archive: str | None = None
+    removed: bool = False
+    conflicts: int = 0
+    index: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ACTIONS = ("merged", "archived", "merged+archived", "kept", "pending", "quarantined", "busy", "skipped", "running")
+
+
+@dataclass
+class Options:
+    """How to finalize: policy overrides, lock patience, who is asking (for the log), `ended`."""
+
+    on_complete: str | None = None
+    on_failure: str | None = None
+    lock_timeout: float = 60.0
+    ended: bool = False  # every element's job has ended: a RUNNING state means the runner died
+    by: str = "merge"
+    context_lock_timeout: float = 5.0
+    scheduler_states: Mapping[str, str] = field(default_factory=dict)  # workflow id -> final state
+
+    def __post_init__(self) -> None:
+        from ..errors import InputError
+
+        if self.on_complete is not None and self.on_complete not in ON_COMPLETE:
+            raise InputError(f"--on-complete: {self.on_complete!r} is invalid; allowed: {' | '.join(ON_COMPLETE)}")
+        if self.on_failure is not None and self.on_failure not in ON_FAILURE:
+            raise InputError(f"--on-failure: {self.on_failure!r} is invalid; allowed: {' | '.join(ON_FAILURE)}")
+
+
+# ---------------------------------------------------------------------------- helpers
+def log_line(context_dir: Path, line: str) -> None:
+    """Append a line to `<context>/logs/epilogue.log`; never raises (the log is best effort)."""
+    try:
+        logs = Path(context_dir) / "logs"
+        if logs.is_symlink():
+            return
+        logs.mkdir(exist_ok=True, mode=0o700)
+        fd = os.open(logs / "epilogue.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {socket.gethostname()} pid {os.getpid()}: {line}\n")
+    except OSError:
+        pass
+
+
+def read_state_strict(context_dir: Path) -> dict[str, Any] | None:
+    """The state file, `{"state": PENDING}` when absent, None when present but unreadable."""
+    path = Path(context_dir) / st.STATE_FILE
+    if not os.path.lexists(path):
+        return {"state": st.PENDING, "attempts": 0}
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("state"), str) or path.is_symlink():
+        return None
+    return data
+
+
+def run_state_of(state: Mapping[str, Any]) -> str:
+    return str(state.get("run_state") or state.get("state"))
+
+
+def policy_for(target: Target, run_state: str, opts: Options) -> str:
+    if run_state == st.COMPLETED:
+        return opts.on_complete or target.on_complete
+    return opts.on_failure or target.on_failure
+
+
+def _pid_alive_here(state: Mapping[str, Any]) -> bool:
+    if state.get("host") != socket.gethostname():
+        return False
+    try:
+        import psutil
+
+        return psutil.pid_exists(int(state.get("pid", 0) or 0)) and int(state.get("pid", 0)) != os.getpid()
+    except (ValueError, TypeError):
+        return False
+
+
+def wants_finalizing(state: Mapping[str, Any], opts: Options, workflow_id: str = "") -> tuple[bool, str]:
+    """Whether this state needs the epilogue, and if not a word on why (for the summary)."""
+    name = state.get("state")
+    if name in st.FINAL_RUN_STATES or name == st.PENDING_MERGE:
+        return True, ""
+    if name == st.KEPT and (opts.on_complete or opts.on_failure):
+        return True, ""  # an explicit policy on the command line revisits kept contexts
+    if name == st.RUNNING:
+        if workflow_id in opts.scheduler_states or (opts.ended and not _pid_alive_here(state)):
+            return True, ""
+        return False, "running"
+    if name in DONE_STATES:
+        return False, "skipped"
+    return False, "running" if name == st.PENDING and state.get("attempts") else "skipped"
+
+
+def target_from_manifest(
+    entry: Mapping[str, Any], manifest: Mapping[str, Any], cfg: Config | None = None
+) -> Target:
+    """The Target for one manifest entry: manifest values (plan > site config at submission) first."""
+    cfg = cfg or load_config()
+    return Target(
+        context_dir=Path(entry["context_dir"]),
+        workflow_id=validate_workflow_id(entry["workflow_id"]),
+        isolation_mode=str(manifest.get("isolation_mode") or cfg["isolation_mode"]),
+        shared_database=Path(manifest.get("shared_database") or cfg.path("shared_database").absolute()),
+        archive_dir=Path(manifest.get("archive_dir") or cfg.path("archive_dir").absolute()),
+        on_complete=str(manifest.get("on_complete") or cfg["on_complete"]),
+        on_failure=str(manifest.get("on_failure") or cfg["on_failure"]),
+        cleanup=effective_cleanup_on_exit(cfg),
+        archive_before_cleanup=bool(cfg["context_settings.archive_results"]),
+        plan=manifest.get("plan"),
+        index=entry.get("index"),
+    )
+
+
+def target_from_context(context_dir: Path, cfg: Config | None = None) -> Target:
+    """A Target for a context with no manifest (made by WorkflowContext directly): config decides."""
+    cfg = cfg or load_config()
+    context_dir = Path(context_dir)
+    ident = read_json(context_dir / CONTEXT_FILE, {}) or {}
+    element = read_json(context_dir / "element.json", {}) or {}
+    return Target(
+        context_dir=context_dir,
+        workflow_id=validate_workflow_id(ident.get("workflow_id") or context_dir.name),
+        isolation_mode=str(ident.get("isolation_mode") or cfg["isolation_mode"]),
+        shared_database=cfg.path("shared_database").absolute(),
+        archive_dir=cfg.path("archive_dir").absolute(),
+        on_complete=cfg["on_complete"],
+        on_failure=cfg["on_failure"],
+        cleanup=effective_cleanup_on_exit(cfg),
+        archive_before_cleanup=bool(cfg["context_settings.archive_results"]),
+        plan=element.get("plan") if isinstance(element, dict) else None,
+    )
+
+
+# ---------------------------------------------------------------------------- quarantine / tombstone
+def quarantine(context_dir: Path, reason: str, *, run_state: str | None = None) -> Path:
+    """Move a context aside to `<scratch_root>/.quarantine/<id>.<time>` and leave a stub state.
+
+    The stub (state QUARANTINED, where it went, why) keeps `mace status` truthful; everything the
+    element produced stays in the quarantined copy for a human to inspect.
+    """
+    context_dir = Path(context_dir)
+    qdir = context_dir.parent / QUARANTINE_DIR
+    qdir.mkdir(mode=0o700, exist_ok=True)
+    dest = qdir / f"{context_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}.{os.getpid()}"
+    ident = read_json(context_dir / CONTEXT_FILE)
+    os.rename(context_dir, dest)
+    record = {"reason": reason, "at": time.time(), "from": str(context_dir), "host": socket.gethostname()}
+    try:
+        atomic_write_json(dest / "QUARANTINE.json", record)
+    except OSError:
+        pass
+    log_line(dest, f"quarantined: {reason}")
+    os.mkdir(context_dir, 0o700)
+    if isinstance(ident, dict):
+        atomic_write_json(context_dir / CONTEXT_FILE, ident)
+    st.write_state(
+        context_dir, state=QUARANTINED, run_state=run_state, quarantine={**record, "path": str(dest)},
+        pending_reason=reason,
+    )
+    log_line(context_dir, f"quarantined to {dest}: {reason}")
+    return dest
+
+
+def remove_data(context_dir: Path) -> None:
+    """Delete a finished context's data but keep state.json + context.json (the tombstone)."""
+    for entry in os.scandir(context_dir):
+        if entry.name in _KEEP_IN_TOMBSTONE or entry.name.startswith(CONTEXT_LOCK):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
+def is_removed(state: Mapping[str, Any]) -> bool:
+    return bool(state.get("removed"))
+
+
+# ---------------------------------------------------------------------------- the work
+def _merge_group(shared: Path, group: list[Target], lock_timeout: float) -> dict[str, Any]:
+    """merge_many over one shared database; workflow id -> MergeReport, or an Exception for all."""
+    from ..database.merge import merge_many
+
+    sources = [(t.workflow_id, t.context_dir / DATABASE_FILE) for t in group]
+    try:
+        reports = merge_many(shared, sources, lock_timeout=lock_timeout)
+    except LockTimeout as exc:
+        return {t.workflow_id: exc for t in group}
+    except Exception as exc:  # noqa: BLE001 - one unusable shared DB must not stop the rest
+        return {t.workflow_id: exc for t in group}
+    return {r.workflow_id: r for r in reports}
+
+
+def _lost_run_state(target: Target, state: Mapping[str, Any], opts: Options) -> dict[str, Any]:
+    """A RUNNING state whose job ended: the runner was killed before it could record its end."""
+    final = opts.scheduler_states.get(target.workflow_id) or st.FAILED
+    message = (
+        f"the element runner died without recording its end (scheduler: {final}); "
+        "killed at the time limit, out of memory or with its node?"
+    )
+    return {"state": final, "run_state": final, "message": state.get("message") or message, "lost": True,
+            "finished_at": time.time()}
+
+
+def finalize(targets: Iterable[Target], opts: Options | None = None) -> list[Outcome]:
+    """Apply each target's policy (see the module docstring); never raises for one bad context."""
+    opts = opts or Options()
+    targets = list(targets)
+    outcomes: dict[str, Outcome] = {}
+    locks: dict[str, NfsLock] = {}
+    work: list[tuple[Target, dict[str, Any], str, str]] = []  # target, state, run state, policy
+    try:
+        for t in targets:
+            out = _prepare(t, opts, locks)
+            if isinstance(out, Outcome):
+                outcomes[t.workflow_id] = out
+            else:
+                work.append((t, *out))
+
+        merge_reports: dict[str, Any] = {}
+        groups: dict[Path, list[Target]] = {}
+        for t, _state, _run, policy in work:
+            if "merge" in policy and t.isolation_mode == "isolated":
+                groups.setdefault(Path(t.shared_database or "materials.db"), []).append(t)
+        for shared, group in groups.items():
+            merge_reports.update(_merge_group(shared, group, opts.lock_timeout))
+
+        for t, state, run_state, policy in work:
+            try:
+                outcomes[t.workflow_id] = _apply(t, state, run_state, policy, merge_reports.get(t.workflow_id), opts)
+            except Exception as exc:  # noqa: BLE001 - record, go on with the rest
+                outcomes[t.workflow_id] = _pending(t, state, f"{type(exc).__name__}: {exc}", opts,
+                                                   detail=traceback.format_exc())
+    finally:
+        for lock in locks.values():
+            try:
+                lock.release()
+            except Exception:  # noqa: BLE001 - a quarantined context took its lock file along
+                pass
+    return [outcomes[t.workflow_id] for t in targets if t.workflow_id in outcomes]
+
+
+def _outcome(t: Target, before: str, state: str, action: str, reason: str = "", **kw: Any) -> Outcome:
+    return Outcome(t.workflow_id, str(t.context_dir), before, state, action, reason, index=t.index, **kw)
+
+
+def _prepare(t: Target, opts: Options, locks: dict[str, NfsLock]) -> Outcome | tuple[dict[str, Any], str, str]:
+    """Lock the context and decide: an Outcome (nothing to do / quarantined) or (state, run, policy)."""
+    ctx = t.context_dir
+    if ctx.is_symlink() or not ctx.is_dir():
+        return _outcome(t, "MISSING", "MISSING", "skipped", "no context directory")
+    state = read_state_strict(ctx)
+    if state is not None:
+        need, why = wants_finalizing(state, opts, t.workflow_id)
+        if not need:
+            return _outcome(t, state["state"], state["state"], why)
+    lock = NfsLock(ctx / CONTEXT_LOCK, lifetime=3600.0, timeout=opts.context_lock_timeout, poll=0.05)
+    try:
+        lock.acquire()
+    except LockTimeout:
+        before = state["state"] if state else "UNREADABLE"
+        return _outcome(t, before, before, "busy", "another epilogue or merge is finalizing it")
+    except OSError as exc:
+        before = state["state"] if state else "UNREADABLE"
+        return _outcome(t, before, before, "pending", f"cannot lock the context: {exc}")
+    locks[t.workflow_id] = lock
+    state = read_state_strict(ctx)  # again, under the lock: another finalizer may have finished
+    if state is None:
+        reason = "state file is truncated or unreadable"
+        try:
+            dest = quarantine(ctx, reason)
+        except OSError as exc:
+            return _outcome(t, "UNREADABLE", "UNREADABLE", "pending", f"{reason}; quarantine failed: {exc}")
+        return _outcome(t, "UNREADABLE", QUARANTINED, "quarantined", f"{reason}; moved to {dest}")
+    need, why = wants_finalizing(state, opts, t.workflow_id)
+    if not need:
+        return _outcome(t, state["state"], state["state"], why)
+    if is_removed(state):
+        return _outcome(t, state["state"], state["state"], "skipped", "data already removed")
+    before = state["state"]
+    if before == st.RUNNING:
+        lost = _lost_run_state(t, state, opts)
+        state = st.write_state(ctx, **lost)
+        log_line(ctx, f"{opts.by}: runner gone while RUNNING; recorded {lost['run_state']}")
+    run_state = run_state_of(state)
+    if run_state not in st.FINAL_RUN_STATES:
+        return _outcome(t, before, before, "skipped", f"run state {run_state} is not final")
+    state["_before"] = before
+    return state, run_state, policy_for(t, run_state, opts)
+
+
+def _pending(t: Target, state: Mapping[str, Any], reason: str, opts: Options, detail: str = "",
+             **extra: Any) -> Outcome:
+    before = state.get("_before", state.get("state", st.PENDING))
+    log_line(t.context_dir, f"{opts.by}: left PENDING_MERGE for `mace merge`: {reason}" + (f"\n{detail}" if detail else ""))
+    try:
+        st.write_state(t.context_dir, state=st.PENDING_MERGE, pending_reason=reason, epilogue_error=reason,
+                       epilogue={"by": opts.by, "at": time.time(), "error": reason, **extra})
+    except OSError:
+        pass
+    return _outcome(t, str(before), st.PENDING_MERGE, "pending", reason)
+
+
+def _apply(t: Target, state: dict[str, Any], run_state: str, policy: str, report: Any, opts: Options) -> Outcome:
+    from ..database.merge import MergeReport
+    from .archive import archive_context
+
+    before = state.pop("_before", state["state"])
+    ctx = t.context_dir
+    info: dict[str, Any] = {"policy": policy, "by": opts.by, "at": time.time(), "host": socket.gethostname()}
+    merged = bool((state.get("epilogue") or {}).get("merged")) and state.get("state") == st.PENDING_MERGE
+    merge_dict: dict[str, Any] | None = None
+    conflicts = 0
+    if "merge" in policy:
+        if t.isolation_mode != "isolated":
+            merged = True  # shared mode: the steps wrote the shared database themselves
+            info["merge"] = {"status": "shared-mode"}
+        elif isinstance(report, MergeReport):
+            merge_dict = {"status": report.status, "counts": report.counts, "conflicts": len(report.conflicts),
+                          "content_hash": report.content_hash, "database": str(t.shared_database)}
+            conflicts = len(report.conflicts)
+            info["merge"] = merge_dict
+            if report.status == "corrupt":
+                reason = f"context database is corrupt: {report.error}"
+                dest = quarantine(ctx, reason, run_state=run_state)
+                return _outcome(t, before, QUARANTINED, "quarantined", f"{reason}; moved to {dest}", merge=merge_dict)
+            merged = True
+            if conflicts:
+                log_line(ctx, f"{opts.by}: {conflicts} material(s) differ from the shared database; kept the "
+                              "shared version, see `mace status` (merge_conflicts)")
+        else:
+            reason = f"merge into {t.shared_database} failed: {report}" if report else "merge did not run"
+            if isinstance(report, LockTimeout):
+                reason = f"shared database busy: {report}"
+            return _pending(t, state, reason, opts, policy=policy)
+    info["merged"] = merged
+    archived: str | None = None
+    wants_archive = "archive" in policy or (t.cleanup and t.archive_before_cleanup and "merge" in policy)
+    if wants_archive:
+        try:
+            archived = str(archive_context(ctx, t.archive_dir or ctx.parent, t.workflow_id))
+            info["archive"] = archived
+        except OSError as exc:
+            reason = f"archiving to {t.archive_dir} failed: {exc}; context kept"
+            if "archive" in policy:
+                return _pending(t, state, reason, opts, policy=policy, merged=merged, merge=merge_dict)
+            info["cleanup_error"] = reason  # merged: only the cleanup is skipped
+            log_line(ctx, f"{opts.by}: {reason}")
+    if "archive" in policy and "merge" not in policy:
+        new_state = st.ARCHIVED
+    elif "merge" in policy:
+        new_state = st.MERGED
+    else:
+        new_state = st.ARCHIVED if archived and policy != "keep" else st.KEPT
+    info["archived"] = archived is not None
+    action = {"merge": "merged", "archive": "archived", "merge+archive": "merged+archived"}.get(policy, "kept")
+    removed = False
+    if t.cleanup and new_state in (st.MERGED, st.ARCHIVED) and (archived or not t.archive_before_cleanup):
+        removed = True
+    st.write_state(ctx, state=new_state, epilogue=info, pending_reason=None, epilogue_error=None,
+                   **({"conflicts": conflicts} if conflicts else {}))
+    log_line(ctx, f"{opts.by}: {run_state} -> {new_state} ({policy})" + (f", archive {archived}" if archived else ""))
+    if removed:
+        try:
+            remove_data(ctx)
+            st.write_state(ctx, removed=True, removed_at=time.time())
+        except OSError as exc:
+            removed = False
+            log_line(ctx, f"{opts.by}: cleanup failed (context kept): {exc}")
+    return _outcome(t, str(before), new_state, action, merge=merge_dict, archive=archived, removed=removed,
+                    conflicts=conflicts)
