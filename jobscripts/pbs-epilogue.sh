@@ -1,0 +1,36 @@
+#!/bin/bash
+# mace-hpc PBS epilogue (PBS Pro / OpenPBS and Torque): finalize a mace-hpc array subjob.
+#
+# Install on every execution host (MoM), owned by root, mode 0700 (MoM refuses anything else):
+#     PBS Pro / OpenPBS: cp pbs-epilogue.sh $PBS_HOME/mom_priv/epilogue
+#     Torque:            cp pbs-epilogue.sh /var/spool/torque/mom_priv/epilogue
+# (If a site epilogue exists already, call this script from it with the same arguments.)
+# Set MACE_EPILOGUE below to a mace-epilogue every user can run.
+#
+# What it sees: MoM runs it as root with an EMPTY environment and the arguments
+#     $1 job id (subjob: 123[4].server, Torque old style 123-4)  $2 user  $3 group  $4 job name
+#     $5 session id  $6 requested resources  $7 used resources  $8 queue  $9 account  $10 exit status
+# Only array subjobs are considered. mace-epilogue drops to user $2 before reading anything, asks
+# `qstat -f` for the job's Variable_List (MACE_MANIFEST, MACE_INDEX_OFFSET) or searches the
+# user's submission records, and finalizes the element (merge | archive | keep).
+#
+# It ALWAYS exits 0: a non-zero epilogue makes MoM requeue the job or mark the host down.
+# Problems are recorded as PENDING_MERGE in the element's state file for `mace merge`.
+
+MACE_EPILOGUE=/usr/local/bin/mace-epilogue
+MACE_EPILOGUE_TIMEOUT=120
+LOG=/dev/null
+
+{
+    job=${1:-}
+    user=${2:-}
+    case "$job" in *\[[0-9]*\]*|[0-9]*-[0-9]*) ;; *) exit 0 ;; esac     # array subjobs only
+    [ -x "$MACE_EPILOGUE" ] || exit 0
+    if [ "$(id -u)" = 0 ]; then
+        [ -n "$user" ] || exit 0
+        timeout -k 5 "$MACE_EPILOGUE_TIMEOUT" "$MACE_EPILOGUE" --pbs-job "$job" --user "$user" --quiet </dev/null
+    else   # Torque epilogue.user: already the job's user
+        timeout -k 5 "$MACE_EPILOGUE_TIMEOUT" "$MACE_EPILOGUE" --pbs-job "$job" --ended --quiet </dev/null
+    fi
+} >>"$LOG" 2>&1
+exit 0
