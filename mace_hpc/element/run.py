@@ -155,6 +155,13 @@ def run_element(
             for m in element.get("materials", []):
                 db.create_material(**m)
             default_material = element["materials"][0]["material_id"] if element.get("materials") else None
+            if default_material is None and any(not s.get("material_id") for s in element["steps"]):
+                # the database records a calculation against a material; an element without any
+                # gets one placeholder named after its workflow (identical re-creation is a no-op)
+                default_material = entry["workflow_id"]
+                db.create_material(
+                    default_material, "n/a", metadata={"placeholder": True, "workflow_id": entry["workflow_id"]}
+                )
             env = {**os.environ, **element.get("env", {})}
             mapping = {"context_dir": str(context_dir)}
             done = _completed_steps(db, entry["workflow_id"]) if attempt > 1 else set()
