@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ..util.ids import validate_workflow_id
 from ..util.nfslock import NfsLock
@@ -81,7 +82,8 @@ def lock_path(shared_db: str | os.PathLike[str]) -> Path:
 
 
 def _ro_uri(path: Path) -> str:
-    return path.resolve().as_uri() + "?mode=ro"
+    """A read-only SQLite URI for `path` (percent-encoded: '?' or '#' in a name stay literal)."""
+    return "file:" + quote(os.path.abspath(path)) + "?mode=ro"
 
 
 def _jsonable(value: Any) -> Any:
@@ -92,11 +94,8 @@ def _jsonable(value: Any) -> Any:
 
 def content_hash(rows: dict[str, list[tuple[Any, ...]]]) -> str:
     """SHA-256 over every data table's rows in primary-key order: same rows, same hash."""
-    digest = hashlib.sha256()
-    for table in DATA_TABLES:
-        digest.update(table.encode())
-        digest.update(json.dumps(rows.get(table, []), default=_jsonable, separators=(",", ":")).encode())
-    return digest.hexdigest()
+    tables = [[table, rows.get(table, [])] for table in DATA_TABLES]
+    return hashlib.sha256(json.dumps(tables, default=_jsonable, separators=(",", ":")).encode()).hexdigest()
 
 
 def _load_source(workflow_id: str, path: Path) -> _Source | MergeReport:
@@ -143,6 +142,10 @@ def _load_source(workflow_id: str, path: Path) -> _Source | MergeReport:
     if not any(rows.values()):
         return MergeReport(workflow_id, "empty", source=source)
     return _Source(workflow_id, path, rows, content_hash(rows))
+
+
+def _load_batch(batch: list[tuple[str, Path]]) -> list[_Source | MergeReport]:
+    return [_load_source(wid, path) for wid, path in batch]
 
 
 _MAT_COLS = COLUMNS["materials"]
@@ -227,12 +230,13 @@ def _merge_one(conn: sqlite3.Connection, src: _Source, now: str) -> MergeReport:
         counts: dict[str, int] = {}
         for table in DATA_TABLES:
             before = conn.total_changes
-            conn.executemany(_INSERT_SQL[table], src.rows[table])
+            if src.rows[table]:
+                conn.executemany(_INSERT_SQL[table], src.rows[table])
             counts[table] = conn.total_changes - before
         before = conn.total_changes
-        conn.executemany(
-            _UPDATE_CALC_SQL, [(*row[1:], row[0], row[_CALC_UPDATED_IDX]) for row in src.rows["calculations"]]
-        )
+        calcs = src.rows["calculations"]
+        if counts["calculations"] < len(calcs):  # some were there already: bring newer versions home
+            conn.executemany(_UPDATE_CALC_SQL, [(*row[1:], row[0], row[_CALC_UPDATED_IDX]) for row in calcs])
         counts["calculations_updated"] = conn.total_changes - before
         conn.execute(
             "INSERT INTO merge_ledger (workflow_id, content_hash, merged_at, counts) VALUES (?, ?, ?, ?)",
@@ -287,7 +291,7 @@ def merge_many(
         try:
             ensure_schema(conn)
             for start in range(0, len(items), batch_size):
-                loaded = [_load_source(wid, path) for wid, path in items[start : start + batch_size]]
+                loaded = _load_batch(items[start : start + batch_size])
                 now = utc_now()
                 with write_transaction(conn):
                     reports.extend(
