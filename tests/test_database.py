@@ -8,6 +8,8 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mace_hpc.database import journal, materials
 from mace_hpc.database.journal import connect, is_network_filesystem, write_transaction
@@ -320,3 +322,26 @@ def test_json_columns_are_canonical(db: MaterialDatabase) -> None:
     db.create_material("m", "Si", metadata={"b": 1, "a": 2})
     raw = sqlite3.connect(db.db_path).execute("SELECT metadata_json FROM materials").fetchone()[0]
     assert raw == json.dumps({"a": 2, "b": 1}, separators=(",", ":"))
+
+
+@pytest.fixture(scope="module")
+def prop_db(tmp_path_factory: pytest.TempPathFactory):
+    with MaterialDatabase(tmp_path_factory.mktemp("prop") / "p.db") as db:
+        db.create_material("m", "Si")
+        yield db
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    value=st.one_of(
+        st.none(),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        st.floats(allow_nan=False),
+        st.text(),
+    )
+)
+def test_property_values_round_trip_exactly(prop_db: MaterialDatabase, value) -> None:
+    db = prop_db
+    uid = db.store_material_property("m", "p", value)
+    (rec,) = [p for p in db.get_material_properties("m", "p") if p["uid"] == uid]
+    assert rec["property_value"] == value and type(rec["property_value"]) is type(value)
