@@ -71,8 +71,12 @@ def submit_main(argv: list[str] | None = None) -> int:
 
 
 def epilogue_main(argv: list[str] | None = None) -> int:
-    """`mace-epilogue ...` is `mace epilogue ...`."""
-    return run(["epilogue", *(sys.argv[1:] if argv is None else argv)])
+    """`mace-epilogue ...` is `mace epilogue ...`, but exits 0 even on a usage error: it is a hook."""
+    try:
+        run(["epilogue", *(sys.argv[1:] if argv is None else argv)])
+    except SystemExit:
+        pass
+    return 0
 
 
 if __name__ == "__main__":
