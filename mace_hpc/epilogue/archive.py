@@ -241,7 +241,7 @@ def _check_members(tar: tarfile.TarFile, scratch_root: Path) -> tuple[str, list[
         kind = "directory" if member.isdir() else "file" if member.type in (tarfile.REGTYPE, tarfile.AREGTYPE) else None
         if kind is None:
             what = ("symlink" if member.issym() else "hard link" if member.islnk() else
-                    "device" if member.isdev() else "special file")
+                    "FIFO (special file)" if member.isfifo() else "device" if member.isdev() else "special file")
             raise InputError(f"archive member {member.name!r}: {what} refused (only files and directories)")
         parts = _member_parts(member)
         try:  # tarfile's own policy as a second opinion (absolute, outside, setuid bits, links)
@@ -253,6 +253,8 @@ def _check_members(tar: tarfile.TarFile, scratch_root: Path) -> tuple[str, list[
             workflow_id = validate_workflow_id(top, "archive top-level directory")
         elif top != workflow_id:
             raise InputError(f"archive member {member.name!r}: outside {workflow_id}/ (one context per archive)")
+        if kind == "file" and len(parts) < 2:
+            raise InputError(f"archive member {member.name!r}: a file where the context directory should be")
         if parts in seen:
             raise InputError(f"archive member {member.name!r} appears twice")
         seen.add(parts)

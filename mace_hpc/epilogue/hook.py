@@ -62,6 +62,18 @@ def _entry_for(manifest: Mapping[str, Any], context_dir: Path) -> dict[str, Any]
     return None
 
 
+def find_manifest(context_dir: Path) -> dict[str, Any] | None:
+    """The manifest of the submission a context belongs to (its element.json names the plan)."""
+    from ..util.atomic import read_json
+
+    element = read_json(context_dir / "element.json")
+    plan = element.get("plan") if isinstance(element, dict) else None
+    if not isinstance(plan, str) or "/" in plan or plan.startswith("."):
+        return None
+    manifest = read_json(context_dir.parent / ".submissions" / plan / "manifest.json")
+    return manifest if isinstance(manifest, dict) and _entry_for(manifest, context_dir) else None
+
+
 def build_target(
     context_dir: Path,
     manifest: Mapping[str, Any] | None = None,
@@ -73,6 +85,8 @@ def build_target(
     from ..config import load_config
 
     cfg = load_config()
+    if manifest is None:
+        manifest = find_manifest(context_dir)
     entry = _entry_for(manifest, context_dir) if manifest else None
     target = target_from_manifest(entry, manifest, cfg) if entry and manifest else target_from_context(context_dir, cfg)
     if shared_database:
