@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..util.atomic import read_json
 from ..util.nfslock import LockTimeout, NfsLock
 from .archive import archive_context, archive_path, verify_sidecar
-from .finalize import CONTEXT_LOCK, is_removed, log_line, read_state_strict, remove_data
+from .finalize import CONTEXT_LOCK, is_removed, read_state_strict, remove_data
 
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -225,7 +225,6 @@ def _remove_one(d: Path, c: Candidate, archive_merged: bool, manifests: dict[str
                 return False, f"archiving before removal failed: {exc}"
         remove_data(d)
         st.write_state(d, removed=True, removed_at=time.time(), removed_by="mace cleanup")
-        log_line(d, "mace cleanup: data removed (results are merged/archived); this tombstone remains")
         return True, ""
     finally:
         lock.release()

@@ -54,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     if unsafe:
         print(f"kept {len(unsafe)} context(s) that are not safe to remove, e.g. "
               + "; ".join(f"{c.workflow_id}: {c.why}" for c in unsafe[:3]))
-    print(f"{len(report.removed)} context(s) {verb}, {_human(report.total_before - report.total_after)} freed; "
+    done = "would be removed" if args.dry_run else "removed"
+    print(f"{len(report.removed)} context(s) {done}, {_human(report.total_before - report.total_after)} freed; "
           f"scratch contexts now {_human(report.total_after)}")
     return 0
