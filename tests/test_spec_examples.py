@@ -266,3 +266,13 @@ def test_cleanup_on_exit_archives_first(in_tmp, mace_env):
     with tarfile.open(mace_env["archive_dir"] / "tmp_wf.tar.gz") as tar:
         names = tar.getnames()
     assert "tmp_wf/materials.db" in names and "tmp_wf/MANIFEST.sha256.json" in names
+
+
+def test_json_export_decodes_metadata(in_tmp, mace_env):
+    from mace_hpc.workflow.context import WorkflowContext
+
+    with WorkflowContext("meta_wf", isolation_mode="isolated") as ctx:
+        ctx.get_database().create_material(material_id="m", formula="Al", metadata={"source": "icsd", "n": 4})
+        data = json.loads(ctx.export_results(in_tmp / "out.json").read_text())
+    assert data["workflow_id"] == "meta_wf"
+    assert data["materials"][0]["metadata"] == {"source": "icsd", "n": 4}

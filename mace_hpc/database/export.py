@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from ..util.atomic import atomic_write_json
+from .materials import decode_row
 
 TABLES = ("materials", "calculations", "properties", "files")
 
@@ -25,21 +25,10 @@ def dump_database(db_path: Path) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
         for table in TABLES:
             rows = conn.execute(f"SELECT * FROM {table}").fetchall() if table in existing else []
-            out[table] = [_decode(dict(r)) for r in rows]
+            out[table] = [decode_row(r) for r in rows]
         return out
     finally:
         conn.close()
-
-
-def _decode(row: dict[str, Any]) -> dict[str, Any]:
-    for key in ("metadata", "settings"):
-        value = row.get(key)
-        if isinstance(value, str) and value[:1] in "{[":
-            try:
-                row[key] = json.loads(value)
-            except ValueError:
-                pass
-    return row
 
 
 def export_json(db_path: Path, target: Path, **header: Any) -> Path:

@@ -124,7 +124,7 @@ def _property_value(value: Any, field: str = "property_value") -> Any:
     raise InputError(f"{field}: must be a number, a string or None, got {type(value).__name__}")
 
 
-def _decode(row: sqlite3.Row) -> dict[str, Any]:
+def decode_row(row: sqlite3.Row) -> dict[str, Any]:
     """Row -> dict; `*_json` columns also appear decoded without the suffix; `extra` is flattened."""
     record = {key: row[key] for key in row.keys()}
     for key in [k for k in record if k.endswith("_json")]:
@@ -184,7 +184,7 @@ class MaterialDatabase:
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with self._lock:
-            return [_decode(r) for r in self.connection.execute(sql, params).fetchall()]
+            return [decode_row(r) for r in self.connection.execute(sql, params).fetchall()]
 
     def _one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
         rows = self._query(sql, params)
