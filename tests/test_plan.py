@@ -695,11 +695,6 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         "elements[0].steps[0].command[1]: unknown placeholder {print}",
     ),
     (
-        "lone brace",
-        plan(elements=[element(steps=[step(command=["x", "a}"])])]),
-        "elements[0].steps[0].command[1]: unbalanced '}'",
-    ),
-    (
         "sweep id placeholder",
         plan(
             elements=None,
@@ -790,3 +785,12 @@ def test_unknown_key_in_a_yaml_file_names_the_path(tmp_path: Path) -> None:
         match=r"^elements\[0\]\.steps\[0\]\.command: must be a list of strings \(an argv\), not a shell string$",
     ):
         load_plan(f)
+
+
+def test_braces_that_are_not_placeholders_stay_literal() -> None:
+    """Code in a command (`{k: v}`, `a}`, awk's `{ print }`) is not a placeholder."""
+    cmd = ["python", "-c", "print({k: 1 for k in 'ab'})", "a}", "{ print $1 }", "{{index}}", "{index}"]
+    p = load_plan_data(plan(elements=[element(steps=[step(command=cmd)])]))
+    assert p.elements[0].steps[0].command == [
+        "python", "-c", "print({k: 1 for k in 'ab'})", "a}", "{ print $1 }", "{index}", "0",
+    ]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..plan.sweep import resolve_context_dir
 from ..util.atomic import atomic_write_json, read_json
 from . import state as st
 from . import steps as step_runner
@@ -123,8 +124,8 @@ def run_element(
     elements = read_json(manifest_path.parent / "elements.json")
     if not isinstance(elements, list) or index >= len(elements):
         raise InputError(f"{manifest_path.parent / 'elements.json'}: missing or truncated")
-    element = elements[index]
     context_dir = Path(entry["context_dir"])
+    element = resolve_context_dir(elements[index], context_dir)
     interrupt = _Interrupt()
     interrupt.install()
 
@@ -163,7 +164,6 @@ def run_element(
                     default_material, "n/a", metadata={"placeholder": True, "workflow_id": entry["workflow_id"]}
                 )
             env = {**os.environ, **element.get("env", {})}
-            mapping = {"context_dir": str(context_dir)}
             done = _completed_steps(db, entry["workflow_id"]) if attempt > 1 else set()
             search_path = [manifest.get("plan_dir", "")]
             for step in element["steps"]:
@@ -173,7 +173,7 @@ def run_element(
                     outcomes.append(step_runner.StepOutcome(step["name"], "skipped", 0, 0.0, None, "done earlier"))
                     continue
                 outcome = step_runner.run_step(
-                    step, db, ctx.calculations_dir / step["name"], env, mapping,
+                    step, db, ctx.calculations_dir / step["name"], env,
                     step.get("material_id") or default_material, entry["workflow_id"], search_path,
                 )
                 outcomes.append(outcome)

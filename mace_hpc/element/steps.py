@@ -58,12 +58,6 @@ def terminate_current(grace: float = 5.0) -> None:
             continue
 
 
-def substitute(value: str, mapping: dict[str, str]) -> str:
-    for key, val in mapping.items():
-        value = value.replace("{" + key + "}", val)
-    return value
-
-
 def load_callable(spec: str, search_path: list[str]) -> Any:
     module_name, _, attr = spec.partition(":")
     for p in reversed(search_path):
@@ -108,7 +102,6 @@ def run_step(
     db: Any,
     work_dir: Path,
     env: dict[str, str],
-    mapping: dict[str, str],
     material_id: str | None,
     workflow_id: str,
     search_path: list[str],
@@ -132,7 +125,7 @@ def run_step(
     timeout = step.get("timeout")
     try:
         if step.get("command"):
-            argv = [substitute(a, mapping) for a in step["command"]]
+            argv = list(step["command"])
             with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
                 try:
                     _current_proc = subprocess.Popen(
@@ -160,7 +153,7 @@ def run_step(
             results = read_results(work_dir)
         else:
             fn = load_callable(step["function"], search_path)
-            kwargs = {k: substitute(v, mapping) if isinstance(v, str) else v for k, v in (step.get("kwargs") or {}).items()}
+            kwargs = dict(step.get("kwargs") or {})
             old_cwd = os.getcwd()
             with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
                 with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -69,8 +69,10 @@ def _compile_str(text: str, path: str, names: Collection[str]) -> Render:
         if token in ("{{", "}}"):
             fmt.append(token)
             literal.append(token[0])
-        elif token in ("{", "}"):
-            fail(path, f"unbalanced '{token}' in {show(text)}; write '{token * 2}' for a literal brace")
+        elif token in ("{", "}") or not PARAM_NAME_RE.match(m.group(1)):
+            # not a placeholder (code such as `{k: v}` or a lone brace): kept literally
+            fmt.append(token.replace("{", "{{").replace("}", "}}"))
+            literal.append(token)
         else:
             name = m.group(1)
             if name == "context_dir":

@@ -33,7 +33,7 @@ class ContextualWorkflowExecutor:
         for key, value in overrides.items():
             if value is not None and config is not None:
                 self.config.set(key, value, "executor argument")
-        self.isolation_mode = self.config["isolation_mode"]
+        self.isolation_mode = isolation_mode  # None: the plan's mode, then the configuration's
         self.max_parallel = max_parallel
         self.progress = progress
         self.last_result: Any = None
