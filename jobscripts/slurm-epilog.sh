@@ -16,9 +16,10 @@
 # It ALWAYS exits 0 (a failing Epilog drains the node) and is bounded by `timeout`. Problems
 # are recorded as PENDING_MERGE in the element's state file, for the backstop job / `mace merge`.
 
-MACE_EPILOGUE=/usr/local/bin/mace-epilogue
-MACE_EPILOGUE_TIMEOUT=120
-LOG=/dev/null                      # e.g. /var/log/slurm/mace-epilog.log while debugging
+# slurmd gives the Epilog no user-controlled environment, so these defaults are the admin's
+MACE_EPILOGUE=${MACE_EPILOGUE:-/usr/local/bin/mace-epilogue}
+MACE_EPILOGUE_TIMEOUT=${MACE_EPILOGUE_TIMEOUT:-120}
+LOG=${MACE_EPILOG_LOG:-/dev/null}      # e.g. /var/log/slurm/mace-epilog.log while debugging
 if [ -f /etc/mace-hpc/epilogue.env ] && [ "$(stat -c %u /etc/mace-hpc/epilogue.env)" = 0 ]; then
     . /etc/mace-hpc/epilogue.env
 fi
