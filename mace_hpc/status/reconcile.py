@@ -168,8 +168,8 @@ def collect(
         sched = per_job.get(job_id, {}).get(index) if job_id else None
         state, note = reconcile_one(file_state, sched)
         run_state = file_state.get("run_state", file_state.get("state", st.PENDING))
-        if state != file_state.get("state"):
-            run_state = state
+        if state != file_state.get("state") or state in ACTIVE:
+            run_state = state  # reconciled, or queued again (requeue, resubmit): the last run is history
         rows.append(
             {
                 "index": index,

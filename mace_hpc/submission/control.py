@@ -142,7 +142,7 @@ def resubmit(
             ",".join(str(i) for i in elements), total
         )
     else:
-        wanted = [r["index"] for r in report.rows if r["run_state"] in BAD_FINAL]
+        wanted = [r["index"] for r in report.rows if r["run_state"] in BAD_FINAL and r["state"] not in ACTIVE]
     plan = record.get("plan", directory.name)
     result = ResubmitResult(plan, backend_name, wanted)
     if not wanted:

@@ -1,0 +1,338 @@
+"""`mace-submit`: contexts, manifest, record, chunks, element env, dry-run, refusal cleanup, bad input.
+
+Runs without a scheduler: the local backend for real, SLURM bookkeeping through `FakeBackend`
+(tests/test_slurm_e2e.py repeats the important parts on the real cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from submit_fakes import (
+    ENV_STEP,
+    PY,
+    FakeBackend,
+    context_dirs,
+    install_fake_backend,
+    seen,
+    simple_plan,
+    write_plan,
+)
+
+from mace_hpc.cli.main import run
+from mace_hpc.config import load_config
+from mace_hpc.errors import ConfigError, InputError, SchedulerError
+from mace_hpc.submission.submit import submit_plan
+from mace_hpc.util.atomic import read_json
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fake_backend(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
+    return install_fake_backend(monkeypatch)
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = run(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _record(scratch: Path, plan: str) -> dict[str, Any]:
+    return json.loads((scratch / ".submissions" / plan / "record.json").read_text())
+
+
+# ---------------------------------------------------------------------------- local backend, end to end
+def test_local_elements_see_their_identity_and_env(tmp_path: Path, mace_env: dict[str, Path], capsys) -> None:
+    plan = write_plan(tmp_path, {
+        "name": "envp", "isolation_mode": "isolated", "max_parallel": 2,
+        "env": {"PLAN_VAR": "from plan", "PLAN_OVERRIDE": "plan"},
+        "elements": [
+            {"id": f"e{i}", "env": {"ELEM_VAR": f"value {i}", **({"PLAN_OVERRIDE": "element"} if i == 1 else {})},
+             "steps": [{"name": "probe", "command": ENV_STEP}]}
+            for i in range(3)
+        ],
+    })
+    rc, out, err = _cli(capsys, "submit", str(plan))
+    assert rc == 0, err
+    scratch = mace_env["scratch_root"]
+    manifest = read_json(scratch / ".submissions" / "envp" / "manifest.json")
+    assert [e["workflow_id"] for e in manifest["elements"]] == ["envp-e0", "envp-e1", "envp-e2"]
+    for i, entry in enumerate(manifest["elements"]):
+        ctx = Path(entry["context_dir"])
+        assert ctx == scratch / f"envp-e{i}" and (ctx.stat().st_mode & 0o777) == 0o700
+        got = seen(ctx)
+        env = got["env"]
+        assert env["MACE_WORKFLOW_ID"] == f"envp-e{i}"
+        assert env["MACE_ISOLATION_MODE"] == "isolated"
+        assert env["MACE_CONTEXT_DIR"] == str(ctx)
+        assert env["MACE_MANIFEST"] == str(scratch / ".submissions" / "envp" / "manifest.json")
+        assert env["PLAN_VAR"] == "from plan" and env["ELEM_VAR"] == f"value {i}"
+        assert env["PLAN_OVERRIDE"] == ("element" if i == 1 else "plan")
+        assert got["argv"] == [str(ctx)]  # {context_dir} substituted
+        assert got["cwd"] == str(ctx / "calculations" / "probe")
+        state = read_json(ctx / "state.json")
+        assert state["run_state"] == "COMPLETED" and state["attempts"] == 1 and state["index"] == i
+    record = _record(scratch, "envp")
+    assert record["backend"] == "local" and record["max_parallel"] == 2 and record["runner"] is None
+    [job] = record["jobs"]
+    assert job["kind"] == "array" and job["indices"] == [0, 1, 2] and job["offset"] == 0
+    assert "envp: 3 elements: 3 MERGED" in out
+
+
+def test_local_failure_exit_code_and_state(tmp_path: Path, mace_env: dict[str, Path], capsys) -> None:
+    plan = write_plan(tmp_path, {
+        "name": "failp", "isolation_mode": "isolated",
+        "elements": [
+            {"id": "ok", "steps": [{"name": "s", "command": ["true"]}]},
+            {"id": "bad", "steps": [{"name": "s", "command": [PY, "-c", "import sys; sys.exit(3)"]}]},
+        ],
+    })
+    rc, out, err = _cli(capsys, "submit", str(plan))
+    assert rc == 1
+    assert "element 1 (failp-bad)" in err and "exit code 3" in err
+    bad = read_json(mace_env["scratch_root"] / "failp-bad" / "state.json")
+    assert bad["run_state"] == "FAILED" and bad["steps"][0]["exit_code"] == 3
+
+
+# ---------------------------------------------------------------------------- dry run
+def test_dry_run_creates_nothing_and_shows_everything(tmp_path: Path, mace_env: dict[str, Path], capsys) -> None:
+    (tmp_path / "site.yaml").write_text("scheduler:\n  max_array_size: 1000\n  partition: debug\n")
+    plan = write_plan(tmp_path, {
+        "name": "dry", "env": {"PLAN_VAR": "x y"},
+        "sweep": {"parameters": {"i": list(range(2500))}, "id": "p{i}",
+                  "template": {"steps": [{"name": "s", "command": ["echo", "{i}"]}]}},
+    })
+    scratch = mace_env["scratch_root"]
+    before = sorted(os.listdir(tmp_path))
+    rc, out, err = _cli(capsys, "submit", str(plan), "--backend", "slurm", "--site", str(tmp_path / "site.yaml"),
+                        "--dry-run", "--max-parallel", "7")
+    assert rc == 0, err
+    assert not scratch.exists(), "dry run must not create the scratch root"
+    assert sorted(os.listdir(tmp_path)) == before
+    first = "dry-p0"
+    assert f"element 0: workflow id {first}" in out
+    assert f"MACE_WORKFLOW_ID={first}" in out and f"MACE_CONTEXT_DIR={scratch / first}" in out
+    assert "PLAN_VAR='x y'" in out and "MACE_ISOLATION_MODE=shared" in out
+    assert "... and 2497 more elements" in out
+    assert "#SBATCH --array=0-999%7" in out and "#SBATCH --partition=debug" in out
+    assert "submit: sbatch --parsable" in out and "3 array(s)" in out
+    assert "nothing was created or submitted" in out
+
+    rc, out, _ = _cli(capsys, "submit", str(plan), "--backend", "slurm", "--site", str(tmp_path / "site.yaml"),
+                      "--dry-run", "--json")
+    data = json.loads(out)
+    assert data["created"] is False and len(data["elements"]) == 2500
+    assert [a["index_offset"] for a in data["arrays"]] == [0, 1000, 2000]
+    assert "#SBATCH --array=0-499%4" in data["arrays"][2]["script"]
+    e = data["elements"][2345]
+    assert e["workflow_id"] == "dry-p2345" and e["env"]["MACE_INDEX_OFFSET"] == "2000"
+    assert not scratch.exists()
+
+
+# ---------------------------------------------------------------------------- chunks, record, backstop
+def test_chunks_offsets_record_and_backstop(tmp_path: Path, mace_env: dict[str, Path], fake_backend: FakeBackend,
+                                            capsys) -> None:
+    fake_backend.max_size = 3
+    plan = write_plan(tmp_path, simple_plan("chunky", 7))
+    rc, out, err = _cli(capsys, "submit", str(plan), "--backend", "slurm", "--max-parallel", "2")
+    assert rc == 0, err
+    arrays = fake_backend.array_requests()
+    assert [(r.index_offset, r.task_ids()) for r in arrays] == [(0, [0, 1, 2]), (3, [0, 1, 2]), (6, [0])]
+    assert all(r.max_parallel == 2 and r.env["MACE_INDEX_OFFSET"] == str(r.index_offset) for r in arrays)
+    [backstop] = [r for r in fake_backend.submitted if r.indices is None]
+    assert backstop.dependency == "afterany:1001:1002:1003"
+    assert out.splitlines()[0] == "1001 1002 1003"
+    record = _record(mace_env["scratch_root"], "chunky")
+    kinds = [(j["job_id"], j["kind"]) for j in record["jobs"]]
+    assert kinds == [("1001", "array"), ("1002", "array"), ("1003", "array"), ("1004", "backstop")]
+    assert record["jobs"][1]["indices"] == [3, 4, 5] and record["jobs"][1]["offset"] == 3
+    assert record["jobs"][2]["array"] == "0"
+    assert record["scheduler"]["requeue"] is False and record["env"]["MACE_MANIFEST"].endswith("manifest.json")
+    assert context_dirs(mace_env["scratch_root"]) == [f"chunky-e{i}" for i in range(7)]
+
+
+def test_refusal_removes_everything_and_cancels_queued_chunks(
+    tmp_path: Path, mace_env: dict[str, Path], fake_backend: FakeBackend, capsys
+) -> None:
+    fake_backend.max_size, fake_backend.refuse_at = 2, 1  # the second chunk is refused
+    plan = write_plan(tmp_path, simple_plan("refused", 4))
+    rc, out, err = _cli(capsys, "submit", str(plan), "--backend", "slurm")
+    assert rc == 2
+    assert err.strip() == "mace: error: sbatch refused t: sbatch: error: invalid partition specified: nope"
+    assert fake_backend.cancelled == [["1001"]]
+    scratch = mace_env["scratch_root"]
+    assert context_dirs(scratch) == []
+    assert not (scratch / ".submissions" / "refused").exists()
+
+
+def test_refusal_keeps_contexts_that_existed(tmp_path: Path, mace_env: dict[str, Path], fake_backend: FakeBackend) -> None:
+    plan = write_plan(tmp_path, simple_plan("again", 2))
+    submit_plan(str(plan), backend="slurm")
+    for jid in list(fake_backend.jobs):
+        fake_backend.set_state(jid, "COMPLETED") if fake_backend.jobs[jid].indices is not None else None
+    (mace_env["scratch_root"] / "again-e0" / "result.txt").write_text("keep me")
+    fake_backend.refuse_at = fake_backend.calls
+    with pytest.raises(SchedulerError):
+        submit_plan(str(plan), backend="slurm")
+    assert (mace_env["scratch_root"] / "again-e0" / "result.txt").read_text() == "keep me"
+    record = _record(mace_env["scratch_root"], "again")
+    assert [j["job_id"] for j in record["jobs"]] == ["1001", "1002"]  # the old record is back
+
+
+# ---------------------------------------------------------------------------- already submitted
+def test_plan_still_queued_is_not_submitted_twice(
+    tmp_path: Path, mace_env: dict[str, Path], fake_backend: FakeBackend, capsys
+) -> None:
+    plan = write_plan(tmp_path, simple_plan("twice", 3))
+    assert _cli(capsys, "submit", str(plan), "--backend", "slurm")[0] == 0
+    fake_backend.set_state("1001", "COMPLETED", [0, 1])
+    fake_backend.set_state("1001", "RUNNING", [2])
+    rc, out, err = _cli(capsys, "submit", str(plan), "--backend", "slurm")
+    assert rc == 2
+    assert "already submitted (jobs 1001 1002) and 1 of its elements are still queued or running" in err
+    assert "mace cancel twice" in err and "mace resubmit twice --failed" in err
+    assert len(err.strip().splitlines()) == 1
+    assert len(fake_backend.submitted) == 2  # nothing new queued
+
+    fake_backend.set_state("1001", "FAILED", [2])  # everything over: a new submission is allowed
+    assert _cli(capsys, "submit", str(plan), "--backend", "slurm")[0] == 0
+    record = _record(mace_env["scratch_root"], "twice")
+    assert record["jobs"][0]["job_id"] == "1003"
+    assert [j["job_id"] for j in record["history"][0]["jobs"]] == ["1001", "1002"]
+
+
+# ---------------------------------------------------------------------------- --no-submit + run-element by hand
+def test_no_submit_then_run_element_by_hand(tmp_path: Path, mace_env: dict[str, Path], capsys) -> None:
+    plan = write_plan(tmp_path, {"name": "byhand", "elements": [
+        {"id": f"e{i}", "steps": [{"name": "probe", "command": ENV_STEP}]} for i in range(2)]})
+    rc, out, _ = _cli(capsys, "submit", str(plan), "--no-submit", "--backend", "slurm")
+    assert rc == 0
+    manifest = mace_env["scratch_root"] / ".submissions" / "byhand" / "manifest.json"
+    assert f"MACE_MANIFEST={manifest}" in out and "sbatch --array=0-1%4" in out
+    assert _record(mace_env["scratch_root"], "byhand")["jobs"] == []
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "1"}
+    proc = subprocess.run(["mace", "run-element", str(manifest)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = seen(mace_env["scratch_root"] / "byhand-e1")
+    assert got["env"]["MACE_WORKFLOW_ID"] == "byhand-e1" and got["env"]["SLURM_ARRAY_TASK_ID"] == "1"
+    rc, out, _ = _cli(capsys, "status", "byhand", "--json")
+    states = {e["index"]: e["state"] for e in json.loads(out)["elements"]}
+    assert states[0] == "PENDING" and states[1] in ("MERGED", "COMPLETED")
+
+
+# ---------------------------------------------------------------------------- bad input
+def _bad_plans() -> dict[str, tuple[dict[str, Any], list[str], str]]:
+    step = [{"name": "s", "command": ["true"]}]
+    return {
+        "no elements": ({"name": "b", "elements": []}, [], "elements: the plan has no elements"),
+        "duplicate ids": ({"name": "b", "elements": [{"id": "x", "steps": step}, {"id": "x", "steps": step}]}, [],
+                          "elements[1].id: duplicate element id 'x'"),
+        "case collision": ({"name": "b", "elements": [{"id": "Ab", "steps": step}, {"id": "aB", "steps": step}]}, [],
+                           "case-insensitive filesystem"),
+        "zero max_parallel flag": ({"name": "b", "elements": [{"id": "x", "steps": step}]}, ["--max-parallel", "0"],
+                                   "--max-parallel: 0 is invalid"),
+        "negative max_parallel flag": ({"name": "b", "elements": [{"id": "x", "steps": step}]},
+                                       ["--max-parallel", "-3"], "--max-parallel: -3 is invalid"),
+        "zero max_parallel plan": ({"name": "b", "max_parallel": 0, "elements": [{"id": "x", "steps": step}]}, [],
+                                   "max_parallel"),
+        "unknown site": ({"name": "b", "elements": [{"id": "x", "steps": step}]}, ["--site", "nosuchsite"],
+                         "--site: unknown site 'nosuchsite'"),
+        "newline in partition": ({"name": "b", "resources": {"partition": "debug\n#SBATCH --uid=0"},
+                                  "elements": [{"id": "x", "steps": step}]}, [], "resources.partition"),
+        "command substitution in partition": ({"name": "b", "resources": {"partition": "$(reboot)"},
+                                               "elements": [{"id": "x", "steps": step}]}, [], "resources.partition"),
+        "newline in env": ({"name": "b", "env": {"X": "a\nb"}, "elements": [{"id": "x", "steps": step}]}, [],
+                           "env.X: must not contain a newline"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_bad_plans()))
+def test_bad_input_is_one_line_exit_2_nothing_created(case: str, tmp_path: Path, mace_env: dict[str, Path],
+                                                      fake_backend: FakeBackend, capsys) -> None:
+    data, flags, message = _bad_plans()[case]
+    plan = write_plan(tmp_path, data)
+    rc, out, err = _cli(capsys, "submit", str(plan), "--backend", "slurm", *flags)
+    assert rc == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("mace: error: ") and message in err
+    assert not mace_env["scratch_root"].exists()
+    assert fake_backend.submitted == []
+
+
+def test_site_value_unsafe_for_a_job_script(tmp_path: Path, mace_env: dict[str, Path], fake_backend: FakeBackend,
+                                            capsys) -> None:
+    """A site config's partition with `$(...)` is caught when the script is rendered, before anything exists."""
+    (tmp_path / "evil.yaml").write_text("scheduler:\n  partition: $(touch /tmp/pwned)\n")
+    plan = write_plan(tmp_path, simple_plan("evil", 2))
+    rc, out, err = _cli(capsys, "submit", str(plan), "--backend", "slurm", "--site", str(tmp_path / "evil.yaml"))
+    assert rc == 2 and "scheduler.partition='$(touch /tmp/pwned)'" in err
+    assert not mace_env["scratch_root"].exists() and fake_backend.calls == 0
+
+
+def test_unset_scratch_variable_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_SCRATCH_VAR", raising=False)
+    monkeypatch.setenv("MACE_SCRATCH_ROOT", "$NO_SUCH_SCRATCH_VAR/mace")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"scratch_root: '\$NO_SUCH_SCRATCH_VAR/mace' \(from environment"):
+        submit_plan(simple_plan("x", 1), backend="local")
+    assert os.listdir(tmp_path) == []
+
+
+def test_missing_program_on_local_backend(tmp_path: Path, mace_env: dict[str, Path]) -> None:
+    plan = {"name": "noprog", "elements": [{"id": "x", "steps": [{"name": "s", "command": ["no-such-prog-xyz"]}]}]}
+    with pytest.raises(InputError, match=r"elements\[0\].steps\[0\].command: program 'no-such-prog-xyz' not found"):
+        submit_plan(plan, backend="local")
+    assert not mace_env["scratch_root"].exists()
+
+
+# ---------------------------------------------------------------------------- site configs
+@pytest.mark.parametrize(
+    ("site", "expected"),
+    [
+        ("local", {"backend": "local", "max_parallel": 2, "scheduler.time": 60}),
+        ("slurm-generic", {"backend": "slurm", "scheduler.requeue": True, "scheduler.signal_margin": 300,
+                           "scheduler.mem": "2G", "scheduler.partition": None}),
+        ("ci-slurm", {"backend": "slurm", "scheduler.partition": "debug", "scheduler.time": 5, "max_parallel": 4}),
+    ],
+)
+def test_site_configs_load(site: str, expected: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCRATCH", "/scratch/u")
+    monkeypatch.delenv("MACE_SCRATCH_ROOT")
+    cfg = load_config(site=site)
+    assert cfg.site_name == site
+    for key, value in expected.items():
+        assert cfg[key] == value, key
+        if key != "scheduler.partition":
+            assert cfg.sources[key].startswith("site config"), key
+    assert "$" not in str(cfg.path("scratch_root"))
+    if site == "slurm-generic":
+        assert cfg.path("scratch_root") == Path("/scratch/u/mace/contexts")
+
+
+def test_site_config_unknown_key_refused(tmp_path: Path) -> None:
+    (tmp_path / "typo.yaml").write_text("backend: slurm\nscheduler:\n  partiton: debug\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'scheduler.partiton'"):
+        load_config(site=str(tmp_path / "typo.yaml"))
+
+
+def test_user_jobscript_is_valid_bash_and_documents_itself() -> None:
+    script = REPO / "jobscripts" / "slurm-array.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    assert 'exec mace run-element "$MACE_MANIFEST"' in text
+    assert "#SBATCH --signal=B:USR2@" in text and "mace-submit plan.json --no-submit" in text
+    assert os.access(script, os.X_OK)
+
+
+def test_help_lists_the_commands(capsys) -> None:
+    with pytest.raises(SystemExit):
+        run(["--help"])
+    out = capsys.readouterr().out
+    for command in ("submit", "status", "cancel", "resubmit", "run-element"):
+        assert command in out
