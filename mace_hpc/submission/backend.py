@@ -10,14 +10,17 @@ values the same way.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import shlex
+import shutil
+import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import InputError
+from ..errors import InputError, SchedulerUnavailable
 
 # ---------------------------------------------------------------------------- normalized states
 PENDING = "PENDING"
@@ -244,3 +247,32 @@ def check_job_name(name: object) -> str:
     if not isinstance(name, str) or not _JOB_NAME.match(name):
         raise InputError(f"job name {name!r} is invalid; use letters, digits, '.', '_', '-' (max 128)")
     return name
+
+
+def first_message(stderr: str | None, stdout: str | None = None) -> str:
+    """The line a user needs from a scheduler client: its first `error` line, else its first line."""
+    for text in (stderr, stdout):
+        lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+        for ln in lines:
+            if "error" in ln.lower():
+                return ln
+        if lines:
+            return lines[0]
+    return "no message"
+
+
+def run_scheduler_command(
+    argv: list[str], *, timeout: float, what: str, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a scheduler client (argv, never a shell). A missing or silent client is
+    SchedulerUnavailable (exit 3: retry later), distinct from a refusal the caller reads from
+    the returncode. `what` names the kind of node we expected, e.g. "a SLURM login node"."""
+    if shutil.which(argv[0]) is None:
+        raise SchedulerUnavailable(f"{argv[0]} not found on PATH: is this {what}?")
+    try:
+        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              env=None if env is None else {**os.environ, **env})
+    except subprocess.TimeoutExpired as exc:
+        said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
+        why = f": {first_message(said)}" if said else ""
+        raise SchedulerUnavailable(f"{argv[0]} did not answer within {timeout:.0f}s{why}") from None

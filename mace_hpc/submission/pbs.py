@@ -66,6 +66,8 @@ from .backend import (
     check_job_name,
     check_script_value,
     expand_array_ids,
+    first_message,
+    run_scheduler_command,
     shell_quote,
 )
 
@@ -953,7 +955,7 @@ class PbsBackend:
         atomic_write_text(self.script_path(req), text, mode=0o700)
         proc = self._run(argv, cwd=work_dir)
         if proc.returncode != 0:
-            raise SchedulerError(f"qsub refused {req.name}: {_first_line(proc.stderr, proc.stdout)}")
+            raise SchedulerError(f"qsub refused {req.name}: {first_message(proc.stderr, proc.stdout)}")
         return parse_qsub_output(proc.stdout)
 
     def job_states(self, job_ids: list[str], flavor: str | None = None) -> dict[str, dict[str, tp.Any]]:
@@ -964,7 +966,7 @@ class PbsBackend:
             jid = parse_job_id(raw)
             proc = self._run(qstat_argv(flavor, [str(jid)]))
             if proc.returncode != 0 and not proc.stdout.strip():
-                msg = _first_line(proc.stderr, proc.stdout)
+                msg = first_message(proc.stderr, proc.stdout)
                 if re.search(r"unknown job id|job has finished", msg, re.IGNORECASE):
                     continue  # purged (Torque keep_completed) or history off: state files tell
                 raise SchedulerError(f"qstat failed for {jid}: {msg}")
@@ -987,7 +989,7 @@ class PbsBackend:
             return
         proc = self._run(["qdel", *ids])
         if proc.returncode != 0:
-            msg = _first_line(proc.stderr, proc.stdout)
+            msg = first_message(proc.stderr, proc.stdout)
             if not re.search(r"unknown job id|job has finished|invalid state|already", msg, re.IGNORECASE):
                 raise SchedulerError(f"qdel failed: {msg}")
 
@@ -1007,17 +1009,4 @@ class PbsBackend:
         return self._max_array_size
 
     def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        if shutil.which(argv[0]) is None:
-            raise SchedulerUnavailable(f"{argv[0]} not found on PATH: is this a PBS login node?")
-        try:
-            return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=self._timeout)
-        except subprocess.TimeoutExpired:
-            raise SchedulerUnavailable(f"{argv[0]} did not answer within {self._timeout:.0f}s") from None
-
-
-def _first_line(stderr: str | None, stdout: str | None = None) -> str:
-    for text in (stderr, stdout):
-        lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-        if lines:
-            return lines[0]
-    return "no message"
+        return run_scheduler_command(argv, timeout=self._timeout, what="a PBS login node", cwd=cwd)

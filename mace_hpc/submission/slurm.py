@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +30,9 @@ from .backend import (
     check_job_name,
     check_script_value,
     expand_array_ids,
+    first_message,
     normalize_slurm_state,
+    run_scheduler_command,
     shell_quote,
 )
 
@@ -55,7 +56,7 @@ _UNREACHABLE = re.compile(
 
 def _failure(what: str, stderr: str | None, stdout: str | None = None) -> SchedulerError:
     """A refusal (SchedulerError, exit 2) or an unreachable controller (SchedulerUnavailable, exit 3)."""
-    msg = _first_error(stderr, stdout)
+    msg = first_message(stderr, stdout)
     cls = SchedulerUnavailable if _UNREACHABLE.search(stderr or "") else SchedulerError
     return cls(f"{what}: {msg}")
 
@@ -228,7 +229,7 @@ class SlurmBackend:
                 for key in _keys(job, task_ids):
                     found[key] = (state, name)
         elif "invalid job id" not in (proc.stderr or "").lower():
-            raise SchedulerUnavailable(f"squeue failed: {_first_error(proc.stderr, proc.stdout)}")
+            raise SchedulerUnavailable(f"squeue failed: {first_message(proc.stderr, proc.stdout)}")
         if only_pending and seen_jobs >= set(ids):
             return found
         proc = self._run(["sacct", "-n", "-X", "-P", "-j", ",".join(ids), "-o", "JobID,State,JobName"])
@@ -261,7 +262,7 @@ class SlurmBackend:
             return
         proc = self._run(["scancel", *ids])
         if proc.returncode != 0:
-            msg = _first_error(proc.stderr, proc.stdout)
+            msg = first_message(proc.stderr, proc.stdout)
             if not re.search(r"already completing or completed|invalid job id", msg, re.IGNORECASE):
                 raise _failure("scancel failed", proc.stderr, proc.stdout)
 
@@ -281,21 +282,8 @@ class SlurmBackend:
 
     # ------------------------------------------------------------------ plumbing
     def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        if shutil.which(argv[0]) is None:
-            raise SchedulerUnavailable(f"{argv[0]} not found on PATH: is this a SLURM login node?")
-        try:
-            return subprocess.run(
-                argv,
-                cwd=cwd,
-                capture_output=True,
-                text=True,
-                timeout=self._timeout,
-                env={**os.environ, "SLURM_TIME_FORMAT": "standard"},
-            )
-        except subprocess.TimeoutExpired as exc:
-            said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
-            why = f": {_first_error(said)}" if said else ""
-            raise SchedulerUnavailable(f"{argv[0]} did not answer within {self._timeout:.0f}s{why}") from None
+        return run_scheduler_command(argv, timeout=self._timeout, what="a SLURM login node", cwd=cwd,
+                                     env={"SLURM_TIME_FORMAT": "standard"})
 
 
 def _check_ids(job_ids: list[str]) -> list[str]:
@@ -328,13 +316,3 @@ def _parse_rows(text: str, ncols: int) -> list[tuple[str, list[int] | None, str,
 def _keys(job: str, task_ids: list[int] | None) -> list[str]:
     return [job] if task_ids is None else [f"{job}_{t}" for t in task_ids]
 
-
-def _first_error(stderr: str | None, stdout: str | None = None) -> str:
-    """The line a user needs: the first `error:` line of stderr, else its first line."""
-    lines = [ln.strip() for ln in (stderr or "").splitlines() if ln.strip()]
-    for ln in lines:
-        if "error" in ln.lower():
-            return ln
-    if lines:
-        return lines[0]
-    return (stdout or "").strip().splitlines()[0] if (stdout or "").strip() else "no message"
