@@ -30,13 +30,17 @@ def read_state(context_dir: Path) -> dict[str, Any]:
     return state
 
 
-def write_state(context_dir: Path, **updates: Any) -> dict[str, Any]:
-    """Merge `updates` into the state file (atomic); returns the new state."""
+def write_state(context_dir: Path, *, fsync: bool = True, **updates: Any) -> dict[str, Any]:
+    """Merge `updates` into the state file (atomic); returns the new state.
+
+    `fsync=False` keeps the rename atomicity but not durability: for records that are rebuilt
+    anyway after a crash (e.g. MERGED, which the merge ledger proves again on the next merge).
+    """
     state = read_state(context_dir)
     state.update(updates)
     state["updated_at"] = time.time()
     state.setdefault("history", [])
     if "state" in updates:
         state["history"] = (state["history"] + [[updates["state"], state["updated_at"], socket.gethostname()]])[-50:]
-    atomic_write_json(Path(context_dir) / STATE_FILE, state)
+    atomic_write_json(Path(context_dir) / STATE_FILE, state, fsync=fsync)
     return state
