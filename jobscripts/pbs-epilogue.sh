@@ -17,9 +17,10 @@
 # It ALWAYS exits 0: a non-zero epilogue makes MoM requeue the job or mark the host down.
 # Problems are recorded as PENDING_MERGE in the element's state file for `mace merge`.
 
-MACE_EPILOGUE=/usr/local/bin/mace-epilogue
-MACE_EPILOGUE_TIMEOUT=120
-LOG=/dev/null
+# MoM gives the epilogue an empty environment, so these defaults are the admin's
+MACE_EPILOGUE=${MACE_EPILOGUE:-/usr/local/bin/mace-epilogue}
+MACE_EPILOGUE_TIMEOUT=${MACE_EPILOGUE_TIMEOUT:-120}
+LOG=${MACE_EPILOG_LOG:-/dev/null}
 
 {
     job=${1:-}
