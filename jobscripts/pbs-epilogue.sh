@@ -29,9 +29,9 @@ LOG=${MACE_EPILOG_LOG:-/dev/null}
     [ -x "$MACE_EPILOGUE" ] || exit 0
     if [ "$(id -u)" = 0 ]; then
         [ -n "$user" ] || exit 0
-        timeout -k 5 "$MACE_EPILOGUE_TIMEOUT" "$MACE_EPILOGUE" --pbs-job "$job" --user "$user" --quiet </dev/null
+        timeout -k 5 "$MACE_EPILOGUE_TIMEOUT" "$MACE_EPILOGUE" --pbs-job "$job" --user "$user" --no-retry --quiet </dev/null
     else   # Torque epilogue.user: already the job's user
-        timeout -k 5 "$MACE_EPILOGUE_TIMEOUT" "$MACE_EPILOGUE" --pbs-job "$job" --ended --quiet </dev/null
+        timeout -k 5 "$MACE_EPILOGUE_TIMEOUT" "$MACE_EPILOGUE" --pbs-job "$job" --ended --no-retry --quiet </dev/null
     fi
 } >>"$LOG" 2>&1
 exit 0

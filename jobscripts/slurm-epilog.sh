@@ -31,6 +31,6 @@ fi
     case "$info" in *" ArrayTaskId="*) ;; *) exit 0 ;; esac          # not an array element
     case "$info" in *"/.submissions/"*) ;; *) exit 0 ;; esac         # not submitted by mace-submit
     [ -x "$MACE_EPILOGUE" ] || { echo "mace-epilog: $MACE_EPILOGUE not executable"; exit 0; }
-    timeout -k 5 "$MACE_EPILOGUE_TIMEOUT" "$MACE_EPILOGUE" --quiet </dev/null
+    timeout -k 5 "$MACE_EPILOGUE_TIMEOUT" "$MACE_EPILOGUE" --no-retry --quiet </dev/null
 } >>"$LOG" 2>&1
 exit 0

@@ -34,6 +34,6 @@ case "${SLURM_STEP_ID:-batch}" in batch|4294967291) ;; *) exit 0 ;; esac   # sru
     else
         cmd=(python3 -m mace_hpc.cli.main epilogue)
     fi
-    timeout -k 5 "$limit" "${cmd[@]}" --ended --quiet </dev/null
+    timeout -k 5 "$limit" "${cmd[@]}" --ended --no-retry --quiet </dev/null
 } >/dev/null 2>&1
 exit 0

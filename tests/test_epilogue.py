@@ -428,3 +428,12 @@ def test_backstop_request_depends_on_every_array_and_runs_mace_merge(tmp_path) -
 
     with pytest.raises(InputError):
         backstop_request("../evil", ["1"], scratch_root=tmp_path, work_dir=tmp_path)
+
+
+def test_hooks_leave_pending_merge_to_the_backstop(sub, mace_env) -> None:
+    sub(1)
+    st.write_state(_ctx(mace_env, 0), state=st.PENDING_MERGE, pending_reason="lock busy")
+    assert main(["epilogue", str(_ctx(mace_env, 0)), "--ended", "--no-retry", "-q"]) == 0
+    assert state_of(_ctx(mace_env, 0))["state"] == st.PENDING_MERGE  # not retried at once by a hook
+    assert main(["epilogue", str(_ctx(mace_env, 0)), "-q"]) == 0
+    assert state_of(_ctx(mace_env, 0))["state"] == st.MERGED

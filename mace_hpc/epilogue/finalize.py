@@ -92,6 +92,7 @@ class Options:
     on_failure: str | None = None
     lock_timeout: float = 60.0
     ended: bool = False  # every element's job has ended: a RUNNING state means the runner died
+    retry_pending: bool = True  # False (scheduler hooks): leave PENDING_MERGE to the backstop
     by: str = "merge"
     context_lock_timeout: float = 5.0
     scheduler_states: Mapping[str, str] = field(default_factory=dict)  # workflow id -> final state
@@ -155,8 +156,12 @@ def _pid_alive_here(state: Mapping[str, Any]) -> bool:
 def wants_finalizing(state: Mapping[str, Any], opts: Options, workflow_id: str = "") -> tuple[bool, str]:
     """Whether this state needs the epilogue, and if not a word on why (for the summary)."""
     name = state.get("state")
-    if name in st.FINAL_RUN_STATES or name == st.PENDING_MERGE:
+    if name in st.FINAL_RUN_STATES:
         return True, ""
+    if name == st.PENDING_MERGE:
+        # a hook right after a failed epilogue would only wait for the same busy lock again,
+        # holding the node: the backstop job and `mace merge` retry later
+        return (True, "") if opts.retry_pending else (False, "skipped")
     if name == st.KEPT and (opts.on_complete or opts.on_failure):
         return True, ""  # an explicit policy on the command line revisits kept contexts
     if name == st.RUNNING:

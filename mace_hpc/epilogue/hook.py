@@ -240,12 +240,15 @@ def run_epilogue(
     archive_dir: str | Path | None = None,
     deadline: float | None = None,
     ended: bool = False,
+    retry_pending: bool = True,
     by: str = "epilogue",
 ) -> dict[str, Any]:
     """Apply the element's policy to one context within `deadline` s; returns its new state. Never raises.
 
     `ended=True` (scheduler hooks): the job is over, so a RUNNING state means the runner was
     killed before recording its end; it is recorded as such and the on_failure policy applied.
+    `retry_pending=False` (scheduler hooks): a PENDING_MERGE left by the runner's own epilogue is
+    not retried at once (same busy lock, node held longer); the backstop and `mace merge` do it.
     """
     context_dir = Path(context_dir).absolute()
     try:
@@ -256,7 +259,7 @@ def run_epilogue(
         target = build_target(context_dir, manifest, shared_database=shared_database, archive_dir=archive_dir)
         lock_wait = max(0.5, deadline - 10.0) if deadline > 20 else deadline / 2
         opts = Options(on_complete, on_failure, lock_timeout=lock_wait, ended=ended, by=by,
-                       context_lock_timeout=min(5.0, deadline / 4))
+                       context_lock_timeout=min(5.0, deadline / 4), retry_pending=retry_pending)
 
         def work() -> list[dict[str, Any]]:
             return [o.to_dict() for o in finalize([target], opts)]

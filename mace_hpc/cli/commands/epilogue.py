@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deadline", type=float, metavar="S", help="seconds before giving up (config epilogue_deadline)")
     p.add_argument("--ended", action="store_true",
                    help="the job is over (hooks): a RUNNING state means the runner was killed")
+    p.add_argument("--no-retry", action="store_true",
+                   help="leave PENDING_MERGE (an epilogue already tried) to the backstop / mace merge")
     p.add_argument("--json", action="store_true", help="print the resulting state as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing unless something went wrong")
     p.set_defaults(handler=_run)
@@ -123,7 +125,7 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
                         ("--deadline", args.deadline)):
         if value is not None:
             out += [flag, str(value)]
-    return out + (["--quiet"] if args.quiet else [])
+    return out + (["--quiet"] if args.quiet else []) + (["--no-retry"] if args.no_retry else [])
 
 
 def _finalize(args: argparse.Namespace, context_dir: Path, manifest: dict[str, Any] | None, *, ended: bool) -> None:
@@ -131,7 +133,7 @@ def _finalize(args: argparse.Namespace, context_dir: Path, manifest: dict[str, A
     from ..output import print_json
 
     state = run_epilogue(context_dir, manifest=manifest, on_complete=args.on_complete, on_failure=args.on_failure,
-                         deadline=args.deadline, ended=ended, by="mace epilogue")
+                         deadline=args.deadline, ended=ended, retry_pending=not args.no_retry, by="mace epilogue")
     if args.json:
         print_json(state)
         return
