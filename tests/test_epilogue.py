@@ -437,3 +437,21 @@ def test_hooks_leave_pending_merge_to_the_backstop(sub, mace_env) -> None:
     assert state_of(_ctx(mace_env, 0))["state"] == st.PENDING_MERGE  # not retried at once by a hook
     assert main(["epilogue", str(_ctx(mace_env, 0)), "-q"]) == 0
     assert state_of(_ctx(mace_env, 0))["state"] == st.MERGED
+
+
+def test_running_state_of_a_live_runner_is_not_taken_for_dead(sub, mace_env) -> None:
+    import socket
+
+    sub(2, run_states={0: st.RUNNING, 1: st.RUNNING})
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        alive = {"host": socket.gethostname(), "pid": sleeper.pid, "started_at": time.time()}
+        st.write_state(_ctx(mace_env, 0), **alive)
+        # same pid, but that process started after the element did: a reused pid, the runner is gone
+        st.write_state(_ctx(mace_env, 1), **{**alive, "started_at": time.time() - 3600})
+        summary = merge_pending(plans=[PLAN], options=Options(ended=True))
+        assert {o.workflow_id: o.action for o in summary.outcomes} == {f"{PLAN}-e0": "running", f"{PLAN}-e1": "kept"}
+        assert state_of(_ctx(mace_env, 1))["lost"] is True
+    finally:
+        sleeper.kill()
+        sleeper.wait()

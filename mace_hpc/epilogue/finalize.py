@@ -143,13 +143,21 @@ def policy_for(target: Target, run_state: str, opts: Options) -> str:
 
 
 def _pid_alive_here(state: Mapping[str, Any]) -> bool:
+    """Is the runner that wrote this RUNNING state still alive on this host (not a reused pid)?"""
     if state.get("host") != socket.gethostname():
         return False
-    try:
-        import psutil
+    import psutil
 
-        return psutil.pid_exists(int(state.get("pid", 0) or 0)) and int(state.get("pid", 0)) != os.getpid()
-    except (ValueError, TypeError):
+    try:
+        pid = int(state.get("pid", 0) or 0)
+        if pid <= 0 or pid == os.getpid():
+            return False
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = state.get("started_at")
+        return not (isinstance(started, (int, float)) and proc.create_time() > started + 1.0)
+    except (ValueError, TypeError, psutil.Error):
         return False
 
 

@@ -56,5 +56,5 @@ def _run(args: argparse.Namespace) -> int:
               + "; ".join(f"{c.workflow_id}: {c.why}" for c in unsafe[:3]))
     done = "would be removed" if args.dry_run else "removed"
     print(f"{len(report.removed)} context(s) {done}, {_human(report.total_before - report.total_after)} freed; "
-          f"scratch contexts now {_human(report.total_after)}")
+          f"scratch contexts {'would then take' if args.dry_run else 'now take'} {_human(report.total_after)}")
     return 0
