@@ -39,7 +39,7 @@ class Submission:
     archive_dir: Path
     plan_dir: str = ""
     entries: list[dict[str, Any]] = field(default_factory=list)
-    created: list[Path] = field(default_factory=list)  # context dirs this submission made
+    created: list[str] = field(default_factory=list)  # context dirs this submission made
     created_directory: bool = False  # the submission dir itself was made by this submission
 
     @property
@@ -142,7 +142,7 @@ def create_contexts(sub: Submission, plan: Plan) -> Submission:
             path = entry["context_dir"]
             try:
                 os.mkdir(path, 0o700)
-                sub.created.append(Path(path))
+                sub.created.append(path)
             except FileExistsError:
                 if os.path.islink(path) or not os.path.isdir(path):
                     raise InputError(
