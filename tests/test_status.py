@@ -311,6 +311,7 @@ def test_local_resubmit_resumes_in_the_same_context(tmp_path: Path, mace_env: di
     fix.write_text("")
     rc, out, err = _cli(capsys, "resubmit", "lr", "--failed")
     assert rc == 0, err
+    assert "element 1 (lr-e1): MERGED (attempt 2)" in out and "lr: 3 elements: 3 MERGED" in out
     states = {i: read_json(scratch / f"lr-e{i}" / "state.json") for i in range(3)}
     assert states[1]["run_state"] == "COMPLETED" and states[1]["attempts"] == 2
     assert [s["status"] for s in states[1]["steps"]] == ["skipped", "completed"]

@@ -27,10 +27,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..output import Progress, print_json
 
     progress = None if args.json else Progress("elements")
-    result = resubmit(
-        args.target, elements=args.elements, max_parallel=args.max_parallel, cfg=load_config(site=args.site),
-        progress=progress,
-    )
+    cfg = load_config(site=args.site)
+    result = resubmit(args.target, elements=args.elements, max_parallel=args.max_parallel, cfg=cfg, progress=progress)
     if args.json:
         print_json({k: v for k, v in result.__dict__.items() if k != "record"})
         return 0
@@ -40,6 +38,16 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{result.plan}: nothing to resubmit (no FAILED, TIMEOUT or CANCELLED elements)")
         return 0
     shown = ",".join(map(str, result.indices[:20])) + (" ..." if len(result.indices) > 20 else "")
+    if result.backend == "local":  # they ran here already: say how it went
+        from ...status.reconcile import SUCCESS
+        from ...submission.control import status_of
+
+        report = status_of(result.plan, cfg)
+        again = [r for r in report.rows if r["index"] in set(result.indices)]
+        for r in again:
+            print(f"element {r['index']} ({r['workflow_id']}): {r['state']} (attempt {r['attempts']}) {r['message']}")
+        print(report.summary_line())
+        return 0 if all(r["state"] in SUCCESS and r["run_state"] in SUCCESS for r in again) else 1
     print(" ".join(result.job_ids))
     print(
         f"resubmitted {len(result.indices)} element(s) of {result.plan} ({shown}) as "
