@@ -113,3 +113,18 @@ def test_help_everywhere(tmp_path):
                  ["contexts", "list", "--help"], ["config", "show", "--help"], ["run-element", "--help"]):
         proc = run_mace(*argv, cwd=tmp_path)
         assert proc.returncode == 0 and "usage:" in proc.stdout, argv
+
+
+def test_contexts_cleanup_is_the_safe_cleanup(tmp_path, mace_env):
+    """`mace contexts cleanup` keeps unmerged work and prunes dead processes' registry entries."""
+    code = (
+        "import os\nfrom mace_hpc.workflow.context import WorkflowContext\n"
+        "ctx = WorkflowContext('unmerged', isolation_mode='isolated').activate()\n"
+        "ctx.get_database().create_material(material_id='keepme', formula='Al')\nos._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    proc = run_mace("contexts", "cleanup", "--older-than", "0s", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "pruned 1 stale registry entry" in proc.stdout
+    assert (mace_env["scratch_root"] / "unmerged" / "materials.db").is_file()
+    assert list((mace_env["scratch_root"] / ".registry").glob("*.json")) == []

@@ -15,13 +15,19 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cleanup", help="remove finished, merged/archived contexts (oldest first)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--older-than", metavar="AGE", help="finished more than AGE ago: 14d, 12h, 30m")
+    add_arguments(p)
+    p.add_argument("--scratch-root", help="default: config scratch_root")
+
+
+def add_arguments(p: argparse.ArgumentParser, default_age: str | None = None) -> None:
+    """The cleanup options, shared by `mace cleanup` and `mace contexts cleanup`."""
+    p.add_argument("--older-than", metavar="AGE", default=default_age,
+                   help=f"finished more than AGE ago: 14d, 12h, 30m (default {default_age or '14d'})")
     p.add_argument("--max-total-size", metavar="SIZE", help="remove oldest safe contexts until all fit: 50G, 500M")
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     p.add_argument("--no-archive", action="store_true", help="do not archive MERGED contexts before removing them")
-    p.add_argument("--scratch-root", help="default: config scratch_root")
     p.add_argument("--json", action="store_true", help="machine-readable report")
-    p.set_defaults(handler=_run)
+    p.set_defaults(handler=run)
 
 
 def _human(n: int) -> str:
@@ -33,7 +39,7 @@ def _human(n: int) -> str:
     return f"{n}B"
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from ...epilogue.cleanup import cleanup, parse_age, parse_size
     from ..output import print_json
 

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import cleanup as cleanup_cmd
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("contexts", help="list, inspect, export, archive and clean up contexts", description=__doc__)
@@ -37,26 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     res.add_argument("archive", help="a .tar.gz written by `mace contexts archive` or the epilogue")
     res.set_defaults(handler=_restore)
 
-    cl = csub.add_parser("cleanup", help="remove old contexts (archived first) and stale registry entries")
-    cl.add_argument("--older-than", default="7d", help="age like 7d, 12h, 30m (default 7d)")
-    cl.add_argument("--dry-run", action="store_true", help="only say what would be removed")
-    cl.add_argument("--no-archive", action="store_true", help="do not archive before removing")
+    cl = csub.add_parser("cleanup", help="remove old finished contexts that are merged or archived (see mace cleanup)")
+    cleanup_cmd.add_arguments(cl, default_age="7d")
     cl.set_defaults(handler=_cleanup)
     p.set_defaults(handler=lambda a: p.print_help() or 2)
-
-
-def parse_age(text: str) -> float:
-    """'7d' / '12h' / '30m' / '45s' -> seconds; a clear InputError otherwise."""
-    from ...errors import InputError
-
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    try:
-        value, unit = float(text[:-1]), text[-1].lower()
-        if unit in units and value >= 0:
-            return value * units[unit]
-    except (ValueError, IndexError):
-        pass
-    raise InputError(f"--older-than: {text!r} is not an age; use e.g. 7d, 12h, 30m")
 
 
 def _root(args: argparse.Namespace) -> Path:
@@ -159,21 +145,13 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    from ...config import load_config
-    from ...epilogue.archive import archive_context
+    """`mace cleanup` with a 7-day default, plus pruning registry entries of dead processes."""
     from ...workflow import registry
 
     root = _root(args)
-    cutoff = time.time() - parse_age(args.older_than)
-    removed = registry.prune_stale(root) if not args.dry_run else []
-    victims = [r for r in _rows(root) if r["modified"] < cutoff and r["active"] != "active"]
-    for r in victims:
-        if args.dry_run:
-            print(f"would remove {r['directory']} ({r['state']})")
-            continue
-        if not args.no_archive:
-            archive_context(Path(r["directory"]), load_config().path("archive_dir"), r["workflow_id"])
-        shutil.rmtree(r["directory"])
-        print(f"removed {r['directory']}")
-    print(f"{len(victims)} context(s) {'would be ' if args.dry_run else ''}removed; {len(removed)} stale registry entries pruned")
-    return 0
+    if not args.dry_run:
+        pruned = registry.prune_stale(root)
+        if pruned and not args.json:
+            print(f"pruned {len(pruned)} stale registry entr{'y' if len(pruned) == 1 else 'ies'}")
+    args.scratch_root = str(root)
+    return cleanup_cmd.run(args)
