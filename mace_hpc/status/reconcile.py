@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,12 +64,19 @@ def query_per_job(backend: Any, jobs: Sequence[dict[str, Any]]) -> dict[str, dic
         takes_offsets = False
     out: dict[str, dict[int, str]] = {jid: {} for jid in ids}
     if takes_offsets:
-        position = {jid: k for k, jid in enumerate(ids)}
-        raw = backend.query(ids, offsets={jid: k * _STRIDE for jid, k in position.items()})
+        tags: dict[str, int] = {}
+        for k, jid in enumerate(ids):
+            tags[jid] = k * _STRIDE
+            seq = re.match(r"\d+", jid)  # PBS keys offsets by the sequence number of `123[].server`
+            if seq:
+                tags.setdefault(seq.group(0), k * _STRIDE)
+        raw = backend.query(ids, offsets=tags)
+        covered = [set(j.get("indices", [])) for j in jobs]
         for key, state in raw.items():
             k, task = divmod(int(key), _STRIDE)
-            if 0 <= k < len(jobs):
-                out[ids[k]][task + int(jobs[k].get("offset", 0))] = state
+            index = task + int(jobs[k].get("offset", 0)) if 0 <= k < len(jobs) else -1
+            if index in covered[k]:
+                out[ids[k]][index] = state
         return out
     raw = backend.query(ids)  # already element indices; attribute them to the arrays that cover them
     for job in jobs:
