@@ -176,11 +176,14 @@ def main() -> None:
             t0 = time.perf_counter()
             load_plan(plan_path)
             rows["load"].append(time.perf_counter() - t0)
+            os.sync()  # each phase starts without the previous one's writeback in flight
             rows["floor"].append(bench_floor(args.elements, root))
+            os.sync()
             m = bench_mace(plan_path, root, args.partition)
             rows["mace"].append(m["total"])
             rows["sbatch"].append(m["sbatch"])
             arrays = int(m["arrays"])
+            os.sync()
             if not args.no_submitit:
                 if r == 0:
                     took, note = bench_submitit(args.elements, root, args.partition, None)
@@ -190,6 +193,8 @@ def main() -> None:
                     rows["submitit"].append(took)
                 else:
                     notes.append(f"submitit in calls of 1000: {note}")
+            print(f"  run {r + 1}: floor {rows['floor'][-1]:.2f} s, mace-submit {rows['mace'][-1]:.2f} s"
+                  + (f", submitit {rows['submitit'][-1]:.2f} s" if len(rows["submitit"]) > r else ""), flush=True)
     med = {k: statistics.median(v) for k, v in rows.items() if v}
     print(f"{args.elements} elements, {args.repeat} runs (median, min-max):")
     labels = {

@@ -301,6 +301,8 @@ def submit_plan(
     if backend_name == "local" and not prepare_only:
         preflight_programs(plan)
     wanted = list(range(len(plan.elements))) if indices is None else sorted(set(indices))
+    if not wanted or not 0 <= wanted[0] <= wanted[-1] < len(plan.elements):
+        raise InputError(f"indices: {indices!r} must be element indices 0-{len(plan.elements) - 1}")
     requests = build_requests(plan, sub, cfg, be, wanted, parallel)
     result = SubmitResult(sub, backend_name, requests, plan=plan)
     # render every chunk now: a value that cannot go into a job script fails before anything exists
@@ -334,8 +336,9 @@ def submit_plan(
             return result
         result.job_ids = submit_requests(be, requests, record, sub.directory, kind="array", attempt=1)
     except BaseException as exc:
-        if backend_name == "local" and isinstance(exc, KeyboardInterrupt):
-            cancel_unstarted(sub.entries, "interrupted before it started")
+        if backend_name == "local" and any(os.path.exists(f"{e['context_dir']}/state.json") for e in sub.entries):
+            # elements ran already (Ctrl-C, mace cancel): their contexts hold results, keep them
+            cancel_unstarted(sub.entries, f"not started: the local run stopped ({type(exc).__name__})")
             raise
         restore_states(saved)
         remove_created(sub)
