@@ -175,7 +175,7 @@ def run_step(
 
             traceback.print_exc(file=err)
     runtime = time.monotonic() - t0
-    if material_id:
+    if material_id and status == "completed":  # a failed step's results may be partial
         for key, value in results.items():
             db.store_material_property(material_id, key, value, calc_id=calc_id)
     for fname in ("stdout.txt", "stderr.txt", RESULTS_FILE):

@@ -22,6 +22,7 @@ The local backend needs no backstop: `submit` returns after every element, so it
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +36,9 @@ BACKSTOP_SUFFIX = "-merge"
 # find the right python. Not gres/mem/cpus (a merge needs no GPU) nor requeue.
 _INHERITED = ("partition", "account", "qos", "setup", "python", "pbs_flavor")
 
+
+# SLURM array ids are digits; PBS ones look like 123[].server (each backend translates "afterany:")
+_JOB_ID_RE = re.compile(r"^[0-9]+(\[\])?(\.[A-Za-z0-9._-]+)?$")
 
 def backstop_time_minutes(elements: int) -> int:
     """A generous limit for merging `elements` contexts (> 1,000/s measured; 10 min floor)."""
@@ -66,8 +70,8 @@ def backstop_request(
     """
     validate_workflow_id(plan_name, "plan name")
     ids = [str(j).strip() for j in job_ids]
-    if not ids or not all(j.isdigit() for j in ids):
-        raise ValueError(f"backstop needs the array job ids (digits), got {list(job_ids)!r}")
+    if not ids or not all(_JOB_ID_RE.match(j) for j in ids):
+        raise ValueError(f"backstop needs the array job ids (123 or 123[].server), got {list(job_ids)!r}")
     sched = {k: v for k, v in (scheduler or {}).items() if k in _INHERITED and v is not None}
     sched.update(time=backstop_time_minutes(elements), cpus=1, requeue=False, signal_margin=60)
     env = {"MACE_SCRATCH_ROOT": str(Path(scratch_root).absolute()), "MACE_BACKSTOP": "1"}
