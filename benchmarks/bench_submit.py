@@ -10,7 +10,9 @@ plan.json, manifest.json, record.json, one `sbatch --array` per MaxArraySize chu
 merge job. Floor: the same directories and the same three JSON files from a plain loop, no
 validation, no scheduler. submitit: `AutoExecutor(cluster="slurm").map_array` of N calls (it
 pickles every call into its own folder, then one sbatch); MaxArraySize refuses one array of N, so
-it is also measured as N / 1000 calls of 1,000.
+it is also measured as N / 1000 calls of 1,000. Every run writes into fresh directories and all are
+deleted at the end: deleting 10,000 directories on this disk (ext4 with `discard`) slows whatever
+runs next, which made later runs look 3-6x slower when each phase cleaned up after itself.
 """
 
 from __future__ import annotations
@@ -52,12 +54,12 @@ def scancel(ids: list[str]) -> None:
         subprocess.run(["scancel", *ids], capture_output=True, timeout=120)
 
 
-def bench_mace(plan_path: Path, root: Path, partition: str | None) -> dict[str, float]:
+def bench_mace(plan_path: Path, root: Path, partition: str | None, run: int = 0) -> dict[str, float]:
     from mace_hpc.config import load_config
     from mace_hpc.submission import slurm
     from mace_hpc.submission.submit import submit_plan
 
-    scratch = root / "scratch"
+    scratch = root / f"scratch{run}"
     environ = {"MACE_SCRATCH_ROOT": str(scratch), "MACE_CONFIG": str(root / "none.json"),
                "MACE_SHARED_DATABASE": str(root / "shared.db"), "MACE_ARCHIVE_DIR": str(root / "archives")}
     cli = {"scheduler.partition": partition} if partition else {}
@@ -84,13 +86,12 @@ def bench_mace(plan_path: Path, root: Path, partition: str | None) -> dict[str, 
     scancel(ids)
     cancel_s = time.perf_counter() - t1
     arrays = len(result.job_ids)
-    shutil.rmtree(scratch, ignore_errors=True)
     return {"total": total, "sbatch": sbatch_s[0], "arrays": arrays, "cancel": cancel_s}
 
 
-def bench_floor(n: int, root: Path) -> float:
+def bench_floor(n: int, root: Path, run: int = 0) -> float:
     """The same dirs and files, nothing else: mkdir 0700 per element, three JSON files."""
-    scratch = root / "floor"
+    scratch = root / f"floor{run}"
     t0 = time.perf_counter()
     subdir = scratch / ".submissions" / "bench-submit"
     subdir.mkdir(parents=True)
@@ -106,20 +107,18 @@ def bench_floor(n: int, root: Path) -> float:
     for name, obj in (("elements.json", elements), ("plan.json", {"elements": elements}),
                       ("manifest.json", {"elements": entries})):
         (subdir / name).write_text(json.dumps(obj))
-    took = time.perf_counter() - t0
-    shutil.rmtree(scratch, ignore_errors=True)
-    return took
+    return time.perf_counter() - t0
 
 
 def _noop(i: int) -> int:
     return i
 
 
-def bench_submitit(n: int, root: Path, partition: str | None, chunk: int | None) -> tuple[float | None, str]:
+def bench_submitit(n: int, root: Path, partition: str | None, chunk: int | None, run: int = 0) -> tuple[float | None, str]:
     """submitit map_array of n calls (in calls of `chunk` when given); (seconds, note)."""
     import submitit
 
-    folder = root / "submitit"
+    folder = root / f"submitit{run}-{chunk}"
     ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
     params: dict[str, Any] = {"slurm_array_parallelism": 1, "timeout_min": 5}
     if partition:
@@ -134,11 +133,9 @@ def bench_submitit(n: int, root: Path, partition: str | None, chunk: int | None)
     except Exception as exc:  # sbatch refuses an array above MaxArraySize
         took = time.perf_counter() - t0
         scancel(sorted({j.job_id.split("_")[0] for j in jobs}))
-        shutil.rmtree(folder, ignore_errors=True)
         return None, f"failed after {took:.2f} s: {str(exc).strip().splitlines()[-1][:120]}"
     took = time.perf_counter() - t0
     scancel(sorted({j.job_id.split("_")[0] for j in jobs}))
-    shutil.rmtree(folder, ignore_errors=True)
     return took, f"{len({j.job_id.split('_')[0] for j in jobs})} array(s)"
 
 
@@ -177,18 +174,18 @@ def main() -> None:
             load_plan(plan_path)
             rows["load"].append(time.perf_counter() - t0)
             os.sync()  # each phase starts without the previous one's writeback in flight
-            rows["floor"].append(bench_floor(args.elements, root))
+            rows["floor"].append(bench_floor(args.elements, root, r))
             os.sync()
-            m = bench_mace(plan_path, root, args.partition)
+            m = bench_mace(plan_path, root, args.partition, r)
             rows["mace"].append(m["total"])
             rows["sbatch"].append(m["sbatch"])
             arrays = int(m["arrays"])
             os.sync()
             if not args.no_submitit:
                 if r == 0:
-                    took, note = bench_submitit(args.elements, root, args.partition, None)
+                    took, note = bench_submitit(args.elements, root, args.partition, None, r)
                     notes.append(f"submitit map_array of {args.elements} in one call: {note}")
-                took, note = bench_submitit(args.elements, root, args.partition, 1000)
+                took, note = bench_submitit(args.elements, root, args.partition, 1000, r)
                 if took is not None:
                     rows["submitit"].append(took)
                 else:

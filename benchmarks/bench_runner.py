@@ -1,0 +1,92 @@
+"""Element-runner overhead per element, and `mace --help` start-up. No scheduler needed.
+
+Overhead = (running an element through `python -m mace_hpc.element MANIFEST --index i`: context,
+state files, the step as a subprocess, its calculation record, the epilogue) minus (running the
+step's command directly). Elements run one after another so the figure is per element, not
+hidden by parallelism. Prints a table; no assertion.
+
+    python benchmarks/bench_runner.py [--elements 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_submit import machine  # noqa: E402
+
+STEP = ["true"]
+
+
+def timed(argv: list[str], env: dict[str, str], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, env=env, capture_output=True)
+        out.append(time.perf_counter() - t0)
+        if proc.returncode != 0:
+            raise SystemExit(f"{argv} failed: {proc.stderr.decode()[-500:]}")
+    return out
+
+
+def run_elements(root: Path, mode: str, on_complete: str, n: int) -> list[float]:
+    """Prepare a plan (no submission), then run each element by hand and time it."""
+    from mace_hpc.config import load_config
+    from mace_hpc.submission.submit import submit_plan
+
+    name = f"runner-{mode}-{on_complete.replace('+', '-')}"
+    environ = {"MACE_SCRATCH_ROOT": str(root / "scratch"), "MACE_CONFIG": str(root / "none.json"),
+               "MACE_SHARED_DATABASE": str(root / f"{name}.db"), "MACE_ARCHIVE_DIR": str(root / "archives")}
+    plan = {"name": name, "isolation_mode": mode, "on_complete": on_complete,
+            "elements": [{"id": f"e{i}", "steps": [{"name": "calc", "command": STEP}]} for i in range(n)]}
+    result = submit_plan(plan, config=load_config(environ=environ), backend="local", prepare_only=True)
+    env = {**os.environ, **environ}
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "mace_hpc.element", str(result.submission.manifest_path),
+                               "--index", str(i)], env=env, capture_output=True)
+        times.append(time.perf_counter() - t0)
+        if proc.returncode != 0:
+            raise SystemExit(f"element {i} failed: {proc.stderr.decode()[-800:]}")
+    state = json.loads((root / "scratch" / f"{name}-e0" / "state.json").read_text())
+    assert state["run_state"] == "COMPLETED", state
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--elements", type=int, default=20)
+    args = ap.parse_args()
+    print(machine())
+    env = dict(os.environ)
+    n = args.elements
+    direct = timed(STEP, env, n)
+    python = timed([sys.executable, "-c", "pass"], env, n)
+    help_ = timed(["mace", "--help"], env, 10)
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="bench-runner-", dir="/tmp") as tmp:
+        for mode, policy in (("isolated", "merge"), ("isolated", "keep"), ("shared", "merge")):
+            rows[f"{mode}, on_complete={policy}"] = run_elements(Path(tmp), mode, policy, n)
+    med_direct = statistics.median(direct)
+    print(f"{n} elements run one after another (one `true` step each); median (min-max):")
+    print(f"  step command directly                        {med_direct * 1000:7.1f} ms")
+    print(f"  python -c pass (interpreter floor)           {statistics.median(python) * 1000:7.1f} ms")
+    for label, xs in rows.items():
+        med = statistics.median(xs)
+        print(f"  element runner, {label:<28} {med * 1000:7.1f} ms ({min(xs) * 1000:.0f}-{max(xs) * 1000:.0f}); "
+              f"overhead {(med - med_direct) * 1000:.0f} ms")
+    print(f"  mace --help                                  {statistics.median(help_) * 1000:7.1f} ms "
+          f"({min(help_) * 1000:.0f}-{max(help_) * 1000:.0f})")
+
+
+if __name__ == "__main__":
+    main()
