@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -336,3 +338,26 @@ def test_help_lists_the_commands(capsys) -> None:
     out = capsys.readouterr().out
     for command in ("submit", "status", "cancel", "resubmit", "run-element"):
         assert command in out
+
+
+def test_runner_signal_stops_a_step_that_ignores_sigterm(tmp_path: Path, mace_env: dict[str, Path]) -> None:
+    """SIGTERM to the runner: the step's group gets SIGTERM, then SIGKILL after the grace; recorded."""
+    stubborn = [PY, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "open('started', 'w').close(); time.sleep(120)"]
+    plan = {"name": "stubborn", "elements": [{"id": "e0", "steps": [{"name": "s", "command": stubborn}]}]}
+    result = submit_plan(plan, backend="local", prepare_only=True)
+    ctx = mace_env["scratch_root"] / "stubborn-e0"
+    proc = subprocess.Popen([PY, "-m", "mace_hpc.element", str(result.submission.manifest_path), "--index", "0"])
+    try:
+        for _ in range(600):
+            if (ctx / "calculations" / "s" / "started").exists():
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    state = read_json(ctx / "state.json")
+    assert state["run_state"] == "CANCELLED"
+    assert state["steps"][0]["exit_code"] == -signal.SIGKILL  # it ignored SIGTERM, so it was killed

@@ -77,7 +77,7 @@ class _Interrupt:
     def _handle(self, signum: int, frame: Any) -> None:
         first = self.signum is None
         self.signum = self.signum or signum
-        step_runner.terminate_current(grace=2.0)
+        step_runner.terminate_current(grace=2.0, block=False)  # a handler must not wait
         if first and step_runner._current_proc is None:
             raise step_runner.StepInterrupted()
 

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +42,24 @@ class StepInterrupted(Exception):
 _current_proc: subprocess.Popen[bytes] | None = None
 
 
-def terminate_current(grace: float = 5.0) -> None:
-    """Stop the running command step's whole process group (the time-limit path)."""
+def terminate_current(grace: float = 5.0, block: bool = True) -> None:
+    """Stop the running command step's whole process group (the time-limit path).
+
+    From a signal handler pass `block=False`: the interrupted main thread sits in `Popen.wait()`
+    holding its waitpid lock, so waiting here can only time out (that cost grace + 5 s of the
+    signal margin). Instead: SIGTERM now, SIGKILL from a timer if the group outlives `grace`.
+    """
     proc = _current_proc
     if proc is None or proc.poll() is not None:
+        return
+    if not block:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        timer = threading.Timer(grace, _kill_group, (proc.pid,))
+        timer.daemon = True
+        timer.start()
         return
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
@@ -56,6 +71,13 @@ def terminate_current(grace: float = 5.0) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # already gone
 
 
 def load_callable(spec: str, search_path: list[str]) -> Any:
