@@ -185,10 +185,13 @@ def run_element(
         pass
     except Exception as exc:
         final, message = st.FAILED, f"{type(exc).__name__}: {exc}"
+    # say why first: the step's own message ("killed by signal 15") is only the consequence
     if interrupt.signum in (signal.SIGUSR2,):
-        final, message = st.TIMEOUT, message or "time limit reached (signal before the limit)"
+        why = "time limit: stopped by the signal before the limit"
+        final, message = st.TIMEOUT, f"{why} ({message})" if message else why
     elif interrupt.signum:
-        final, message = st.CANCELLED, message or f"terminated by signal {interrupt.signum}"
+        why = f"cancelled: terminated by signal {signal.Signals(interrupt.signum).name}"
+        final, message = st.CANCELLED, f"{why} ({message})" if message else why
 
     record = {
         "state": final, "run_state": final, "finished_at": time.time(), "message": message,
