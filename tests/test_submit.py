@@ -135,6 +135,13 @@ def test_dry_run_creates_nothing_and_shows_everything(tmp_path: Path, mace_env: 
     assert "#SBATCH --array=0-499%4" in data["arrays"][2]["script"]
     e = data["elements"][2345]
     assert e["workflow_id"] == "dry-p2345" and e["env"]["MACE_INDEX_OFFSET"] == "2000"
+    assert data["isolation_mode"] == "shared" and e["env"]["MACE_ISOLATION_MODE"] == "shared"
+
+    rc, out, _ = _cli(capsys, "submit", str(plan), "--backend", "local", "--isolation-mode", "isolated",
+                      "--dry-run", "--json")
+    data = json.loads(out)
+    assert data["isolation_mode"] == "isolated" and data["elements"][0]["env"]["MACE_ISOLATION_MODE"] == "isolated"
+    assert data["arrays"][0]["command"][-2:] == ["--index", "N"]
     assert not scratch.exists()
 
 
