@@ -13,7 +13,6 @@ One `backend.query` per submission, for all of its arrays (chunks and resubmissi
 from __future__ import annotations
 
 import inspect
-import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from ..element import state as st
-from ..util.atomic import read_json
 
 ACTIVE = frozenset({st.PENDING, st.RUNNING})
 BAD_FINAL = frozenset({st.FAILED, st.TIMEOUT, st.CANCELLED})
@@ -170,7 +168,7 @@ def collect(
     rows = []
     for entry in manifest["elements"]:
         index = entry["index"]
-        file_state = _read_state(entry["context_dir"])
+        file_state = st.read_state(entry["context_dir"])
         job = current.get(index)
         job_id = str(job["job_id"]) if job else None
         sched = per_job.get(job_id, {}).get(index) if job_id else None
@@ -205,17 +203,9 @@ def collect(
     return report
 
 
-def _read_state(context_dir: str) -> dict[str, Any]:
-    # read_state() without the Path round trip: status reads 10,000 of these per call
-    data = read_json(os.path.join(context_dir, st.STATE_FILE))
-    if not isinstance(data, dict) or "state" not in data:
-        return {"state": st.PENDING, "attempts": 0}
-    return data
-
-
 def state_counts_from_files(manifest: dict[str, Any]) -> dict[str, int]:
     """States from the files alone (no scheduler): the cheap listing of `mace status`."""
-    return dict(Counter(_read_state(e["context_dir"]).get("state", st.PENDING) for e in manifest["elements"]))
+    return dict(Counter(st.read_state(e["context_dir"]).get("state", st.PENDING) for e in manifest["elements"]))
 
 
 def context_exists(entry: dict[str, Any]) -> bool:

@@ -15,12 +15,12 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import InputError, SchedulerUnavailable
+from ..errors import InputError, SchedulerError, SchedulerUnavailable
 
 # ---------------------------------------------------------------------------- normalized states
 PENDING = "PENDING"
@@ -276,3 +276,16 @@ def run_scheduler_command(
         said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
         why = f": {first_message(said)}" if said else ""
         raise SchedulerUnavailable(f"{argv[0]} did not answer within {timeout:.0f}s{why}") from None
+
+
+def scheduler_number(
+    run: Callable[[list[str]], subprocess.CompletedProcess[str]], argv: list[str], pattern: str, default: int
+) -> int:
+    """An integer setting read from a scheduler client's output (e.g. MaxArraySize); `default`
+    when the client cannot be asked or does not say."""
+    try:
+        proc = run(argv)
+    except SchedulerError:
+        return default
+    m = re.search(pattern, proc.stdout, re.MULTILINE)
+    return int(m.group(1)) if proc.returncode == 0 and m else default

@@ -68,6 +68,7 @@ from .backend import (
     expand_array_ids,
     first_message,
     run_scheduler_command,
+    scheduler_number,
     shell_quote,
 )
 
@@ -997,15 +998,9 @@ class PbsBackend:
         """scheduler.max_array_size if given to the constructor, else the server's `max_array_size`
         (PBS Pro) / `max_job_array_size` (Torque) from `qstat -B -f`, else 10000 (PBS Pro's default)."""
         if self._max_array_size is None:
-            size = DEFAULT_MAX_ARRAY_SIZE
-            try:
-                proc = self._run(["qstat", "-B", "-f"])
-                m = re.search(r"^\s*max_(?:job_)?array_size\s*=\s*(\d+)", proc.stdout, re.MULTILINE)
-                if proc.returncode == 0 and m:
-                    size = int(m.group(1))
-            except SchedulerError:
-                pass
-            self._max_array_size = size
+            self._max_array_size = scheduler_number(
+                self._run, ["qstat", "-B", "-f"], r"^\s*max_(?:job_)?array_size\s*=\s*(\d+)", DEFAULT_MAX_ARRAY_SIZE
+            )
         return self._max_array_size
 
     def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -33,6 +33,7 @@ from .backend import (
     first_message,
     normalize_slurm_state,
     run_scheduler_command,
+    scheduler_number,
     shell_quote,
 )
 
@@ -269,15 +270,9 @@ class SlurmBackend:
     def max_array_size(self) -> int:
         """MaxArraySize from `scontrol show config` (asked once); 1001, SLURM's default, if unknown."""
         if self._max_array_size is None:
-            size = DEFAULT_MAX_ARRAY_SIZE
-            try:
-                proc = self._run(["scontrol", "show", "config"])
-                m = re.search(r"^MaxArraySize\s*=\s*(\d+)", proc.stdout, re.MULTILINE)
-                if proc.returncode == 0 and m:
-                    size = int(m.group(1))
-            except SchedulerError:
-                pass
-            self._max_array_size = size
+            self._max_array_size = scheduler_number(
+                self._run, ["scontrol", "show", "config"], r"^MaxArraySize\s*=\s*(\d+)", DEFAULT_MAX_ARRAY_SIZE
+            )
         return self._max_array_size
 
     # ------------------------------------------------------------------ plumbing
