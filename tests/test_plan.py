@@ -80,7 +80,7 @@ def test_explicit_elements_are_validated_and_numbered() -> None:
                 {
                     "id": "MgO",
                     "materials": [
-                        {"material_id": "mgo", "formula": "MgO", "space_group": 225, "dimensionality": 3}
+                        {"material_id": "mgo", "formula": "MgO", "space_group": 225, "dimensionality": "CRYSTAL"}
                     ],
                     "env": {"OMP_NUM_THREADS": "2"},
                     "steps": [
@@ -125,7 +125,7 @@ def test_explicit_elements_are_validated_and_numbered() -> None:
     assert mgo.env == {"OMP_NUM_THREADS": "2", "SCRATCH_HINT": "fast"}  # element overrides plan
     assert al.env == {"OMP_NUM_THREADS": "4", "SCRATCH_HINT": "fast"}
     assert mgo.materials == [
-        {"material_id": "mgo", "formula": "MgO", "space_group": 225, "dimensionality": 3}
+        {"material_id": "mgo", "formula": "MgO", "space_group": 225, "dimensionality": "CRYSTAL"}
     ]
     opt, sp = mgo.steps
     assert opt == Step(
@@ -546,7 +546,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     (
         "space group range",
         plan(elements=[element(materials=[{"material_id": "m", "formula": "Al", "space_group": 231}])]),
-        "elements[0].materials[0].space_group: must be 1-230",
+        "elements[0].materials[0].space_group: must be the space group number 1-230",
     ),
     ("unknown top key", plan(max_paralel=2), "max_paralel: unknown key; did you mean 'max_parallel'?"),
     (
@@ -794,3 +794,18 @@ def test_braces_that_are_not_placeholders_stay_literal() -> None:
     assert p.elements[0].steps[0].command == [
         "python", "-c", "print({k: 1 for k in 'ab'})", "a}", "{ print $1 }", "{index}", "0",
     ]
+
+
+@pytest.mark.parametrize(
+    ("material", "message"),
+    [
+        ({"space_group": "Fm-3m"}, "space_group: must be the space group number 1-230"),
+        ({"space_group": True}, "space_group: must be the space group number 1-230"),
+        ({"dimensionality": 3}, "dimensionality:"),
+    ],
+)
+def test_material_fields_match_what_the_database_stores(material: dict, message: str) -> None:
+    """A plan the database would refuse at run time is refused when it is loaded."""
+    data = plan(elements=[element(materials=[{"material_id": "m", "formula": "Al", **material}])])
+    with pytest.raises(PlanError, match=message):
+        load(data)

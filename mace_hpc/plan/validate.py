@@ -407,22 +407,15 @@ def validate_materials(value: Any, path: str) -> list[dict[str, Any]]:
             "material_id": mid,
             "formula": req_str(required(data, "formula", at), at, "formula"),
         }
+        # the same types the materials database stores (space group number, dimensionality label)
         sg = data.get("space_group")
         if sg is not None:
-            if isinstance(sg, int) and not isinstance(sg, bool):
-                if not 1 <= sg <= 230:
-                    fail(join(at, "space_group"), f"must be 1-230 or a symbol like 'Fm-3m', got {sg}")
-            else:
-                req_str(sg, at, "space_group")
+            if isinstance(sg, bool) or not isinstance(sg, int) or not 1 <= sg <= 230:
+                fail(join(at, "space_group"), f"must be the space group number 1-230, got {show(sg)}")
             material["space_group"] = sg
         dim = data.get("dimensionality")
         if dim is not None:
-            if isinstance(dim, int) and not isinstance(dim, bool):
-                if not 0 <= dim <= 3:
-                    fail(join(at, "dimensionality"), f"must be 0-3 or a label like '3D', got {dim}")
-            else:
-                req_str(dim, at, "dimensionality")
-            material["dimensionality"] = dim
+            material["dimensionality"] = req_str(dim, at, "dimensionality")
         meta = data.get("metadata")
         if meta is not None:
             material["metadata"] = check_json(as_mapping(meta, at, "metadata"), at, "metadata")
