@@ -368,3 +368,18 @@ def test_runner_signal_stops_a_step_that_ignores_sigterm(tmp_path: Path, mace_en
     state = read_json(ctx / "state.json")
     assert state["run_state"] == "CANCELLED"
     assert state["steps"][0]["exit_code"] == -signal.SIGKILL  # it ignored SIGTERM, so it was killed
+
+
+def test_resubmitting_a_changed_plan_under_the_same_name_is_refused(tmp_path, mace_env):
+    """Indices are the identity of elements in records and state files: they must not shift."""
+    from mace_hpc.errors import InputError
+    from mace_hpc.submission.submit import submit_plan
+
+    def plan(ids):
+        return {"name": "same", "elements": [{"id": i, "steps": [{"name": "s", "command": ["true"]}]} for i in ids]}
+
+    submit_plan(plan(["a", "b"]), backend="local")
+    with pytest.raises(InputError, match=r"index 0 was same-a, now same-x"):
+        submit_plan(plan(["x", "a", "b"]), backend="local")
+    result = submit_plan(plan(["a", "b", "c"]), backend="local")  # appending is fine
+    assert [e["workflow_id"] for e in result.submission.entries] == ["same-a", "same-b", "same-c"]

@@ -225,6 +225,23 @@ def active_elements(record: dict[str, Any], manifest: dict[str, Any] | None) -> 
     return len(active), report.scheduler_error
 
 
+def ensure_same_elements(sub: Submission, manifest: dict[str, Any] | None) -> None:
+    """A plan submitted again must keep every earlier element at its index (it may add new ones):
+    records, state files and scheduler task ids all refer to elements by index."""
+    if manifest is None:
+        return
+    before = [e.get("workflow_id") for e in manifest["elements"]]
+    now = [e["workflow_id"] for e in sub.entries]
+    if now[: len(before)] != before:
+        i = next((k for k, (a, b) in enumerate(zip(before, now, strict=False)) if a != b), min(len(before), len(now)))
+        was = before[i] if i < len(before) else "nothing"
+        got = now[i] if i < len(now) else "nothing"
+        raise InputError(
+            f"plan {sub.name!r} was submitted before with other elements (index {i} was {was}, now {got}); "
+            f"give the changed plan a new name, or add new elements only at the end"
+        )
+
+
 def ensure_not_active(sub: Submission) -> dict[str, Any] | None:
     """Refuse a plan whose previous submission is still queued/running; return the old record."""
     old = read_json(sub.record_path)
@@ -232,6 +249,7 @@ def ensure_not_active(sub: Submission) -> dict[str, Any] | None:
         return None
     manifest = read_json(sub.manifest_path)
     manifest = manifest if isinstance(manifest, dict) and isinstance(manifest.get("elements"), list) else None
+    ensure_same_elements(sub, manifest)
     n, why = active_elements(old, manifest)
     if n:
         ids = " ".join(str(j["job_id"]) for j in old.get("jobs", [])) or "none"
