@@ -346,3 +346,31 @@ def test_cancel_a_local_run(tmp_path: Path, mace_env: dict[str, Path]) -> None:
     assert states[0]["run_state"] == "CANCELLED" and states[0]["attempts"] == 1  # recorded by its runner
     assert states[1]["run_state"] == states[2]["run_state"] == "CANCELLED"
     assert "attempts" not in states[1] or states[1]["attempts"] == 0
+
+
+def test_status_shows_merge_conflicts_and_pending_reasons(tmp_path, mace_env):
+    """A material that already exists with other content is kept, and status says so."""
+    import json as _json
+
+    from mace_hpc.database.materials import MaterialDatabase
+    from mace_hpc.element.state import write_state
+    from mace_hpc.submission.control import status_of
+    from mace_hpc.submission.submit import submit_plan
+
+    MaterialDatabase(mace_env["shared_database"]).create_material(material_id="clash", formula="NaCl")
+    plan = {"name": "conf", "isolation_mode": "isolated", "elements": [
+        {"id": "a", "materials": [{"material_id": "clash", "formula": "KCl"}], "steps": [{"name": "s", "command": ["true"]}]},
+        {"id": "b", "materials": [{"material_id": "fine", "formula": "Al"}], "steps": [{"name": "s", "command": ["true"]}]},
+    ]}
+    submit_plan(plan, backend="local")
+    report = status_of("conf")
+    rows = {r["workflow_id"]: r for r in report.rows}
+    assert rows["conf-a"]["state"] == "MERGED" and rows["conf-a"]["conflicts"] == 1
+    assert rows["conf-b"]["conflicts"] == 0
+    assert "1 merge conflict(s)" in report.summary_line()
+    assert MaterialDatabase(mace_env["shared_database"]).get_material("clash")["formula"] == "NaCl"
+
+    write_state(mace_env["scratch_root"] / "conf-b", state="PENDING_MERGE", pending_reason="shared database busy: held by pid 1")
+    row = {r["workflow_id"]: r for r in status_of("conf").rows}["conf-b"]
+    assert (row["state"], row["message"]) == ("PENDING_MERGE", "shared database busy: held by pid 1")
+    assert _json.dumps(status_of("conf").to_json())  # JSON-able

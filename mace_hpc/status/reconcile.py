@@ -131,6 +131,9 @@ class Report:
         parts += [f"{n} {s}" for s, n in sorted(self.counts.items()) if s not in order]
         ids = " ".join(str(j["job_id"]) for j in self.jobs) or "none"
         note = f"; scheduler not asked: {self.scheduler_error}" if self.scheduler_error else ""
+        conflicts = sum(r.get("conflicts", 0) for r in self.rows)
+        if conflicts:
+            note += f"; {conflicts} merge conflict(s): those materials kept the shared database's version"
         return f"{self.plan}: {self.total} elements: {', '.join(parts)} (backend {self.backend}, jobs {ids}){note}"
 
     def to_json(self) -> dict[str, Any]:
@@ -146,6 +149,21 @@ class Report:
             "scheduler_error": self.scheduler_error,
             "elements": self.rows,
         }
+
+
+def _message(state: str, note: str, file_state: dict[str, Any]) -> str:
+    """Why an element is where it is: the reconciliation note, else why its merge is pending or
+    it was quarantined (and where it went), else the runner's own message."""
+    if note:
+        return note
+    if state in (st.PENDING_MERGE, "QUARANTINED") and file_state.get("pending_reason"):
+        return str(file_state["pending_reason"])
+    return str(file_state.get("message", "") or "")
+
+
+def _conflicts(file_state: dict[str, Any]) -> int:
+    merge = (file_state.get("epilogue") or {}).get("merge") or {}
+    return int(merge.get("conflicts", 0) or 0) if isinstance(merge, dict) else 0
 
 
 def collect(
@@ -186,7 +204,8 @@ def collect(
                 "scheduler_state": sched,
                 "attempts": int(file_state.get("attempts", 0) or 0),
                 "job_id": job_id,
-                "message": note or file_state.get("message", "") or "",
+                "message": _message(state, note, file_state),
+                "conflicts": _conflicts(file_state),
                 "context_dir": entry["context_dir"],
                 "settled": state in SETTLED and (sched is None or sched not in ACTIVE),
             }
