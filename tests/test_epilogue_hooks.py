@@ -83,9 +83,9 @@ def fakepbs(request, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{FAKE}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKEPBS_STATE", str(tmp_path / "fakepbs-state"))
     monkeypatch.setenv("FAKEPBS_FLAVOR", request.param)
-    pbs._detect.cache_clear()
+    pbs.dialect._detect.cache_clear()
     yield request.param
-    pbs._detect.cache_clear()
+    pbs.dialect._detect.cache_clear()
 
 
 def _wait(fn, what: str, limit: float = 120.0):

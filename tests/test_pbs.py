@@ -63,7 +63,7 @@ GOLDEN_CASES = {
 @pytest.fixture
 def modern_pbspro(monkeypatch):
     """Golden renders must not depend on whatever qstat is on this machine's PATH."""
-    monkeypatch.setattr(pbs, "detect_flavor", lambda: ("pbspro", (22, 5, 11)))
+    monkeypatch.setattr(pbs.dialect, "detect_flavor", lambda: ("pbspro", (22, 5, 11)))
 
 
 @pytest.mark.parametrize("case", sorted(GOLDEN_CASES))
@@ -90,7 +90,7 @@ def test_rendered_details_both_dialects(modern_pbspro):
 
 
 def test_old_pbspro_gets_no_throttle_and_says_so(monkeypatch):
-    monkeypatch.setattr(pbs, "detect_flavor", lambda: ("pbspro", (20, 0, 1)))
+    monkeypatch.setattr(pbs.dialect, "detect_flavor", lambda: ("pbspro", (20, 0, 1)))
     text, _ = pbs.PbsBackend(flavor="pbspro").render(_req())
     assert "#PBS -J 0-4\n" in text and "max_parallel=2 is NOT enforced" in text
 
@@ -245,9 +245,9 @@ def fakepbs(request, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKEPBS_FLAVOR", request.param)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
-    pbs._detect.cache_clear()
+    pbs.dialect._detect.cache_clear()
     yield request.param
-    pbs._detect.cache_clear()
+    pbs.dialect._detect.cache_clear()
     # stop anything a test left running (the daemons exit once their job is final)
     state = tmp_path / "fakepbs-state" / "jobs"
     for f in state.glob("*.json") if state.exists() else []:
