@@ -289,3 +289,15 @@ def scheduler_number(
         return default
     m = re.search(pattern, proc.stdout, re.MULTILINE)
     return int(m.group(1)) if proc.returncode == 0 and m else default
+
+
+def submit_script(
+    run: Callable[..., subprocess.CompletedProcess[str]], script_path: Path, text: str, argv: list[str], work_dir: Path
+) -> subprocess.CompletedProcess[str]:
+    """Write a job script atomically (0700, next to its logs) and run the submit argv from work_dir."""
+    from ..util.atomic import atomic_write_text
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    atomic_write_text(script_path, text, mode=0o700)
+    return run(argv, cwd=work_dir)

@@ -21,7 +21,6 @@ from typing import Any
 from submitit.slurm.slurm import _make_sbatch_string
 
 from ..errors import InputError, SchedulerError, SchedulerUnavailable
-from ..util.atomic import atomic_write_text
 from .backend import (
     PENDING,
     ArrayRequest,
@@ -35,6 +34,7 @@ from .backend import (
     run_scheduler_command,
     scheduler_number,
     shell_quote,
+    submit_script,
 )
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's built-in default MaxArraySize
@@ -195,10 +195,7 @@ class SlurmBackend:
         SchedulerError quoting sbatch when it refuses; SchedulerUnavailable when it cannot be reached.
         """
         text, argv = self.render(req)
-        work_dir = Path(req.work_dir)
-        work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write_text(self.script_path(req), text, mode=0o700)
-        proc = self._run(argv, cwd=work_dir)
+        proc = submit_script(self._run, self.script_path(req), text, argv, req.work_dir)
         if proc.returncode != 0:
             raise _failure(f"sbatch refused {job_name(req)}", proc.stderr, proc.stdout)
         out = proc.stdout.strip().splitlines()

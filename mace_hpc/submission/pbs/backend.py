@@ -8,7 +8,6 @@ import typing as tp
 from pathlib import Path
 
 from ...errors import ConfigError, InputError, SchedulerError
-from ...util.atomic import atomic_write_text
 from ..backend import (
     ArrayRequest,
     check_env,
@@ -18,6 +17,7 @@ from ..backend import (
     run_scheduler_command,
     scheduler_number,
     shell_quote,
+    submit_script,
 )
 from . import dialect
 from .dialect import (
@@ -128,10 +128,7 @@ class PbsBackend:
     def submit(self, req: ArrayRequest) -> str:
         """Write the script next to the logs, qsub it from work_dir; the full PBS job id."""
         text, argv = self.render(req)
-        work_dir = Path(req.work_dir)
-        work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write_text(self.script_path(req), text, mode=0o700)
-        proc = self._run(argv, cwd=work_dir)
+        proc = submit_script(self._run, self.script_path(req), text, argv, req.work_dir)
         if proc.returncode != 0:
             raise SchedulerError(f"qsub refused {req.name}: {first_message(proc.stderr, proc.stdout)}")
         return parse_qsub_output(proc.stdout)
