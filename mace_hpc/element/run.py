@@ -65,10 +65,16 @@ def scheduler_ids(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 class _Interrupt:
-    """Records the first time-limit / termination signal and stops the running step."""
+    """Records the first time-limit / termination signal and stops the running step.
+
+    It raises StepInterrupted (to stop a function step) only while `armed`, i.e. inside the
+    runner's try block: before it (setup) and after it (final state write, epilogue) the signal
+    is only recorded, so it can neither escape as a traceback nor abort the epilogue.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.armed = False
 
     def install(self) -> None:
         for sig in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):
@@ -78,7 +84,7 @@ class _Interrupt:
         first = self.signum is None
         self.signum = self.signum or signum
         step_runner.terminate_current(grace=2.0, block=False)  # a handler must not wait
-        if first and step_runner._current_proc is None:
+        if first and self.armed and step_runner._current_proc is None:
             raise step_runner.StepInterrupted()
 
 
@@ -151,36 +157,40 @@ def run_element(
     final = st.COMPLETED
     message = ""
     try:
-        with ctx:
-            db = ctx.get_database()
-            for m in element.get("materials", []):
-                db.create_material(**m)
-            default_material = element["materials"][0]["material_id"] if element.get("materials") else None
-            if default_material is None and any(not s.get("material_id") for s in element["steps"]):
-                # the database records a calculation against a material; an element without any
-                # gets one placeholder named after its workflow (identical re-creation is a no-op)
-                default_material = entry["workflow_id"]
-                db.create_material(
-                    default_material, "n/a", metadata={"placeholder": True, "workflow_id": entry["workflow_id"]}
-                )
-            env = {**os.environ, **element.get("env", {})}
-            done = _completed_steps(db, entry["workflow_id"]) if attempt > 1 else set()
-            search_path = [manifest.get("plan_dir", "")]
-            for step in element["steps"]:
-                if interrupt.signum:
-                    break
-                if step["name"] in done:
-                    outcomes.append(step_runner.StepOutcome(step["name"], "skipped", 0, 0.0, None, "done earlier"))
-                    continue
-                outcome = step_runner.run_step(
-                    step, db, ctx.calculations_dir / step["name"], env,
-                    step.get("material_id") or default_material, entry["workflow_id"], search_path,
-                )
-                outcomes.append(outcome)
-                if outcome.status != "completed":
-                    final = st.TIMEOUT if outcome.status == "timeout" else st.FAILED
-                    message = f"step {outcome.name}: {outcome.message}"
-                    break
+        try:
+            interrupt.armed = True  # a signal before this is seen by the loop below
+            with ctx:
+                db = ctx.get_database()
+                for m in element.get("materials", []):
+                    db.create_material(**m)
+                default_material = element["materials"][0]["material_id"] if element.get("materials") else None
+                if default_material is None and any(not s.get("material_id") for s in element["steps"]):
+                    # the database records a calculation against a material; an element without any
+                    # gets one placeholder named after its workflow (identical re-creation is a no-op)
+                    default_material = entry["workflow_id"]
+                    db.create_material(
+                        default_material, "n/a", metadata={"placeholder": True, "workflow_id": entry["workflow_id"]}
+                    )
+                env = {**os.environ, **element.get("env", {})}
+                done = _completed_steps(db, entry["workflow_id"]) if attempt > 1 else set()
+                search_path = [manifest.get("plan_dir", "")]
+                for step in element["steps"]:
+                    if interrupt.signum:
+                        break
+                    if step["name"] in done:
+                        outcomes.append(step_runner.StepOutcome(step["name"], "skipped", 0, 0.0, None, "done earlier"))
+                        continue
+                    outcome = step_runner.run_step(
+                        step, db, ctx.calculations_dir / step["name"], env,
+                        step.get("material_id") or default_material, entry["workflow_id"], search_path,
+                    )
+                    outcomes.append(outcome)
+                    if outcome.status != "completed":
+                        final = st.TIMEOUT if outcome.status == "timeout" else st.FAILED
+                        message = f"step {outcome.name}: {outcome.message}"
+                        break
+        finally:
+            interrupt.armed = False
     except step_runner.StepInterrupted:
         pass
     except Exception as exc:

@@ -1,0 +1,98 @@
+"""Regression tests for correctness bugs found in review (each names the invariant it protects)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from mace_hpc.element.state import read_state
+from mace_hpc.submission.submit import submit_plan
+
+PY = sys.executable
+
+# Runs one element in its own process (the runner installs signal handlers for good), with a
+# hook that sends the runner a signal at a chosen point: `where` is "module:Class.attr" or
+# "module:attr" of a function that gets wrapped.
+_DRIVER = r"""
+import importlib, os, signal, sys
+manifest, index, where, signame = sys.argv[1:5]
+module_name, _, attr = where.partition(":")
+owner = importlib.import_module(module_name)
+parts = attr.split(".")
+for part in parts[:-1]:
+    owner = getattr(owner, part)
+original = getattr(owner, parts[-1])
+fired = []
+
+def wrapped(*args, **kwargs):
+    if not fired:
+        fired.append(1)
+        os.kill(os.getpid(), getattr(signal, signame))
+    return original(*args, **kwargs)
+
+setattr(owner, parts[-1], wrapped)
+from mace_hpc.element import run
+sys.exit(run.main([manifest, "--index", index]))
+"""
+
+
+def _run_with_signal_at(manifest: Path, where: str, signame: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-c", _DRIVER, str(manifest), "0", where, signame],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _one_step_plan(name: str, marker: Path) -> dict:
+    return {"name": name, "isolation_mode": "isolated", "elements": [
+        {"id": "e0", "materials": [{"material_id": "m", "formula": "Al"}],
+         "steps": [{"name": "s", "command": [PY, "-c", f"open({str(marker)!r}, 'a').write('x')"]}]}]}
+
+
+# ------------------------------------------------------------------ element runner: signals
+def test_time_limit_signal_before_the_first_step_records_timeout_and_runs_the_epilogue(tmp_path, mace_env):
+    """Invariant 1: a signal while the runner sets up (before any step) used to escape as a
+    traceback (StepInterrupted), leaving state.json RUNNING and no epilogue."""
+    marker = tmp_path / "ran"
+    result = submit_plan(_one_step_plan("early", marker), backend="local", prepare_only=True)
+    proc = _run_with_signal_at(result.submission.manifest_path,
+                               "mace_hpc.workflow.context:WorkflowContext.ensure_directory", "SIGUSR2")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 124
+    state = read_state(mace_env["scratch_root"] / "early-e0")
+    assert state["run_state"] == "TIMEOUT" and "time limit" in state["message"]
+    assert state["state"] == "KEPT"  # on_failure default: the epilogue ran
+    assert not marker.exists()  # no step started after the signal
+
+
+def test_cancel_signal_during_the_epilogue_does_not_abort_the_merge(tmp_path, mace_env):
+    """Invariant 1/4: SIGTERM while the epilogue runs used to raise StepInterrupted inside it, so
+    an element whose steps all completed was left PENDING_MERGE ('epilogue failed')."""
+    marker = tmp_path / "ran"
+    result = submit_plan(_one_step_plan("late", marker), backend="local", prepare_only=True)
+    proc = _run_with_signal_at(result.submission.manifest_path, "mace_hpc.epilogue.hook:build_target", "SIGTERM")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    state = read_state(mace_env["scratch_root"] / "late-e0")
+    assert state["run_state"] == "COMPLETED" and marker.read_text() == "x"
+    assert state["state"] == "MERGED", state.get("pending_reason")
+    assert proc.returncode == 0
+
+
+def test_signal_between_steps_still_stops_the_element():
+    """The armed window keeps the old behaviour: SIGUSR2 raised while armed and idle interrupts."""
+    from mace_hpc.element import run as run_mod
+    from mace_hpc.element import steps as step_runner
+
+    interrupt = run_mod._Interrupt()
+    interrupt.signum = None
+    interrupt.armed = True
+    try:
+        interrupt._handle(signal.SIGUSR2, None)
+    except step_runner.StepInterrupted:
+        pass
+    else:
+        raise AssertionError("armed handler did not interrupt")
+    assert interrupt.signum == signal.SIGUSR2
+    idle = run_mod._Interrupt()
+    idle._handle(signal.SIGTERM, None)  # not armed (setup, epilogue): only recorded
+    assert idle.signum == signal.SIGTERM
