@@ -96,3 +96,32 @@ def test_signal_between_steps_still_stops_the_element():
     idle = run_mod._Interrupt()
     idle._handle(signal.SIGTERM, None)  # not armed (setup, epilogue): only recorded
     assert idle.signum == signal.SIGTERM
+
+
+# ------------------------------------------------------------------ epilogue: a child that dies
+def test_epilogue_child_that_fails_leaves_pending_merge(mace_env, monkeypatch):
+    """Invariant 1: the forked epilogue child dying without a result (an exception, OOM kill,
+    a crash in SQLite) was taken as 'finished': the element stayed COMPLETED with no
+    PENDING_MERGE record and no reason, instead of saying the merge is still to do."""
+    import os
+
+    from epilogue_helpers import make_submission
+
+    from mace_hpc.element import state as st
+    from mace_hpc.epilogue import hook
+
+    manifest = make_submission(mace_env["scratch_root"], "crash", 1, shared_database=mace_env["shared_database"],
+                               archive_dir=mace_env["archive_dir"])
+    ctx = mace_env["scratch_root"] / "crash-e0"
+    assert hook._can_fork()
+
+    def dies(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)  # like the OOM killer
+
+    monkeypatch.setattr(hook, "finalize", dies)
+    state = hook.run_epilogue(ctx, manifest=manifest, deadline=30)
+    assert state["state"] == st.PENDING_MERGE
+    assert read_state(ctx)["state"] == st.PENDING_MERGE and read_state(ctx)["pending_reason"]
+    assert hook.run_with_deadline(lambda: 1 / 0, 30) == (False, None)
+    monkeypatch.undo()
+    assert hook.run_epilogue(ctx, manifest=manifest, deadline=30)["state"] == st.MERGED  # retried later

@@ -148,7 +148,8 @@ def run_with_deadline(fn: Callable[[], Any], deadline: float, grace: float = KIL
     if not eof:
         _stop_child(pid, grace)
         return False, None
-    _reap(pid)
+    if _exit_status(pid) != 0:
+        return False, None  # it died before reporting (exception, OOM kill, crash): not finished
     try:
         return True, json.loads(b"".join(chunks) or b"null")
     except ValueError:
@@ -169,6 +170,17 @@ def _reap(pid: int, timeout: float | None = None) -> bool:
         if end is not None and time.monotonic() >= end:
             return False
         time.sleep(0.02)
+
+
+def _exit_status(pid: int) -> int:
+    """Reap the child; its raw wait status (0: exited 0; unknown when already reaped elsewhere)."""
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
 
 
 def _stop_child(pid: int, grace: float) -> None:
@@ -264,9 +276,12 @@ def run_epilogue(
         def work() -> list[dict[str, Any]]:
             return [o.to_dict() for o in finalize([target], opts)]
 
+        started = time.monotonic()
         finished, result = run_with_deadline(work, deadline)
         if not finished:
             _clear_dead_locks(target)
+            if time.monotonic() - started < deadline:
+                return _record_pending(context_dir, "epilogue process died before finishing")
             return _record_pending(context_dir, f"epilogue deadline of {deadline:g} s exceeded")
         outcome = Outcome(**result[0]) if result else None
         state = st.read_state(context_dir)
