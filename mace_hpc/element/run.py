@@ -142,13 +142,15 @@ def run_element(
         scratch_root=context_dir.parent,
         shared_database=manifest["shared_database"],
     )
-    ctx.ensure_directory()
     previous = st.read_state(context_dir)
+    if st.results_home(previous):
+        return 0  # merged/archived and cleaned up: rerunning would only duplicate its results
+    ctx.ensure_directory()
     attempt = int(previous.get("attempts", 0)) + 1
     st.write_state(
         context_dir, state=st.RUNNING, run_state=st.RUNNING, attempts=attempt, host=socket.gethostname(),
         pid=os.getpid(), started_at=time.time(), scheduler=scheduler_ids(os.environ), index=index,
-        workflow_id=entry["workflow_id"],
+        workflow_id=entry["workflow_id"], removed=False,  # this run's data is new: finalize it
     )
     if not (context_dir / "element.json").exists():
         atomic_write_json(context_dir / "element.json", {**element, "plan": manifest["plan"]})

@@ -46,3 +46,9 @@ def write_state(context_dir: Path, *, fsync: bool = True, **updates: Any) -> dic
         state["history"] = (state["history"] + [[updates["state"], state["updated_at"], socket.gethostname()]])[-50:]
     atomic_write_json(Path(context_dir) / STATE_FILE, state, fsync=fsync)
     return state
+
+
+def results_home(state: dict[str, Any]) -> bool:
+    """A completed element merged or archived and then cleaned up (a tombstone): its results are
+    home and its context holds nothing to resume from, so running it again must do nothing."""
+    return bool(state.get("removed")) and state.get("state") in (MERGED, ARCHIVED) and state.get("run_state") == COMPLETED

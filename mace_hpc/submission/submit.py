@@ -274,6 +274,8 @@ def reset_states(context_dirs: Sequence[Path], **fields: Any) -> dict[Path, byte
         except FileNotFoundError:
             saved[path] = None
             continue  # never ran: absent already reads as PENDING
+        if st.results_home(st.read_state(d)):
+            continue  # done and cleaned up: the runner leaves it as it is
         st.write_state(Path(d), state=st.PENDING, run_state=st.PENDING, queued_at=time.time(), **fields)
     return saved
 
