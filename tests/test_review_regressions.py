@@ -179,3 +179,45 @@ def test_submitting_a_finished_cleaned_plan_again_adds_nothing(tmp_path, mace_en
     state = read_state(ctx)
     assert state["state"] == "MERGED" and state["run_state"] == "COMPLETED"
     assert _shared_counts(mace_env["shared_database"]) == counts
+
+
+# ------------------------------------------------------------------ time limit, then a stuck epilogue
+_HANGING_ARCHIVE_DRIVER = r"""
+import sys, time
+import mace_hpc.epilogue.archive as archive_mod
+archive_mod.archive_context = lambda *a, **k: time.sleep(3600)
+from mace_hpc.element import run
+sys.exit(run.main([sys.argv[1], "--index", "0"]))
+"""
+
+
+def test_epilogue_after_the_time_limit_signal_still_has_its_deadline(tmp_path, mace_env):
+    """Invariant 4: the time-limit signal starts a SIGKILL timer thread for the step's group; while
+    it was alive the epilogue could not fork and ran in a thread instead, which cannot be stopped
+    at the deadline: the runner then exited with the thread still holding the context's lock, and
+    the step's processes could still be writing into the context being archived."""
+    import os
+    import time
+
+    started = tmp_path / "started"
+    step = [PY, "-c", f"open({str(started)!r}, 'w').close(); import time; time.sleep(120)"]
+    plan = {"name": "tl", "isolation_mode": "isolated", "on_failure": "archive",
+            "elements": [{"id": "e0", "steps": [{"name": "s", "command": step}]}]}
+    result = submit_plan(plan, backend="local", prepare_only=True)
+    env = {**os.environ, "MACE_EPILOGUE_DEADLINE": "2"}
+    proc = subprocess.Popen([PY, "-c", _HANGING_ARCHIVE_DRIVER, str(result.submission.manifest_path)], env=env)
+    try:
+        for _ in range(600):
+            if started.exists():
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGUSR2)
+        assert proc.wait(timeout=60) == 124
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    ctx = mace_env["scratch_root"] / "tl-e0"
+    state = read_state(ctx)
+    assert state["run_state"] == "TIMEOUT" and state["state"] == "PENDING_MERGE"
+    assert "deadline" in state["pending_reason"]
+    assert not (ctx / ".epilogue.lock").exists()  # the stopped child released it

@@ -197,6 +197,7 @@ def run_element(
         pass
     except Exception as exc:
         final, message = st.FAILED, f"{type(exc).__name__}: {exc}"
+    step_runner.wait_for_stopped_group()
     # say why first: the step's own message ("killed by signal 15") is only the consequence
     if interrupt.signum in (signal.SIGUSR2,):
         why = "time limit: stopped by the signal before the limit"

@@ -40,6 +40,7 @@ class StepInterrupted(Exception):
 
 
 _current_proc: subprocess.Popen[bytes] | None = None
+_killer: threading.Thread | None = None
 
 
 def terminate_current(grace: float = 5.0, block: bool = True) -> None:
@@ -47,8 +48,10 @@ def terminate_current(grace: float = 5.0, block: bool = True) -> None:
 
     From a signal handler pass `block=False`: the interrupted main thread sits in `Popen.wait()`
     holding its waitpid lock, so waiting here can only time out (that cost grace + 5 s of the
-    signal margin). Instead: SIGTERM now, SIGKILL from a timer if the group outlives `grace`.
+    signal margin). Instead: SIGTERM now, SIGKILL from a thread if the group outlives `grace`;
+    `wait_for_stopped_group()` joins that thread (the group is gone when it returns).
     """
+    global _killer
     proc = _current_proc
     if proc is None or proc.poll() is not None:
         return
@@ -57,9 +60,9 @@ def terminate_current(grace: float = 5.0, block: bool = True) -> None:
             os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        timer = threading.Timer(grace, _kill_group, (proc.pid,))
-        timer.daemon = True
-        timer.start()
+        _killer = threading.Thread(target=_kill_group_after, args=(proc.pid, grace), name="mace-step-killer",
+                                   daemon=True)
+        _killer.start()
         return
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
@@ -71,6 +74,26 @@ def terminate_current(grace: float = 5.0, block: bool = True) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _kill_group_after(pgid: int, grace: float) -> None:
+    """SIGKILL the group if it is still there after `grace` s; return as soon as it is gone."""
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
+    _kill_group(pgid)
+
+
+def wait_for_stopped_group(timeout: float = 30.0) -> None:
+    """Wait until an interrupted step's process group is gone (its killer thread has ended), so
+    nothing writes into the context any more and the epilogue can fork (no other thread)."""
+    killer = _killer
+    if killer is not None:
+        killer.join(timeout)
 
 
 def _kill_group(pgid: int) -> None:
