@@ -221,3 +221,58 @@ def test_epilogue_after_the_time_limit_signal_still_has_its_deadline(tmp_path, m
     assert state["run_state"] == "TIMEOUT" and state["state"] == "PENDING_MERGE"
     assert "deadline" in state["pending_reason"]
     assert not (ctx / ".epilogue.lock").exists()  # the stopped child released it
+
+
+# ------------------------------------------------------------------ requeue vs mace cancel
+def _run_requeue_element(tmp_path, mace_env, monkeypatch, sig, cancel_first):
+    import os
+    import time
+
+    from submit_fakes import install_fake_backend
+
+    from mace_hpc.submission import control
+
+    fake = install_fake_backend(monkeypatch)
+    started = tmp_path / "started"
+    step = [PY, "-c", f"open({str(started)!r}, 'w').close(); import time; time.sleep(120)"]
+    plan = {"name": "rq", "isolation_mode": "isolated", "resources": {"requeue": True},
+            "elements": [{"id": "e0", "steps": [{"name": "s", "command": step}]}]}
+    result = submit_plan(plan, backend="slurm")
+    [job_id] = result.job_ids
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "scontrol-calls"
+    (bindir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexit 0\n")
+    (bindir / "scontrol").chmod(0o755)
+    env = {**os.environ, **result.record["env"], "PATH": f"{bindir}:{os.environ['PATH']}",
+           "SLURM_ARRAY_JOB_ID": job_id, "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "5000"}
+    proc = subprocess.Popen([PY, "-m", "mace_hpc.element", str(result.submission.manifest_path)], env=env)
+    try:
+        for _ in range(600):
+            if started.exists():
+                break
+            time.sleep(0.05)
+        fake.set_state(job_id, "RUNNING")
+        if cancel_first:
+            control.cancel("rq")  # `mace cancel`: scancel, whose SIGTERM reaches the runner
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return rc, read_state(mace_env["scratch_root"] / "rq-e0"), calls.read_text() if calls.exists() else ""
+
+
+def test_mace_cancel_is_not_undone_by_the_elements_own_requeue(tmp_path, mace_env, monkeypatch):
+    """With requeue on, an element terminated by `mace cancel` (scancel's SIGTERM) asked SLURM to
+    requeue itself, and SLURM does requeue a cancelled job: the cancelled plan came back."""
+    rc, state, calls = _run_requeue_element(tmp_path, mace_env, monkeypatch, signal.SIGTERM, cancel_first=True)
+    assert "requeue" not in calls
+    assert state["run_state"] == "CANCELLED" and not state.get("requeued")
+    assert rc == 1
+
+
+def test_time_limit_signal_still_requeues(tmp_path, mace_env, monkeypatch):
+    rc, state, calls = _run_requeue_element(tmp_path, mace_env, monkeypatch, signal.SIGUSR2, cancel_first=False)
+    assert calls.split() == ["requeue", f"{state['scheduler']['SLURM_ARRAY_JOB_ID']}_0"]
+    assert state["state"] == "PENDING" and state["requeued"] is True and rc == 124

@@ -114,6 +114,13 @@ def _requeue(environ: Mapping[str, str]) -> bool:
         return False
 
 
+def _cancelled_since(manifest_path: Path, started: float) -> bool:
+    """Did `mace cancel` cancel this submission after this attempt started (record.json)?"""
+    record = read_json(manifest_path.parent / "record.json")
+    at = record.get("cancelled_at") if isinstance(record, dict) else None
+    return isinstance(at, (int, float)) and at >= started
+
+
 def run_element(
     manifest_path: str | os.PathLike[str], index: int | None = None, *, run_epilogue: bool = True
 ) -> int:
@@ -147,9 +154,10 @@ def run_element(
         return 0  # merged/archived and cleaned up: rerunning would only duplicate its results
     ctx.ensure_directory()
     attempt = int(previous.get("attempts", 0)) + 1
+    started_at = time.time()
     st.write_state(
         context_dir, state=st.RUNNING, run_state=st.RUNNING, attempts=attempt, host=socket.gethostname(),
-        pid=os.getpid(), started_at=time.time(), scheduler=scheduler_ids(os.environ), index=index,
+        pid=os.getpid(), started_at=started_at, scheduler=scheduler_ids(os.environ), index=index,
         workflow_id=entry["workflow_id"], removed=False,  # this run's data is new: finalize it
     )
     if not (context_dir / "element.json").exists():
@@ -210,7 +218,8 @@ def run_element(
         "state": final, "run_state": final, "finished_at": time.time(), "message": message,
         "steps": [o.__dict__ for o in outcomes],
     }
-    if final in (st.TIMEOUT, st.CANCELLED) and os.environ.get("MACE_REQUEUE") == "1" and _requeue(os.environ):
+    requeue = final in (st.TIMEOUT, st.CANCELLED) and os.environ.get("MACE_REQUEUE") == "1"
+    if requeue and not _cancelled_since(manifest_path, started_at) and _requeue(os.environ):
         st.write_state(context_dir, **{**record, "state": st.PENDING, "requeued": True})
         return EXIT_TIMEOUT
     st.write_state(context_dir, **record)

@@ -62,18 +62,27 @@ def cancel(name_or_job: str, cfg: Config | None = None) -> CancelResult:
     jobs = [str(j["job_id"]) for j in record.get("jobs", [])]
     report = collect(record, manifest, get_backend(backend))
     running = sum(1 for r in report.rows if r["state"] == "RUNNING")
-    if backend == "local":
-        if local_runner_alive(record):
-            import psutil
+    # recorded before the signal goes out: an element that requeues itself on SIGTERM (preemption)
+    # reads it to tell `mace cancel` apart and stays cancelled
+    previous = record.get("cancelled_at")
+    record["cancelled_at"] = time.time()
+    write_record(directory, record)
+    try:
+        if backend == "local":
+            if local_runner_alive(record):
+                import psutil
 
-            psutil.Process(int(record["runner"]["pid"])).terminate()
-    elif jobs:
-        get_backend(backend).cancel(jobs)
+                psutil.Process(int(record["runner"]["pid"])).terminate()
+        elif jobs:
+            get_backend(backend).cancel(jobs)
+    except BaseException:
+        record["cancelled_at"] = previous
+        write_record(directory, record)
+        raise
     pending = [
         {"context_dir": r["context_dir"]} for r in report.rows if r["file_state"] == "PENDING" and r["state"] in ACTIVE
     ]
     marked = cancel_unstarted(pending, "cancelled (mace cancel) before it started")
-    record["cancelled_at"] = time.time()
     write_record(directory, record)
     return CancelResult(record.get("plan", directory.name), jobs, marked, running)
 
