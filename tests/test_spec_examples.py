@@ -189,7 +189,7 @@ def test_debugging_active_contexts_across_processes(in_tmp, mace_env):
 
     code = (
         "import sys, time\nfrom mace_hpc.workflow.context import WorkflowContext\n"
-        "with WorkflowContext('workflow_001', isolation_mode='isolated'):\n"
+        "with WorkflowContext('workflow_001', isolation_mode='shared', shared_database='other.db'):\n"
         "    print('ready', flush=True); sys.stdin.readline()\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -199,7 +199,8 @@ def test_debugging_active_contexts_across_processes(in_tmp, mace_env):
         assert [(a["workflow_id"], a["status"], a["pid"]) for a in active] == [("workflow_001", "active", proc.pid)]
         ctx = WorkflowContext.get_active_context("workflow_001")
         assert ctx is not None and ctx.get_status()["workflow_id"] == "workflow_001"
-        assert ctx.get_status()["isolation_mode"] == "isolated"
+        assert ctx.get_status()["isolation_mode"] == "shared"
+        assert ctx.database_path == in_tmp / "other.db"  # the other process's database, not ours
     finally:
         proc.stdin.write("\n")
         proc.stdin.close()
@@ -276,3 +277,16 @@ def test_json_export_decodes_metadata(in_tmp, mace_env):
         data = json.loads(ctx.export_results(in_tmp / "out.json").read_text())
     assert data["workflow_id"] == "meta_wf"
     assert data["materials"][0]["metadata"] == {"source": "icsd", "n": 4}
+
+
+def test_reentering_the_same_context_restores_the_environment_once(in_tmp, mace_env):
+    from mace_hpc.workflow.context import WorkflowContext
+
+    ctx = WorkflowContext("twice", isolation_mode="isolated", cleanup_on_exit=True)
+    with ctx:
+        with ctx:
+            pass
+        assert os.environ["MACE_WORKFLOW_ID"] == "twice" and ctx.directory.is_dir()  # still active
+        assert [e["workflow_id"] for e in WorkflowContext.list_active_contexts()] == ["twice"]
+    assert "MACE_WORKFLOW_ID" not in os.environ
+    assert not ctx.directory.exists()  # cleaned up once, at the outer exit

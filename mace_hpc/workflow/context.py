@@ -77,6 +77,7 @@ class WorkflowContext:
         self._db: Any = None
         self._saved_env: dict[str, str | None] = {}
         self._activated_at: float | None = None
+        self._depth = 0
 
     # ------------------------------------------------------------------ paths
     @property
@@ -129,6 +130,10 @@ class WorkflowContext:
         self.deactivate(failed=exc_type is not None)
 
     def activate(self) -> WorkflowContext:
+        if self._depth:  # re-entered (`with ctx:` inside `with ctx:`): already set up
+            self._depth += 1
+            return self
+        self._depth = 1
         self.ensure_directory()
         values = {
             "MACE_WORKFLOW_ID": self.workflow_id,
@@ -141,13 +146,18 @@ class WorkflowContext:
         registry.register(
             self.scratch_root,
             self.workflow_id,
-            {"isolation_mode": self.isolation_mode, "directory": str(self.directory)},
+            {"isolation_mode": self.isolation_mode, "directory": str(self.directory),
+             "shared_database": str(self.shared_database_path)},
         )
         WorkflowContext._stack.append(self)
         self.state = "active"
         return self
 
     def deactivate(self, failed: bool = False) -> None:
+        if self._depth > 1:  # leaving an inner `with` of the same context: the outer one still holds it
+            self._depth -= 1
+            return
+        self._depth = 0
         if self in WorkflowContext._stack:
             WorkflowContext._stack.remove(self)
         for key, value in self._saved_env.items():
@@ -272,7 +282,8 @@ class WorkflowContext:
         for entry in cls.list_active_contexts(scratch_root):
             if entry["workflow_id"] == workflow_id and entry["status"] != "stale":
                 root = Path(entry.get("directory", "")).parent if entry.get("directory") else scratch_root
-                ctx = cls(workflow_id, entry.get("isolation_mode"), cleanup_on_exit=False, scratch_root=root)
+                ctx = cls(workflow_id, entry.get("isolation_mode"), cleanup_on_exit=False, scratch_root=root,
+                          shared_database=entry.get("shared_database"))
                 ctx.state = f"active (pid {entry['pid']} on {entry['host']})"
                 return ctx
         return None
