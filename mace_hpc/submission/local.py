@@ -135,11 +135,19 @@ class LocalBackend:
 
 
 def _signal(proc: subprocess.Popen[bytes], sig: int, group: bool = False) -> None:
-    try:
-        if group:
-            os.killpg(proc.pid, sig)
-        else:
-            proc.send_signal(sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    """Signal the element runner; `group`: also every process it started, found through psutil,
+    because steps run in sessions of their own (a hung runner must not leave them running)."""
+    targets = [proc.pid]
+    if group:
+        import psutil
+
+        try:
+            targets += [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.Error:
+            pass
+    for pid in targets:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
