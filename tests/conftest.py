@@ -47,3 +47,14 @@ def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
 # ---------------------------------------------------------------- end environment isolation -----
+
+# ---------------------------------------------------------------- submission fakes --------------
+
+
+@pytest.fixture
+def fake_backend(monkeypatch):
+    """A scheduler that records requests instead of queueing them (tests/submit_fakes.py)."""
+    from submit_fakes import install_fake_backend
+
+    return install_fake_backend(monkeypatch)
+# ---------------------------------------------------------------- end submission fakes ----------

@@ -126,3 +126,12 @@ def install_fake_backend(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
     monkeypatch.setattr(submit, "get_backend", get)
     monkeypatch.setattr(control, "get_backend", get)
     return fake
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run `mace ARGV...` in-process: (exit code, stdout, stderr)."""
+    from mace_hpc.cli.main import run
+
+    rc = run(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err

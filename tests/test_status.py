@@ -16,24 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from submit_fakes import PY, FakeBackend, install_fake_backend, simple_plan, write_plan
+from submit_fakes import (
+    PY,
+    FakeBackend,
+    simple_plan,
+    write_plan,
+)
+from submit_fakes import cli as _cli
 
 from mace_hpc.cli.main import run
 from mace_hpc.element import state as st
 from mace_hpc.status.reconcile import collect, query_per_job, reconcile_one
 from mace_hpc.submission.submit import submit_plan
 from mace_hpc.util.atomic import read_json
-
-
-@pytest.fixture
-def fake_backend(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
-    return install_fake_backend(monkeypatch)
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    rc = run(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _ctx(scratch: Path, wid: str) -> Path:

@@ -20,11 +20,11 @@ from submit_fakes import (
     PY,
     FakeBackend,
     context_dirs,
-    install_fake_backend,
     seen,
     simple_plan,
     write_plan,
 )
+from submit_fakes import cli as _cli
 
 from mace_hpc.cli.main import run
 from mace_hpc.config import load_config
@@ -33,17 +33,6 @@ from mace_hpc.submission.submit import submit_plan
 from mace_hpc.util.atomic import read_json
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def fake_backend(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
-    return install_fake_backend(monkeypatch)
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    rc = run(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _record(scratch: Path, plan: str) -> dict[str, Any]:
