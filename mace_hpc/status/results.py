@@ -8,7 +8,7 @@ from typing import Any
 
 
 def results_table(shared_db: Path, material_ids: list[str]) -> tuple[list[str], list[list[Any]]]:
-    """Rows: material id + its latest value of every property; columns in first-seen order."""
+    """Rows: material id + its latest value of every property; columns sorted by name."""
     if not Path(shared_db).exists() or not material_ids:
         return ["material_id"], []
     conn = sqlite3.connect(f"file:{shared_db}?mode=ro", uri=True, timeout=30)
@@ -29,5 +29,6 @@ def results_table(shared_db: Path, material_ids: list[str]) -> tuple[list[str], 
                 names.append(name)
     finally:
         conn.close()
+    names.sort()  # merge order is not creation order: sorted columns read the same every run
     rows = [[mid, *(per_material[mid].get(n) for n in names)] for mid in material_ids if mid in per_material]
     return ["material_id", *names], rows
