@@ -184,6 +184,21 @@ def test_refusal_keeps_contexts_that_existed(tmp_path: Path, mace_env: dict[str,
     assert [j["job_id"] for j in record["jobs"]] == ["1001", "1002"]  # the old record is back
 
 
+def test_refused_resubmission_that_appends_keeps_the_old_manifest(
+    tmp_path: Path, mace_env: dict[str, Path], fake_backend: FakeBackend
+) -> None:
+    submit_plan(simple_plan("grow", 2), backend="slurm")
+    for jid in list(fake_backend.jobs):
+        fake_backend.set_state(jid, "COMPLETED") if fake_backend.jobs[jid].indices is not None else None
+    manifest = mace_env["scratch_root"] / ".submissions" / "grow" / "manifest.json"
+    before = manifest.read_bytes()
+    fake_backend.refuse_at = fake_backend.calls
+    with pytest.raises(SchedulerError):
+        submit_plan(simple_plan("grow", 3), backend="slurm")  # one element appended, then refused
+    assert manifest.read_bytes() == before
+    assert not (mace_env["scratch_root"] / "grow-e2").exists()
+
+
 # ---------------------------------------------------------------------------- already submitted
 def test_plan_still_queued_is_not_submitted_twice(
     tmp_path: Path, mace_env: dict[str, Path], fake_backend: FakeBackend, capsys

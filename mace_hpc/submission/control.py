@@ -28,7 +28,7 @@ from .submit import (
     own_runner,
     reset_states,
     resolve_parallel,
-    restore_states,
+    restore_files,
     submit_backstop,
     submit_requests,
 )
@@ -193,7 +193,7 @@ def resubmit(
             cancel_unstarted([by_index[i] for i in wanted], "interrupted before it started")
         raise
     except BaseException:
-        restore_states(saved)
+        restore_files(saved)
         record["runner"] = None
         write_record(directory, record)
         raise

@@ -280,7 +280,19 @@ def reset_states(context_dirs: Sequence[Path], **fields: Any) -> dict[Path, byte
     return saved
 
 
-def restore_states(saved: dict[Path, bytes | None]) -> None:
+def snapshot(paths: Sequence[Path]) -> dict[Path, bytes | None]:
+    """The current bytes of files (None: absent), for restore_files if a submission fails."""
+    saved: dict[Path, bytes | None] = {}
+    for path in paths:
+        try:
+            saved[path] = path.read_bytes()
+        except FileNotFoundError:
+            saved[path] = None
+    return saved
+
+
+def restore_files(saved: dict[Path, bytes | None]) -> None:
+    """Put files back as `reset_states`/`snapshot` found them (atomic writes)."""
     from ..util.atomic import atomic_write_bytes
 
     for path, data in saved.items():
@@ -333,6 +345,8 @@ def submit_plan(
 
     old = ensure_not_active(sub)
     existing = [Path(e["context_dir"]) for e in sub.entries if os.path.isdir(e["context_dir"])]
+    # a failed resubmission must leave the previous manifest (its indices) as it was
+    saved_files = snapshot([sub.manifest_path, sub.directory / "elements.json", sub.directory / "plan.json"]) if old else {}
     create_contexts(sub, plan)
     saved = reset_states(existing, resubmitted_at=time.time()) if existing and not prepare_only else {}
     record: dict[str, Any] = {
@@ -360,8 +374,10 @@ def submit_plan(
             # elements ran already (Ctrl-C, mace cancel): their contexts hold results, keep them
             cancel_unstarted(sub.entries, f"not started: the local run stopped ({type(exc).__name__})")
             raise
-        restore_states(saved)
+        restore_files(saved)
         remove_created(sub)
+        if sub.directory.is_dir():
+            restore_files(saved_files)
         if not sub.directory.is_dir() or not old:
             sub.record_path.unlink(missing_ok=True)
         else:
