@@ -238,6 +238,8 @@ def test_no_submit_then_run_element_by_hand(tmp_path: Path, mace_env: dict[str, 
     rc, out, _ = _cli(capsys, "status", "byhand", "--json")
     states = {e["index"]: e["state"] for e in json.loads(out)["elements"]}
     assert states[0] == "PENDING" and states[1] in ("MERGED", "COMPLETED")
+    rc, _, err = _cli(capsys, "status", "byhand", "--watch", "--interval", "0.1")
+    assert rc == 1 and "1 element(s) wait for a job that was never submitted" in err  # it does not hang
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -68,6 +68,13 @@ def _watch(args: argparse.Namespace, cfg: Any, status_of: Any) -> int:
         bar(report.settled(), report.total, failed)
         if report.all_settled():
             break
+        waiting = [r for r in report.rows if not r["settled"] and r["state"] == "PENDING"]
+        if not report.jobs and len(waiting) == report.total - report.settled() and report.backend != "local":
+            # --no-submit: nothing of ours is queued, so nothing will settle until the user submits
+            print(f"{args.target}: {len(waiting)} element(s) wait for a job that was never submitted "
+                  f"(mace-submit --no-submit); submit jobscripts/ with MACE_MANIFEST set, then watch again",
+                  file=sys.stderr)
+            return 1
         time.sleep(args.interval)
     if args.json:
         print_json(report.to_json())
