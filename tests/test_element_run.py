@@ -68,3 +68,46 @@ def test_failed_step_stops_the_element_and_resume_skips_completed(tmp_path, mace
     assert summary["succeeded"] and state["attempts"] == 2
     assert [s["status"] for s in state["steps"]] == ["skipped", "completed"]
     assert (ctx_dir / "calculations" / "first" / "ran").read_text() == "x"  # ran once only
+
+
+def test_time_limit_interrupts_a_function_step_that_catches_exception(tmp_path, mace_env):
+    """`except Exception:` in user code must not turn a time-limit stop into a completed step."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from mace_hpc.submission.submit import submit_plan
+
+    (tmp_path / "stubborn.py").write_text(
+        "import time\n"
+        "def work(flag):\n"
+        "    open(flag, 'w').close()\n"
+        "    try:\n"
+        "        time.sleep(120)\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "    return {'finished': 1}\n"
+    )
+    flag = tmp_path / "started"
+    plan = {"name": "stub", "isolation_mode": "isolated", "elements": [{
+        "id": "e0", "materials": [{"material_id": "m", "formula": "Al"}],
+        "steps": [{"name": "work", "function": "stubborn:work", "kwargs": {"flag": str(flag)}}]}]}
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(plan))
+    result = submit_plan(plan_path, backend="local", prepare_only=True)
+    proc = subprocess.Popen([sys.executable, "-m", "mace_hpc.element", str(result.submission.manifest_path),
+                             "--index", "0"], env={**os.environ})
+    try:
+        for _ in range(400):
+            if flag.exists():
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGUSR2)
+        assert proc.wait(timeout=60) == 124
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    state = read_state(mace_env["scratch_root"] / "stub-e0")
+    assert state["run_state"] == "TIMEOUT"
+    assert [s["status"] for s in state["steps"]] == ["timeout"]

@@ -35,8 +35,11 @@ class StepOutcome:
     message: str = ""
 
 
-class StepInterrupted(Exception):
-    """Raised inside a function step when the runner receives the time-limit signal."""
+class StepInterrupted(BaseException):
+    """Raised inside a function step when the runner receives the time-limit signal.
+
+    A BaseException (like KeyboardInterrupt) so that user code's `except Exception:` cannot
+    swallow the time limit and let the step be recorded as completed."""
 
 
 _current_proc: subprocess.Popen[bytes] | None = None
