@@ -417,8 +417,11 @@ def submitted(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> I
         )
         jobs[key] = (backend.submit(req), d, req)
 
-    # longest first: the signal element waits for USR2 (sent at most 60 s early, ~10 s in)
-    submit("signal", [0], "signal", 150, scheduler={"time": 1, "signal_margin": 50})
+    # longest first: the signal element waits for USR2. slurmctld checks warn signals every 30 s
+    # and sends one once `now >= end - margin - 30`: with a 1-minute limit that can be before
+    # slurmd has even launched the batch step, and the signal is lost. 2 minutes, margin 50:
+    # eligible 40 s in, sent by 70 s.
+    submit("signal", [0], "signal", 150, scheduler={"time": 2, "signal_margin": 50})
     submit("throttle", list(range(6)), "sleep", 3, max_parallel=2)
     submit("basic", [0, 1, 2, 3], "fail", 3)
     submit("sparse", [3, 7, 12], "ok", 0)
@@ -491,7 +494,7 @@ def test_cancel(submitted: dict[str, Any]) -> None:
 
 @pytest.mark.slurm
 def test_signal_reaches_execd_runner(submitted: dict[str, Any]) -> None:
-    """--signal=B:USR2@50 with a 1-minute limit: the exec'd runner itself gets USR2 and handles it."""
+    """--signal=B:USR2@50 with a 2-minute limit: the exec'd runner itself gets USR2 and handles it."""
     backend, (job, d, _) = submitted["backend"], submitted["signal"]
     marker = d / "signal-0.json"
     end = time.monotonic() + POLL_S

@@ -92,12 +92,13 @@ def cluster_run(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) ->
         # 5 elements over a lowered MaxArraySize of 2: three arrays with offsets 0, 2, 4
         "chunked": (plan("chunked", {"elements": [_element(i, _steps_probe(probe)) for i in range(5)]}),
                     cfg(**{"scheduler.max_array_size": 2})),
-        # a step sleeping past a 1-minute limit: USR2 40 s before it -> TIMEOUT + epilogue
-        "timeout": (plan("timeout", {"resources": {"time": 1, "signal_margin": 40},
+        # a step sleeping past a 2-minute limit: USR2 40 s before it -> TIMEOUT + epilogue (not a
+        # 1-minute limit: slurmctld may send the warning up to 30 s early, before the step launched)
+        "timeout": (plan("timeout", {"resources": {"time": 2, "signal_margin": 40},
                                      "elements": [_element(0, [{"name": "nap", "command": ["sleep", "300"]}])]}), cfg()),
         # same with requeue: the second attempt resumes, skipping the completed first step
         "requeue": (plan("requeue", {
-            "resources": {"time": 1, "signal_margin": 40, "requeue": True},
+            "resources": {"time": 2, "signal_margin": 40, "requeue": True},
             "elements": [_element(0, [
                 {"name": "one", "command": ["sh", "-c", 'echo run >> "$MACE_CONTEXT_DIR/one_runs"']},
                 {"name": "two", "command": ["sh", "-c", 'if [ -e "$MACE_CONTEXT_DIR/attempted" ]; then echo ok > done.txt;'
@@ -223,7 +224,7 @@ def test_chunks_over_lowered_max_array_size(cluster_run: dict[str, Any], monkeyp
 def test_time_limit_signal_records_timeout_and_runs_epilogue(cluster_run: dict[str, Any]) -> None:
     result = cluster_run["results"]["timeout"]
     script = result.rendered[0][0]
-    assert "#SBATCH --signal=B:USR2@40" in script and "#SBATCH --time=1" in script
+    assert "#SBATCH --signal=B:USR2@40" in script and "#SBATCH --time=2" in script
     assert "\nexec " in script  # the runner is the batch shell: it receives B:USR2
     report = _wait(cluster_run, "timeout")
     state = _state(cluster_run, "timeout-e0")

@@ -205,7 +205,8 @@ def test_element_killed_at_its_time_limit_is_archived(slurm_cluster, tmp_path, m
     body = "import json,time; json.dump(dict(x=IDX), open('results.json','w')); time.sleep(600)"
     plan = _plan(tmp_path, name, 1, body, on_failure="archive")
     data = json.loads(plan.read_text())
-    data["resources"] = {"time": 1, "signal_margin": 30}  # SIGUSR2 30 s before the 1-minute limit
+    # SIGUSR2 30 s before a 2-minute limit (a 1-minute one lets slurmctld send it before launch)
+    data["resources"] = {"time": 2, "signal_margin": 30}
     plan.write_text(json.dumps(data))
     result = _submit(plan)
     root = mace_env["scratch_root"]
