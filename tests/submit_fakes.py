@@ -135,3 +135,24 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     rc = run(list(argv))
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+def signal_when_started(argv: list[str], flag: Path, sig: int, env: dict[str, str] | None = None) -> int:
+    """Start a runner, wait for `flag` (its step has begun), send `sig`; its exit code.
+
+    The waits are safety nets against hangs, not timing assertions."""
+    import os
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(argv, env={**os.environ, **(env or {})})
+    try:
+        for _ in range(600):
+            if flag.exists():
+                break
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        return proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

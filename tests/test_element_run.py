@@ -72,10 +72,9 @@ def test_failed_step_stops_the_element_and_resume_skips_completed(tmp_path, mace
 
 def test_time_limit_interrupts_a_function_step_that_catches_exception(tmp_path, mace_env):
     """`except Exception:` in user code must not turn a time-limit stop into a completed step."""
-    import os
     import signal
-    import subprocess
-    import time
+
+    from submit_fakes import signal_when_started
 
     from mace_hpc.submission.submit import submit_plan
 
@@ -96,18 +95,8 @@ def test_time_limit_interrupts_a_function_step_that_catches_exception(tmp_path, 
     plan_path = tmp_path / "plan.json"
     plan_path.write_text(json.dumps(plan))
     result = submit_plan(plan_path, backend="local", prepare_only=True)
-    proc = subprocess.Popen([sys.executable, "-m", "mace_hpc.element", str(result.submission.manifest_path),
-                             "--index", "0"], env={**os.environ})
-    try:
-        for _ in range(400):
-            if flag.exists():
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGUSR2)
-        assert proc.wait(timeout=60) == 124
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    argv = [sys.executable, "-m", "mace_hpc.element", str(result.submission.manifest_path), "--index", "0"]
+    assert signal_when_started(argv, flag, signal.SIGUSR2) == 124
     state = read_state(mace_env["scratch_root"] / "stub-e0")
     assert state["run_state"] == "TIMEOUT"
     assert [s["status"] for s in state["steps"]] == ["timeout"]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from submit_fakes import signal_when_started
+
 from mace_hpc.element.state import read_state
 from mace_hpc.submission.submit import submit_plan
 
@@ -196,26 +198,14 @@ def test_epilogue_after_the_time_limit_signal_still_has_its_deadline(tmp_path, m
     it was alive the epilogue could not fork and ran in a thread instead, which cannot be stopped
     at the deadline: the runner then exited with the thread still holding the context's lock, and
     the step's processes could still be writing into the context being archived."""
-    import os
-    import time
 
     started = tmp_path / "started"
     step = [PY, "-c", f"open({str(started)!r}, 'w').close(); import time; time.sleep(120)"]
     plan = {"name": "tl", "isolation_mode": "isolated", "on_failure": "archive",
             "elements": [{"id": "e0", "steps": [{"name": "s", "command": step}]}]}
     result = submit_plan(plan, backend="local", prepare_only=True)
-    env = {**os.environ, "MACE_EPILOGUE_DEADLINE": "2"}
-    proc = subprocess.Popen([PY, "-c", _HANGING_ARCHIVE_DRIVER, str(result.submission.manifest_path)], env=env)
-    try:
-        for _ in range(600):
-            if started.exists():
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGUSR2)
-        assert proc.wait(timeout=60) == 124
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    argv = [PY, "-c", _HANGING_ARCHIVE_DRIVER, str(result.submission.manifest_path)]
+    assert signal_when_started(argv, started, signal.SIGUSR2, {"MACE_EPILOGUE_DEADLINE": "2"}) == 124
     ctx = mace_env["scratch_root"] / "tl-e0"
     state = read_state(ctx)
     assert state["run_state"] == "TIMEOUT" and state["state"] == "PENDING_MERGE"
