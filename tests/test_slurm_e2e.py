@@ -246,8 +246,10 @@ def test_requeue_resumes_in_the_same_context(cluster_run: dict[str, Any]) -> Non
     _wait(cluster_run, "requeue", until=held, timeout=150)
     state = _state(cluster_run, "requeue-e0")
     assert state["state"] == "PENDING" and state["requeued"] is True and state["attempts"] == 1
-    # Slurm holds every requeued batch job for ~2 minutes (BeginTime); release it to save test time
-    subprocess.run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], check=True, capture_output=True)
+    # Slurm holds a requeued job (BeginTime) until its old credential has expired: about a minute on
+    # the test cluster (AuthInfo=cred_expire=10 in .ci/slurm/start.sh; two minutes by default).
+    # Forcing StartTime=now instead races that expiry: the restart is then killed with "Job
+    # credential revoked" (seen in CI), so the test waits.
     report = _wait(cluster_run, "requeue")
     state = _state(cluster_run, "requeue-e0")
     assert state["attempts"] == 2 and state["state"] == "MERGED" and state["run_state"] == "COMPLETED"

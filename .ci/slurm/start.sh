@@ -147,6 +147,10 @@ SlurmUser=slurm
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# A requeued job waits cred_expire seconds before it may start again (its old credential must
+# expire first; starting earlier fails with 'Job credential revoked'). 120 s by default; short here
+# so the requeue tests do not wait two minutes.
+AuthInfo=cred_expire=10
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=/var/spool/slurmctld
