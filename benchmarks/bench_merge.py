@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mace_hpc.database.journal import connect, journal_mode_for, write_transaction
 from mace_hpc.database.merge import merge_many
-from mace_hpc.database.schema import COLUMNS, DATA_TABLES, ensure_schema, utc_now
+from mace_hpc.database.schema import COLUMNS, DATA_TABLES, INSERT_SQL, ensure_schema, utc_now
 
 MATERIALS, CALCS, PROPS = 10, 10, 20
 
@@ -34,9 +34,7 @@ def build_contexts(root: Path, n: int) -> list[tuple[str, Path]]:
     ensure_schema(conn)
     conn.execute("PRAGMA journal_mode = DELETE")
     conn.close()
-    ins = {
-        t: f"INSERT INTO {t} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})" for t, c in COLUMNS.items()
-    }
+    ins = INSERT_SQL
     now = utc_now()
     out = []
     for i in range(n):

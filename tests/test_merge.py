@@ -23,7 +23,7 @@ from mace_hpc.database.merge import (
     merge_status,
     merged_workflow_ids,
 )
-from mace_hpc.database.schema import COLUMNS, DATA_TABLES, ensure_schema
+from mace_hpc.database.schema import COLUMNS, DATA_TABLES, INSERT_SQL, ensure_schema
 from mace_hpc.errors import InputError
 from mace_hpc.util.nfslock import LockTimeout, NfsLock
 
@@ -46,9 +46,7 @@ def build_context(
     conn.execute("PRAGMA synchronous = OFF")
     ensure_schema(conn)
     conn.execute("BEGIN")
-    ins = {
-        t: f"INSERT INTO {t} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})" for t, c in COLUMNS.items()
-    }
+    ins = INSERT_SQL
     conn.execute(ins["materials"], ("Si", "Si2", 227, "CRYSTAL", None, None, "{}", T0, T0))
     for m in range(n_materials):
         mid = f"ctx{i:04d}-m{m}"

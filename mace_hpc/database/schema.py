@@ -72,14 +72,14 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 
 #: Material columns that make up its identity-independent content (timestamps excluded), used to
 #: tell "the same material created twice" from "a conflicting definition".
-MATERIAL_CONTENT_COLUMNS: tuple[str, ...] = (
-    "formula",
-    "space_group",
-    "dimensionality",
-    "source_type",
-    "source_file",
-    "metadata_json",
+MATERIAL_CONTENT_COLUMNS: tuple[str, ...] = tuple(
+    c for c in COLUMNS["materials"] if c not in ("material_id", "created_at", "updated_at")
 )
+
+#: `INSERT INTO <table> (<COLUMNS>) VALUES (?, ...)` for each data table, in COLUMNS order.
+INSERT_SQL: dict[str, str] = {
+    t: f"INSERT INTO {t} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})" for t, c in COLUMNS.items()
+}
 
 SCHEMA_STATEMENTS: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS materials (
