@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mace_hpc.errors import EXIT_INPUT, PlanError
-from mace_hpc.plan import Element, Plan, Step, load_plan, load_plan_data, plan_from_any
+from mace_hpc.plan import Plan, Step, load_plan, load_plan_data, plan_from_any
 from mace_hpc.plan.sweep import resolve_context_dir
+from mace_hpc.plan.validate import validate_element_record, validate_step
 
 PLAN_DIR = Path("/data/plans/al")
 
@@ -385,23 +386,23 @@ def test_element_and_step_round_trip() -> None:
     d = e.to_dict()
     assert json.loads(json.dumps(d)) == d
     assert d["workflow_id"] == "al-eos-a4.0" and d["index"] == 1
-    assert Element.from_dict(d) == e
+    assert validate_element_record(d) == e
     s = e.steps[0]
-    assert Step.from_dict(s.to_dict()) == s
+    assert validate_step(s.to_dict(), "step") == s
     cmd = Step("c", "c", None, ["a", "b"], None, {}, 5.0)
     assert cmd.to_dict() == {"name": "c", "calc_type": "c", "command": ["a", "b"], "timeout": 5.0}
-    assert Step.from_dict(cmd.to_dict()) == cmd
+    assert validate_step(cmd.to_dict(), "step") == cmd
 
 
 def test_element_from_dict_revalidates() -> None:
     d = load(plan()).elements[0].to_dict()
     d["env"] = {"LD_PRELOAD": "/evil.so"}
     with pytest.raises(PlanError, match=r"^element\.env\.LD_PRELOAD: refused"):
-        Element.from_dict(d)
+        validate_element_record(d)
     d = load(plan()).elements[0].to_dict()
     d["workflow_id"] = "../escape"
     with pytest.raises(PlanError, match=r"^element\.workflow_id: "):
-        Element.from_dict(d)
+        validate_element_record(d)
 
 
 def test_resolve_context_dir() -> None:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..config import load_config
 from ..errors import InputError
 from .journal import connect, write_transaction
 from .schema import ALL_TABLES, MATERIAL_CONTENT_COLUMNS, ensure_schema, utc_now
@@ -31,8 +32,6 @@ _resolver: Callable[[], Path] | None = None
 
 
 def _builtin_resolver() -> Path:
-    from ..config import load_config
-
     return load_config().path("shared_database")
 
 

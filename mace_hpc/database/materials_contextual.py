@@ -12,26 +12,38 @@ import os
 from pathlib import Path
 
 from ..config import load_config
+from ..records import env as env_names
+from ..records.layout import DATABASE_FILE
 from ..util.ids import path_inside, validate_workflow_id
 from . import materials
 from .materials import MaterialDatabase
 
-DATABASE_FILE = "materials.db"
+# the databases of the workflow contexts active in this process, innermost last; WorkflowContext
+# pushes on activation and pops on exit (the database layer never imports the context layer)
+_active: list[Path] = []
+
+
+def push_active_database(path: Path) -> None:
+    _active.append(Path(path))
+
+
+def pop_active_database(path: Path) -> None:
+    for i in range(len(_active) - 1, -1, -1):
+        if _active[i] == Path(path):
+            del _active[i]
+            return
 
 
 def contextual_database_path() -> Path:
     """Where a database opened without an explicit path should live right now."""
-    from ..workflow.context import WorkflowContext
-
-    ctx = WorkflowContext.current()
-    if ctx is not None:
-        return ctx.database_path
+    if _active:
+        return _active[-1]
     cfg = load_config()
     if cfg["isolation_mode"] == "isolated":
-        if os.environ.get("MACE_CONTEXT_DIR"):
-            return Path(os.environ["MACE_CONTEXT_DIR"]) / DATABASE_FILE
-        if os.environ.get("MACE_WORKFLOW_ID"):
-            wf = validate_workflow_id(os.environ["MACE_WORKFLOW_ID"], "MACE_WORKFLOW_ID")
+        if os.environ.get(env_names.CONTEXT_DIR):
+            return Path(os.environ[env_names.CONTEXT_DIR]) / DATABASE_FILE
+        if os.environ.get(env_names.WORKFLOW_ID):
+            wf = validate_workflow_id(os.environ[env_names.WORKFLOW_ID], env_names.WORKFLOW_ID)
             directory = path_inside(cfg.path("scratch_root").absolute(), wf)
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             return directory / DATABASE_FILE

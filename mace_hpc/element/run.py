@@ -11,57 +11,25 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..context.workflow_context import WorkflowContext
+from ..epilogue.hook import run_epilogue as epilogue
 from ..errors import InputError
 from ..plan.sweep import resolve_context_dir
-from ..util.atomic import atomic_write_json, read_json
-from . import state as st
+from ..records import env as env_names
+from ..records import states as st
+from ..records.element_state import read_state, write_state
+from ..records.layout import ContextPaths, SubmissionPaths
+from ..records.manifest import load_element_spec, load_manifest, write_element_copy
+from ..records.submission import read_record
+from ..schedulers import JobEnvironment, job_environment
 from . import steps as step_runner
 
-INDEX_ENV_VARS = ("SLURM_ARRAY_TASK_ID", "PBS_ARRAY_INDEX", "PBS_ARRAYID")
 EXIT_TIMEOUT = 124
-
-
-def resolve_index(explicit: int | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """The element index: `--index`, else the scheduler's array task id plus MACE_INDEX_OFFSET."""
-    if explicit is not None:
-        return explicit
-    environ = os.environ if environ is None else environ
-    for var in INDEX_ENV_VARS:
-        raw = environ.get(var)
-        if raw not in (None, ""):
-            try:
-                return int(raw) + int(environ.get("MACE_INDEX_OFFSET", "0") or 0)
-            except ValueError:
-                raise InputError(f"{var}={raw!r} is not an integer array index") from None
-    raise InputError(
-        "no element index: pass --index N or run inside an array job (SLURM_ARRAY_TASK_ID, PBS_ARRAY_INDEX, PBS_ARRAYID)"
-    )
-
-
-def load_manifest(path: Path) -> dict[str, Any]:
-    manifest = read_json(path)
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("elements"), list):
-        raise InputError(f"{path}: not a mace-hpc manifest (missing, truncated or not written by mace-submit)")
-    return manifest
-
-
-def manifest_entry(manifest: dict[str, Any], index: int, path: Path) -> dict[str, Any]:
-    elements = manifest["elements"]
-    if not 0 <= index < len(elements) or elements[index].get("index") != index:
-        raise InputError(f"{path}: no element with index {index} (the plan has {len(elements)})")
-    return elements[index]
-
-
-def scheduler_ids(environ: Mapping[str, str]) -> dict[str, str]:
-    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "PBS_JOBID", "PBS_ARRAY_INDEX", "PBS_ARRAYID")
-    return {k: environ[k] for k in keys if environ.get(k)}
 
 
 class _Interrupt:
@@ -88,6 +56,11 @@ class _Interrupt:
             raise step_runner.StepInterrupted()
 
 
+def step_env(isolation_mode: str, workflow_id: str, context_dir: Path, element: dict[str, Any]) -> dict[str, str]:
+    """What the element's steps see from mace-hpc (the same function `mace-submit --dry-run` shows)."""
+    return env_names.element_env(workflow_id, isolation_mode, str(context_dir), element.get("env") or {})
+
+
 def _completed_steps(db: Any, workflow_id: str) -> set[str]:
     done = set()
     for calc in db.get_calculations_by_status("completed"):
@@ -97,27 +70,10 @@ def _completed_steps(db: Any, workflow_id: str) -> set[str]:
     return done
 
 
-def _requeue(environ: Mapping[str, str]) -> bool:
-    """Ask the scheduler to requeue this element (same context, next attempt resumes)."""
-    if environ.get("SLURM_ARRAY_JOB_ID") and environ.get("SLURM_ARRAY_TASK_ID"):
-        job = f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
-        cmd = ["scontrol", "requeue", job]
-    elif environ.get("SLURM_JOB_ID"):
-        cmd = ["scontrol", "requeue", environ["SLURM_JOB_ID"]]
-    elif environ.get("PBS_JOBID"):
-        cmd = ["qrerun", environ["PBS_JOBID"]]
-    else:
-        return False
-    try:
-        return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def _cancelled_since(manifest_path: Path, started: float) -> bool:
+def _cancelled_since(submission: SubmissionPaths, started: float) -> bool:
     """Did `mace cancel` cancel this submission after this attempt started (record.json)?"""
-    record = read_json(manifest_path.parent / "record.json")
-    at = record.get("cancelled_at") if isinstance(record, dict) else None
+    record = read_record(submission.record)
+    at = record.cancelled_at if record else None
     return isinstance(at, (int, float)) and at >= started
 
 
@@ -125,43 +81,41 @@ def run_element(
     manifest_path: str | os.PathLike[str], index: int | None = None, *, run_epilogue: bool = True
 ) -> int:
     """Run element `index` of the submission whose manifest is at `manifest_path`; returns the exit code."""
-    from ..workflow.context import WorkflowContext
-
     manifest_path = Path(manifest_path).absolute()
+    submission = SubmissionPaths(manifest_path.parent)
     manifest = load_manifest(manifest_path)
-    index = resolve_index(index)
-    listed = os.environ.get("MACE_ARRAY_INDICES")
+    job: JobEnvironment = job_environment()
+    index = job.element_index(index)
+    listed = os.environ.get(env_names.ARRAY_INDICES)
     if listed and str(index) not in listed.split(","):
         return 0  # a covering range submitted for a sparse list: this index was not asked for
-    entry = manifest_entry(manifest, index, manifest_path)
-    elements = read_json(manifest_path.parent / "elements.json")
-    if not isinstance(elements, list) or index >= len(elements):
-        raise InputError(f"{manifest_path.parent / 'elements.json'}: missing or truncated")
-    context_dir = Path(entry["context_dir"])
-    element = resolve_context_dir(elements[index], context_dir)
+    entry = manifest.entry(index, str(manifest_path))
+    context_dir = Path(entry.context_dir)
+    paths = ContextPaths(context_dir)
+    element = resolve_context_dir(load_element_spec(submission.elements, index), context_dir)
     interrupt = _Interrupt()
     interrupt.install()
 
     ctx = WorkflowContext(
-        entry["workflow_id"],
-        manifest["isolation_mode"],
+        entry.workflow_id,
+        manifest.isolation_mode,
         cleanup_on_exit=False,
         scratch_root=context_dir.parent,
-        shared_database=manifest["shared_database"],
+        shared_database=manifest.shared_database,
     )
-    previous = st.read_state(context_dir)
-    if st.results_home(previous):
+    previous = read_state(context_dir)
+    if previous.results_home:
         return 0  # merged/archived and cleaned up: rerunning would only duplicate its results
     ctx.ensure_directory()
-    attempt = int(previous.get("attempts", 0)) + 1
+    attempt = previous.attempts + 1
     started_at = time.time()
-    st.write_state(
+    write_state(
         context_dir, state=st.RUNNING, run_state=st.RUNNING, attempts=attempt, host=socket.gethostname(),
-        pid=os.getpid(), started_at=started_at, scheduler=scheduler_ids(os.environ), index=index,
-        workflow_id=entry["workflow_id"], removed=False,  # this run's data is new: finalize it
+        pid=os.getpid(), started_at=started_at, scheduler=job.ids(), index=index,
+        workflow_id=entry.workflow_id, removed=False,  # this run's data is new: finalize it
     )
-    if not (context_dir / "element.json").exists():
-        atomic_write_json(context_dir / "element.json", {**element, "plan": manifest["plan"]})
+    if not paths.element.exists():
+        write_element_copy(context_dir, element, manifest.plan)
 
     outcomes: list[step_runner.StepOutcome] = []
     final = st.COMPLETED
@@ -177,13 +131,13 @@ def run_element(
                 if default_material is None and any(not s.get("material_id") for s in element["steps"]):
                     # the database records a calculation against a material; an element without any
                     # gets one placeholder named after its workflow (identical re-creation is a no-op)
-                    default_material = entry["workflow_id"]
+                    default_material = entry.workflow_id
                     db.create_material(
-                        default_material, "n/a", metadata={"placeholder": True, "workflow_id": entry["workflow_id"]}
+                        default_material, "n/a", metadata={"placeholder": True, "workflow_id": entry.workflow_id}
                     )
-                env = {**os.environ, **element.get("env", {})}
-                done = _completed_steps(db, entry["workflow_id"]) if attempt > 1 else set()
-                search_path = [manifest.get("plan_dir", "")]
+                env = {**os.environ, **step_env(manifest.isolation_mode, entry.workflow_id, context_dir, element)}
+                done = _completed_steps(db, entry.workflow_id) if attempt > 1 else set()
+                search_path = [manifest.plan_dir]
                 for step in element["steps"]:
                     if interrupt.signum:
                         break
@@ -191,8 +145,8 @@ def run_element(
                         outcomes.append(step_runner.StepOutcome(step["name"], "skipped", 0, 0.0, None, "done earlier"))
                         continue
                     outcome = step_runner.run_step(
-                        step, db, ctx.calculations_dir / step["name"], env,
-                        step.get("material_id") or default_material, entry["workflow_id"], search_path,
+                        step, db, paths.step_dir(step["name"]), env,
+                        step.get("material_id") or default_material, entry.workflow_id, search_path,
                     )
                     outcomes.append(outcome)
                     if outcome.status != "completed":
@@ -218,14 +172,12 @@ def run_element(
         "state": final, "run_state": final, "finished_at": time.time(), "message": message,
         "steps": [o.__dict__ for o in outcomes],
     }
-    requeue = final in (st.TIMEOUT, st.CANCELLED) and os.environ.get("MACE_REQUEUE") == "1"
-    if requeue and not _cancelled_since(manifest_path, started_at) and _requeue(os.environ):
-        st.write_state(context_dir, **{**record, "state": st.PENDING, "requeued": True})
+    requeue = final in (st.TIMEOUT, st.CANCELLED) and os.environ.get(env_names.REQUEUE) == "1"
+    if requeue and not _cancelled_since(submission, started_at) and job.requeue():
+        write_state(context_dir, **{**record, "state": st.PENDING, "requeued": True})
         return EXIT_TIMEOUT
-    st.write_state(context_dir, **record)
+    write_state(context_dir, **record)
     if run_epilogue:
-        from ..epilogue.hook import run_epilogue as epilogue
-
         epilogue(context_dir, manifest=manifest)
     return {st.COMPLETED: 0, st.TIMEOUT: EXIT_TIMEOUT}.get(final, 1)
 

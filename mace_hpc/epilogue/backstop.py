@@ -28,7 +28,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..submission.backend import ArrayRequest, check_job_name
+from ..records import env as env_names
+from ..records.submission import BACKSTOP, JobEntry
+from ..schedulers.base import ArrayRequest, check_job_name
 from ..util.ids import validate_workflow_id
 
 BACKSTOP_SUFFIX = "-merge"
@@ -74,7 +76,7 @@ def backstop_request(
         raise ValueError(f"backstop needs the array job ids (123 or 123[].server), got {list(job_ids)!r}")
     sched = {k: v for k, v in (scheduler or {}).items() if k in _INHERITED and v is not None}
     sched.update(time=backstop_time_minutes(elements), cpus=1, requeue=False, signal_margin=60)
-    env = {"MACE_SCRATCH_ROOT": str(Path(scratch_root).absolute()), "MACE_BACKSTOP": "1"}
+    env = {env_names.SCRATCH_ROOT: str(Path(scratch_root).absolute()), env_names.BACKSTOP: "1"}
     env.update(extra_env or {})
     name = check_job_name(f"{plan_name}{BACKSTOP_SUFFIX}"[:128])
     return ArrayRequest(
@@ -89,6 +91,6 @@ def backstop_request(
     )
 
 
-def backstop_record(job_id: str, depends_on: Sequence[str]) -> dict[str, Any]:
+def backstop_record(job_id: str, depends_on: Sequence[str]) -> JobEntry:
     """The entry for record.json's `jobs` list; `kind: backstop` so status skips it as an array."""
-    return {"job_id": str(job_id), "kind": "backstop", "depends_on": [str(j) for j in depends_on]}
+    return JobEntry(str(job_id), kind=BACKSTOP, depends_on=tuple(str(j) for j in depends_on))

@@ -18,12 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config
-from ..element import state as st
+from ..context import registry
+from ..context.archive import archive_context, archive_path, verify_sidecar
+from ..database.merge import merged_workflow_ids
 from ..errors import InputError
-from ..util.atomic import read_json
+from ..records import states as st
+from ..records.element_state import ElementState, read_state_strict, write_state
+from ..records.identity import read_identity
+from ..records.layout import IDENTITY_FILE, MANIFEST_FILE, STATE_FILE, ContextPaths, submissions_root
+from ..records.manifest import Manifest, read_manifest
 from ..util.nfslock import LockTimeout, NfsLock
-from .archive import archive_context, archive_path, verify_sidecar
-from .finalize import CONTEXT_LOCK, is_removed, read_state_strict, remove_data
+from .finalize import remove_data
 
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -84,8 +89,6 @@ class CleanupReport:
 
 
 def _merged_ids(databases: set[Path]) -> set[tuple[str, str]]:
-    from ..database.merge import merged_workflow_ids
-
     out: set[tuple[str, str]] = set()
     for db in databases:
         try:
@@ -95,60 +98,62 @@ def _merged_ids(databases: set[Path]) -> set[tuple[str, str]]:
     return out
 
 
-def _shared_db_of(context_dir: Path, manifests: dict[str, dict[str, Any]], cfg: Config) -> Path:
-    return Path(manifests.get(context_dir.name, {}).get("shared_database") or cfg.path("shared_database").absolute())
+def _shared_db_of(context_dir: Path, manifests: dict[str, Manifest], cfg: Config) -> Path:
+    manifest = manifests.get(context_dir.name)
+    return Path(manifest.shared_database if manifest and manifest.shared_database
+                else cfg.path("shared_database").absolute())
 
 
-def _manifest_index(root: Path) -> dict[str, dict[str, Any]]:
-    """workflow id -> its submission manifest's settings (shared DB, archive dir)."""
-    out: dict[str, dict[str, Any]] = {}
-    for mpath in sorted((root / ".submissions").glob("*/manifest.json")) if (root / ".submissions").is_dir() else []:
-        manifest = read_json(mpath)
-        if not isinstance(manifest, dict):
-            continue
-        settings = {k: manifest.get(k) for k in ("shared_database", "archive_dir", "isolation_mode")}
-        for e in manifest.get("elements") or []:
-            if isinstance(e, dict) and isinstance(e.get("workflow_id"), str):
-                out[e["workflow_id"]] = settings
+def _archive_dir_of(context_dir: Path, manifests: dict[str, Manifest], cfg: Config) -> Path:
+    manifest = manifests.get(context_dir.name)
+    return Path(manifest.archive_dir) if manifest and manifest.archive_dir else cfg.path("archive_dir")
+
+
+def _manifest_index(root: Path) -> dict[str, Manifest]:
+    """workflow id -> the manifest of its submission (shared DB, archive dir, isolation mode)."""
+    out: dict[str, Manifest] = {}
+    base = submissions_root(root)
+    for mpath in sorted(base.glob(f"*/{MANIFEST_FILE}")) if base.is_dir() else []:
+        manifest = read_manifest(mpath)
+        for e in manifest.elements if manifest else ():
+            out[e.workflow_id] = manifest
     return out
 
 
 def survey(root: Path, cfg: Config) -> list[Candidate]:
     """Every context under `root` with its size and whether removing it is safe."""
-    from ..workflow import registry
-
     active = {e["workflow_id"] for e in registry.list_entries(root) if e.get("status") != "stale"}
     manifests = _manifest_index(root)
-    rows: list[tuple[Path, dict[str, Any] | None]] = []
+    rows: list[tuple[Path, ElementState | None]] = []
     for d in sorted(root.iterdir()) if root.is_dir() else []:
         if d.name.startswith(".") or d.is_symlink() or not d.is_dir():
             continue
-        if not (d / "state.json").exists() and not (d / "context.json").exists():
+        if not (d / STATE_FILE).exists() and not (d / IDENTITY_FILE).exists():
             continue
         rows.append((d, read_state_strict(d)))
-    merged = _merged_ids({_shared_db_of(d, manifests, cfg) for d, s in rows if s and s.get("state") == st.MERGED})
+    merged = _merged_ids({_shared_db_of(d, manifests, cfg) for d, s in rows if s and s.state == st.MERGED})
     out = []
     for d, state in rows:
-        name = state.get("state", "?") if state else "UNREADABLE"
-        finished = float((state or {}).get("finished_at") or (state or {}).get("updated_at") or d.stat().st_mtime)
+        name = str(state.state) if state else "UNREADABLE"
+        finished = float((state.finished_at or state.updated_at if state else None) or d.stat().st_mtime)
         cand = Candidate(d.name, str(d), name, finished, dir_size(d), False)
         if state is None:
             cand.why = "state file unreadable"
-        elif is_removed(state):
+        elif state.removed:
             cand.why = "already removed (tombstone)"
         elif d.name in active:
             cand.why = "active in a running process"
         elif name == st.ARCHIVED:
-            arch = Path((state.get("epilogue") or {}).get("archive") or archive_path(
-                manifests.get(d.name, {}).get("archive_dir") or cfg.path("archive_dir"), d.name))
+            arch = Path(state.epilogue.get("archive") or archive_path(_archive_dir_of(d, manifests, cfg), d.name))
             if not arch.is_file() or verify_sidecar(arch) is False:
                 cand.why = f"archive {arch} missing or damaged"
             else:
                 cand.safe = True
         elif name == st.MERGED:
             shared = _shared_db_of(d, manifests, cfg)
-            isolated = (manifests.get(d.name, {}).get("isolation_mode") or
-                        (read_json(d / "context.json", {}) or {}).get("isolation_mode")) == "isolated"
+            manifest, ident = manifests.get(d.name), read_identity(d)
+            mode = manifest.isolation_mode if manifest else ident.isolation_mode if ident else None
+            isolated = mode == "isolated"
             if isolated and (str(shared), d.name) not in merged:
                 cand.why = f"state says MERGED but {shared} has no ledger entry for it"
             else:
@@ -206,25 +211,24 @@ def cleanup(
     return report
 
 
-def _remove_one(d: Path, c: Candidate, archive_merged: bool, manifests: dict[str, dict[str, Any]],
+def _remove_one(d: Path, c: Candidate, archive_merged: bool, manifests: dict[str, Manifest],
                 cfg: Config) -> tuple[bool, str]:
     """Remove one context's data under its epilogue lock, re-checking its state first."""
     try:
-        lock = NfsLock(d / CONTEXT_LOCK, lifetime=3600.0, timeout=2.0).acquire()
+        lock = NfsLock(ContextPaths(d).epilogue_lock, lifetime=3600.0, timeout=2.0).acquire()
     except (LockTimeout, OSError) as exc:
         return False, f"busy: {exc}"
     try:
         state = read_state_strict(d)
-        if state is None or state.get("state") != c.state or is_removed(state):
+        if state is None or state.state != c.state or state.removed:
             return False, "state changed while cleaning up"
         if c.state == st.MERGED and archive_merged:
-            target = manifests.get(d.name, {}).get("archive_dir") or cfg.path("archive_dir")
             try:
-                archive_context(d, Path(target), d.name)
+                archive_context(d, _archive_dir_of(d, manifests, cfg), d.name)
             except OSError as exc:
                 return False, f"archiving before removal failed: {exc}"
         remove_data(d)
-        st.write_state(d, removed=True, removed_at=time.time(), removed_by="mace cleanup")
+        write_state(d, removed=True, removed_at=time.time(), removed_by="mace cleanup")
         return True, ""
     finally:
         lock.release()

@@ -30,18 +30,19 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ON_COMPLETE, ON_FAILURE, Config, effective_cleanup_on_exit, load_config
-from ..element import state as st
-from ..util.atomic import atomic_write_json, read_json
+from ..context.archive import archive_context
+from ..database.merge import MergeReport, merge_many
+from ..errors import InputError
+from ..records import states as st
+from ..records.element_state import ElementState, read_state_strict, write_state
+from ..records.identity import read_identity, write_identity
+from ..records.layout import EPILOGUE_LOCK, TOMBSTONE_FILES, ContextPaths
+from ..records.manifest import Manifest, ManifestEntry, plan_of_context
+from ..records.states import DONE_STATES, QUARANTINED
+from ..util.atomic import atomic_write_json
 from ..util.ids import validate_workflow_id
 from ..util.nfslock import LockTimeout, NfsLock
-
-QUARANTINED = "QUARANTINED"
-DONE_STATES = (st.MERGED, st.ARCHIVED, st.KEPT, QUARANTINED)
-QUARANTINE_DIR = ".quarantine"
-CONTEXT_LOCK = ".epilogue.lock"
-CONTEXT_FILE = "context.json"
-DATABASE_FILE = "materials.db"
-_KEEP_IN_TOMBSTONE = (st.STATE_FILE, CONTEXT_FILE)
+from ..util.procs import process_alive
 
 
 @dataclass
@@ -98,8 +99,6 @@ class Options:
     scheduler_states: Mapping[str, str] = field(default_factory=dict)  # workflow id -> final state
 
     def __post_init__(self) -> None:
-        from ..errors import InputError
-
         if self.on_complete is not None and self.on_complete not in ON_COMPLETE:
             raise InputError(f"--on-complete: {self.on_complete!r} is invalid; allowed: {' | '.join(ON_COMPLETE)}")
         if self.on_failure is not None and self.on_failure not in ON_FAILURE:
@@ -110,30 +109,15 @@ class Options:
 def log_line(context_dir: Path, line: str) -> None:
     """Append a line to `<context>/logs/epilogue.log`; never raises (the log is best effort)."""
     try:
-        logs = Path(context_dir) / "logs"
-        if logs.is_symlink():
+        paths = ContextPaths(context_dir)
+        if paths.logs.is_symlink():
             return
-        logs.mkdir(exist_ok=True, mode=0o700)
-        fd = os.open(logs / "epilogue.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        paths.logs.mkdir(exist_ok=True, mode=0o700)
+        fd = os.open(paths.epilogue_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "a", encoding="utf-8") as fh:
             fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {socket.gethostname()} pid {os.getpid()}: {line}\n")
     except OSError:
         pass
-
-
-def read_state_strict(context_dir: Path) -> dict[str, Any] | None:
-    """The state file, `{"state": PENDING}` when absent, None when present but unreadable."""
-    path = Path(context_dir) / st.STATE_FILE
-    if not os.path.lexists(path):
-        return {"state": st.PENDING, "attempts": 0}
-    data = read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("state"), str) or path.is_symlink():
-        return None
-    return data
-
-
-def run_state_of(state: Mapping[str, Any]) -> str:
-    return str(state.get("run_state") or state.get("state"))
 
 
 def policy_for(target: Target, run_state: str, opts: Options) -> str:
@@ -142,28 +126,14 @@ def policy_for(target: Target, run_state: str, opts: Options) -> str:
     return opts.on_failure or target.on_failure
 
 
-def _pid_alive_here(state: Mapping[str, Any]) -> bool:
+def _runner_alive_here(state: ElementState) -> bool:
     """Is the runner that wrote this RUNNING state still alive on this host (not a reused pid)?"""
-    if state.get("host") != socket.gethostname():
-        return False
-    import psutil
-
-    try:
-        pid = int(state.get("pid", 0) or 0)
-        if pid <= 0 or pid == os.getpid():
-            return False
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        started = state.get("started_at")
-        return not (isinstance(started, (int, float)) and proc.create_time() > started + 1.0)
-    except (ValueError, TypeError, psutil.Error):
-        return False
+    return state.pid != os.getpid() and process_alive(state.pid, started_by=state.started_at, host=state.host)
 
 
-def wants_finalizing(state: Mapping[str, Any], opts: Options, workflow_id: str = "") -> tuple[bool, str]:
+def wants_finalizing(state: ElementState, opts: Options, workflow_id: str = "") -> tuple[bool, str]:
     """Whether this state needs the epilogue, and if not a word on why (for the summary)."""
-    name = state.get("state")
+    name = state.state
     if name in st.FINAL_RUN_STATES:
         return True, ""
     if name == st.PENDING_MERGE:
@@ -173,31 +143,29 @@ def wants_finalizing(state: Mapping[str, Any], opts: Options, workflow_id: str =
     if name == st.KEPT and (opts.on_complete or opts.on_failure):
         return True, ""  # an explicit policy on the command line revisits kept contexts
     if name == st.RUNNING:
-        if workflow_id in opts.scheduler_states or (opts.ended and not _pid_alive_here(state)):
+        if workflow_id in opts.scheduler_states or (opts.ended and not _runner_alive_here(state)):
             return True, ""
         return False, "running"
     if name in DONE_STATES:
         return False, "skipped"
-    return False, "running" if name == st.PENDING and state.get("attempts") else "skipped"
+    return False, "running" if name == st.PENDING and state.attempts else "skipped"
 
 
-def target_from_manifest(
-    entry: Mapping[str, Any], manifest: Mapping[str, Any], cfg: Config | None = None
-) -> Target:
+def target_from_manifest(entry: ManifestEntry, manifest: Manifest, cfg: Config | None = None) -> Target:
     """The Target for one manifest entry: manifest values (plan > site config at submission) first."""
     cfg = cfg or load_config()
     return Target(
-        context_dir=Path(entry["context_dir"]),
-        workflow_id=validate_workflow_id(entry["workflow_id"]),
-        isolation_mode=str(manifest.get("isolation_mode") or cfg["isolation_mode"]),
-        shared_database=Path(manifest.get("shared_database") or cfg.path("shared_database").absolute()),
-        archive_dir=Path(manifest.get("archive_dir") or cfg.path("archive_dir").absolute()),
-        on_complete=str(manifest.get("on_complete") or cfg["on_complete"]),
-        on_failure=str(manifest.get("on_failure") or cfg["on_failure"]),
+        context_dir=Path(entry.context_dir),
+        workflow_id=validate_workflow_id(entry.workflow_id),
+        isolation_mode=manifest.isolation_mode or cfg["isolation_mode"],
+        shared_database=Path(manifest.shared_database or cfg.path("shared_database").absolute()),
+        archive_dir=Path(manifest.archive_dir or cfg.path("archive_dir").absolute()),
+        on_complete=manifest.on_complete or cfg["on_complete"],
+        on_failure=manifest.on_failure or cfg["on_failure"],
         cleanup=effective_cleanup_on_exit(cfg),
         archive_before_cleanup=bool(cfg["context_settings.archive_results"]),
-        plan=manifest.get("plan"),
-        index=entry.get("index"),
+        plan=manifest.plan,
+        index=entry.index,
     )
 
 
@@ -205,19 +173,18 @@ def target_from_context(context_dir: Path, cfg: Config | None = None) -> Target:
     """A Target for a context with no manifest (made by WorkflowContext directly): config decides."""
     cfg = cfg or load_config()
     context_dir = Path(context_dir)
-    ident = read_json(context_dir / CONTEXT_FILE, {}) or {}
-    element = read_json(context_dir / "element.json", {}) or {}
+    ident = read_identity(context_dir)
     return Target(
         context_dir=context_dir,
-        workflow_id=validate_workflow_id(ident.get("workflow_id") or context_dir.name),
-        isolation_mode=str(ident.get("isolation_mode") or cfg["isolation_mode"]),
+        workflow_id=validate_workflow_id(ident.workflow_id if ident else context_dir.name),
+        isolation_mode=ident.isolation_mode if ident else cfg["isolation_mode"],
         shared_database=cfg.path("shared_database").absolute(),
         archive_dir=cfg.path("archive_dir").absolute(),
         on_complete=cfg["on_complete"],
         on_failure=cfg["on_failure"],
         cleanup=effective_cleanup_on_exit(cfg),
         archive_before_cleanup=bool(cfg["context_settings.archive_results"]),
-        plan=element.get("plan") if isinstance(element, dict) else None,
+        plan=plan_of_context(context_dir),
     )
 
 
@@ -229,10 +196,10 @@ def quarantine(context_dir: Path, reason: str, *, run_state: str | None = None) 
     element produced stays in the quarantined copy for a human to inspect.
     """
     context_dir = Path(context_dir)
-    qdir = context_dir.parent / QUARANTINE_DIR
+    qdir = ContextPaths(context_dir).quarantine_dir
     qdir.mkdir(mode=0o700, exist_ok=True)
     dest = qdir / f"{context_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}.{os.getpid()}"
-    ident = read_json(context_dir / CONTEXT_FILE)
+    ident = read_identity(context_dir)
     os.rename(context_dir, dest)
     record = {"reason": reason, "at": time.time(), "from": str(context_dir), "host": socket.gethostname()}
     try:
@@ -241,9 +208,9 @@ def quarantine(context_dir: Path, reason: str, *, run_state: str | None = None) 
         pass
     log_line(dest, f"quarantined: {reason}")
     os.mkdir(context_dir, 0o700)
-    if isinstance(ident, dict):
-        atomic_write_json(context_dir / CONTEXT_FILE, ident)
-    st.write_state(
+    if ident is not None:
+        write_identity(context_dir, ident)
+    write_state(
         context_dir, state=QUARANTINED, run_state=run_state, quarantine={**record, "path": str(dest)},
         pending_reason=reason,
     )
@@ -254,7 +221,7 @@ def quarantine(context_dir: Path, reason: str, *, run_state: str | None = None) 
 def remove_data(context_dir: Path) -> None:
     """Delete a finished context's data but keep state.json + context.json (the tombstone)."""
     for entry in os.scandir(context_dir):
-        if entry.name in _KEEP_IN_TOMBSTONE or entry.name.startswith(CONTEXT_LOCK):
+        if entry.name in TOMBSTONE_FILES or entry.name.startswith(EPILOGUE_LOCK):
             continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path)
@@ -262,16 +229,10 @@ def remove_data(context_dir: Path) -> None:
             os.unlink(entry.path)
 
 
-def is_removed(state: Mapping[str, Any]) -> bool:
-    return bool(state.get("removed"))
-
-
 # ---------------------------------------------------------------------------- the work
 def _merge_group(shared: Path, group: list[Target], lock_timeout: float) -> dict[str, Any]:
     """merge_many over one shared database; workflow id -> MergeReport, or an Exception for all."""
-    from ..database.merge import merge_many
-
-    sources = [(t.workflow_id, t.context_dir / DATABASE_FILE) for t in group]
+    sources = [(t.workflow_id, ContextPaths(t.context_dir).database) for t in group]
     try:
         reports = merge_many(shared, sources, lock_timeout=lock_timeout)
     except LockTimeout as exc:
@@ -281,14 +242,14 @@ def _merge_group(shared: Path, group: list[Target], lock_timeout: float) -> dict
     return {r.workflow_id: r for r in reports}
 
 
-def _lost_run_state(target: Target, state: Mapping[str, Any], opts: Options) -> dict[str, Any]:
+def _lost_run_state(target: Target, state: ElementState, opts: Options) -> dict[str, Any]:
     """A RUNNING state whose job ended: the runner was killed before it could record its end."""
     final = opts.scheduler_states.get(target.workflow_id) or st.FAILED
     message = (
         f"the element runner died without recording its end (scheduler: {final}); "
         "killed at the time limit, out of memory or with its node?"
     )
-    return {"state": final, "run_state": final, "message": state.get("message") or message, "lost": True,
+    return {"state": final, "run_state": final, "message": state.message or message, "lost": True,
             "finished_at": time.time()}
 
 
@@ -298,29 +259,30 @@ def finalize(targets: Iterable[Target], opts: Options | None = None) -> list[Out
     targets = list(targets)
     outcomes: dict[str, Outcome] = {}
     locks: dict[str, NfsLock] = {}
-    work: list[tuple[Target, dict[str, Any], str, str]] = []  # target, state, run state, policy
+    work: list[_Work] = []
     try:
         for t in targets:
             out = _prepare(t, opts, locks)
             if isinstance(out, Outcome):
                 outcomes[t.workflow_id] = out
             else:
-                work.append((t, *out))
+                work.append(out)
 
         merge_reports: dict[str, Any] = {}
         groups: dict[Path, list[Target]] = {}
-        for t, _state, _run, policy in work:
-            if "merge" in policy and t.isolation_mode == "isolated":
+        for w in work:
+            t = w.target
+            if "merge" in w.policy and t.isolation_mode == "isolated":
                 groups.setdefault(Path(t.shared_database or "materials.db"), []).append(t)
         for shared, group in groups.items():
             merge_reports.update(_merge_group(shared, group, opts.lock_timeout))
 
-        for t, state, run_state, policy in work:
+        for w in work:
+            wid = w.target.workflow_id
             try:
-                outcomes[t.workflow_id] = _apply(t, state, run_state, policy, merge_reports.get(t.workflow_id), opts)
+                outcomes[wid] = _apply(w, merge_reports.get(wid), opts)
             except Exception as exc:  # noqa: BLE001 - record, go on with the rest
-                outcomes[t.workflow_id] = _pending(t, state, f"{type(exc).__name__}: {exc}", opts,
-                                                   detail=traceback.format_exc())
+                outcomes[wid] = _pending(w, f"{type(exc).__name__}: {exc}", opts, detail=traceback.format_exc())
     finally:
         for lock in locks.values():
             try:
@@ -334,8 +296,19 @@ def _outcome(t: Target, before: str, state: str, action: str, reason: str = "", 
     return Outcome(t.workflow_id, str(t.context_dir), before, state, action, reason, index=t.index, **kw)
 
 
-def _prepare(t: Target, opts: Options, locks: dict[str, NfsLock]) -> Outcome | tuple[dict[str, Any], str, str]:
-    """Lock the context and decide: an Outcome (nothing to do / quarantined) or (state, run, policy)."""
+@dataclass
+class _Work:
+    """A locked context that needs its policy applied."""
+
+    target: Target
+    state: ElementState
+    before: str  # its state when this finalizer found it
+    run_state: str
+    policy: str
+
+
+def _prepare(t: Target, opts: Options, locks: dict[str, NfsLock]) -> Outcome | _Work:
+    """Lock the context and decide: an Outcome (nothing to do / quarantined) or the work to do."""
     ctx = t.context_dir
     if ctx.is_symlink() or not ctx.is_dir():
         return _outcome(t, "MISSING", "MISSING", "skipped", "no context directory")
@@ -343,15 +316,15 @@ def _prepare(t: Target, opts: Options, locks: dict[str, NfsLock]) -> Outcome | t
     if state is not None:
         need, why = wants_finalizing(state, opts, t.workflow_id)
         if not need:
-            return _outcome(t, state["state"], state["state"], why)
-    lock = NfsLock(ctx / CONTEXT_LOCK, lifetime=3600.0, timeout=opts.context_lock_timeout, poll=0.05)
+            return _outcome(t, state.state, state.state, why)
+    lock = NfsLock(ContextPaths(ctx).epilogue_lock, lifetime=3600.0, timeout=opts.context_lock_timeout, poll=0.05)
     try:
         lock.acquire()
     except LockTimeout:
-        before = state["state"] if state else "UNREADABLE"
+        before = state.state if state else "UNREADABLE"
         return _outcome(t, before, before, "busy", "another epilogue or merge is finalizing it")
     except OSError as exc:
-        before = state["state"] if state else "UNREADABLE"
+        before = state.state if state else "UNREADABLE"
         return _outcome(t, before, before, "pending", f"cannot lock the context: {exc}")
     locks[t.workflow_id] = lock
     state = read_state_strict(ctx)  # again, under the lock: another finalizer may have finished
@@ -364,41 +337,36 @@ def _prepare(t: Target, opts: Options, locks: dict[str, NfsLock]) -> Outcome | t
         return _outcome(t, "UNREADABLE", QUARANTINED, "quarantined", f"{reason}; moved to {dest}")
     need, why = wants_finalizing(state, opts, t.workflow_id)
     if not need:
-        return _outcome(t, state["state"], state["state"], why)
-    if is_removed(state):
-        return _outcome(t, state["state"], state["state"], "skipped", "data already removed")
-    before = state["state"]
+        return _outcome(t, state.state, state.state, why)
+    if state.removed:
+        return _outcome(t, state.state, state.state, "skipped", "data already removed")
+    before = str(state.state)
     if before == st.RUNNING:
         lost = _lost_run_state(t, state, opts)
-        state = st.write_state(ctx, **lost)
+        state = write_state(ctx, **lost)
         log_line(ctx, f"{opts.by}: runner gone while RUNNING; recorded {lost['run_state']}")
-    run_state = run_state_of(state)
+    run_state = state.last_run
     if run_state not in st.FINAL_RUN_STATES:
         return _outcome(t, before, before, "skipped", f"run state {run_state} is not final")
-    state["_before"] = before
-    return state, run_state, policy_for(t, run_state, opts)
+    return _Work(t, state, before, run_state, policy_for(t, run_state, opts))
 
 
-def _pending(t: Target, state: Mapping[str, Any], reason: str, opts: Options, detail: str = "",
-             **extra: Any) -> Outcome:
-    before = state.get("_before", state.get("state", st.PENDING))
+def _pending(w: _Work, reason: str, opts: Options, detail: str = "", **extra: Any) -> Outcome:
+    t = w.target
     log_line(t.context_dir, f"{opts.by}: left PENDING_MERGE for `mace merge`: {reason}" + (f"\n{detail}" if detail else ""))
     try:
-        st.write_state(t.context_dir, state=st.PENDING_MERGE, pending_reason=reason, epilogue_error=reason,
-                       epilogue={"by": opts.by, "at": time.time(), "error": reason, **extra})
+        write_state(t.context_dir, state=st.PENDING_MERGE, pending_reason=reason, epilogue_error=reason,
+                    epilogue={"by": opts.by, "at": time.time(), "error": reason, **extra})
     except OSError:
         pass
-    return _outcome(t, str(before), st.PENDING_MERGE, "pending", reason)
+    return _outcome(t, w.before, st.PENDING_MERGE, "pending", reason)
 
 
-def _apply(t: Target, state: dict[str, Any], run_state: str, policy: str, report: Any, opts: Options) -> Outcome:
-    from ..database.merge import MergeReport
-    from .archive import archive_context
-
-    before = state.pop("_before", state["state"])
+def _apply(w: _Work, report: Any, opts: Options) -> Outcome:
+    t, state, before, run_state, policy = w.target, w.state, w.before, w.run_state, w.policy
     ctx = t.context_dir
     info: dict[str, Any] = {"policy": policy, "by": opts.by, "at": time.time(), "host": socket.gethostname()}
-    merged = bool((state.get("epilogue") or {}).get("merged")) and state.get("state") == st.PENDING_MERGE
+    merged = bool(state.epilogue.get("merged")) and state.state == st.PENDING_MERGE
     merge_dict: dict[str, Any] | None = None
     conflicts = 0
     if "merge" in policy:
@@ -422,7 +390,7 @@ def _apply(t: Target, state: dict[str, Any], run_state: str, policy: str, report
             reason = f"merge into {t.shared_database} failed: {report}" if report else "merge did not run"
             if isinstance(report, LockTimeout):
                 reason = f"shared database busy: {report}"
-            return _pending(t, state, reason, opts, policy=policy)
+            return _pending(w, reason, opts, policy=policy)
     info["merged"] = merged
     archived: str | None = None
     wants_archive = "archive" in policy or (t.cleanup and t.archive_before_cleanup and "merge" in policy)
@@ -433,7 +401,7 @@ def _apply(t: Target, state: dict[str, Any], run_state: str, policy: str, report
         except OSError as exc:
             reason = f"archiving to {t.archive_dir} failed: {exc}; context kept"
             if "archive" in policy:
-                return _pending(t, state, reason, opts, policy=policy, merged=merged, merge=merge_dict)
+                return _pending(w, reason, opts, policy=policy, merged=merged, merge=merge_dict)
             info["cleanup_error"] = reason  # merged: only the cleanup is skipped
             log_line(ctx, f"{opts.by}: {reason}")
     if "archive" in policy and "merge" not in policy:
@@ -449,13 +417,13 @@ def _apply(t: Target, state: dict[str, Any], run_state: str, policy: str, report
         removed = True
     # durable only when data is removed next: otherwise a lost MERGED record is proven again by
     # the ledger on the next merge, and skipping the fsync doubles `mace merge` throughput
-    st.write_state(ctx, fsync=removed, state=new_state, epilogue=info, pending_reason=None, epilogue_error=None,
+    write_state(ctx, fsync=removed, state=new_state, epilogue=info, pending_reason=None, epilogue_error=None,
                    **({"conflicts": conflicts} if conflicts else {}))
     log_line(ctx, f"{opts.by}: {run_state} -> {new_state} ({policy})" + (f", archive {archived}" if archived else ""))
     if removed:
         try:
             remove_data(ctx)
-            st.write_state(ctx, removed=True, removed_at=time.time())
+            write_state(ctx, removed=True, removed_at=time.time())
         except OSError as exc:
             removed = False
             log_line(ctx, f"{opts.by}: cleanup failed (context kept): {exc}")

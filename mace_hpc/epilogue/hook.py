@@ -22,23 +22,19 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..element import state as st
-from .finalize import (
-    CONTEXT_LOCK,
-    DONE_STATES,
-    Options,
-    Outcome,
-    Target,
-    finalize,
-    log_line,
-    read_state_strict,
-    target_from_context,
-    target_from_manifest,
-)
+from ..config import load_config
+from ..database.merge import lock_path
+from ..records import states as st
+from ..records.element_state import ElementState, read_state, read_state_strict, write_state
+from ..records.layout import ContextPaths, SubmissionPaths
+from ..records.manifest import Manifest, plan_of_context, read_manifest
+from ..util.nfslock import LockTimeout, NfsLock
+from .finalize import Options, Outcome, Target, finalize, log_line, target_from_context, target_from_manifest
 
 KILL_GRACE_S = 5.0
 DEFAULT_DEADLINE_S = 60.0
@@ -52,42 +48,41 @@ def _raise_deadline(signum: int, frame: Any) -> None:
     raise _Deadline()
 
 
-def _entry_for(manifest: Mapping[str, Any], context_dir: Path) -> dict[str, Any] | None:
-    for entry in manifest.get("elements") or []:
-        if isinstance(entry, dict) and Path(str(entry.get("context_dir", ""))) == context_dir:
-            return entry
-    for entry in manifest.get("elements") or []:  # moved scratch root: match by workflow id
-        if isinstance(entry, dict) and entry.get("workflow_id") == context_dir.name:
-            return {**entry, "context_dir": str(context_dir)}
-    return None
+@dataclass(frozen=True)
+class EpilogueResult:
+    """The element's state after its epilogue, and what finalizing did (None if it did not finish)."""
+
+    state: ElementState
+    outcome: Outcome | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.state.to_dict()
+        if self.outcome is not None:
+            out["outcome"] = self.outcome.to_dict()
+        return out
 
 
-def find_manifest(context_dir: Path) -> dict[str, Any] | None:
+def find_manifest(context_dir: Path) -> Manifest | None:
     """The manifest of the submission a context belongs to (its element.json names the plan)."""
-    from ..util.atomic import read_json
-
-    element = read_json(context_dir / "element.json")
-    plan = element.get("plan") if isinstance(element, dict) else None
-    if not isinstance(plan, str) or "/" in plan or plan.startswith("."):
+    plan = plan_of_context(context_dir)
+    if plan is None:
         return None
-    manifest = read_json(context_dir.parent / ".submissions" / plan / "manifest.json")
-    return manifest if isinstance(manifest, dict) and _entry_for(manifest, context_dir) else None
+    manifest = read_manifest(SubmissionPaths.of(context_dir.parent, plan).manifest)
+    return manifest if manifest is not None and manifest.entry_for_context(context_dir) else None
 
 
 def build_target(
     context_dir: Path,
-    manifest: Mapping[str, Any] | None = None,
+    manifest: Manifest | None = None,
     *,
     shared_database: str | os.PathLike[str] | None = None,
     archive_dir: str | os.PathLike[str] | None = None,
 ) -> Target:
     """Settings for one context: its manifest entry when there is one, else the configuration."""
-    from ..config import load_config
-
     cfg = load_config()
     if manifest is None:
         manifest = find_manifest(context_dir)
-    entry = _entry_for(manifest, context_dir) if manifest else None
+    entry = manifest.entry_for_context(context_dir) if manifest else None
     target = target_from_manifest(entry, manifest, cfg) if entry and manifest else target_from_context(context_dir, cfg)
     if shared_database:
         target.shared_database = Path(shared_database).absolute()
@@ -213,10 +208,7 @@ def _run_in_thread(fn: Callable[[], Any], deadline: float) -> tuple[bool, Any]:
 def _clear_dead_locks(target: Target) -> None:
     """After killing a child: break the locks it held (dead holder on this host), so the backstop
     on another host does not wait for their lifetime."""
-    from ..database.merge import lock_path
-    from ..util.nfslock import LockTimeout, NfsLock
-
-    paths = [target.context_dir / CONTEXT_LOCK]
+    paths = [ContextPaths(target.context_dir).epilogue_lock]
     if target.shared_database:
         paths.append(lock_path(target.shared_database))
     for path in paths:
@@ -228,24 +220,24 @@ def _clear_dead_locks(target: Target) -> None:
             pass
 
 
-def _record_pending(context_dir: Path, reason: str) -> dict[str, Any]:
+def _record_pending(context_dir: Path, reason: str) -> ElementState:
     """PENDING_MERGE + log line, unless the context is already done (the child got that far)."""
     log_line(context_dir, f"epilogue: {reason}; left PENDING_MERGE for the backstop / `mace merge`")
     try:
         state = read_state_strict(context_dir)
-        if state is not None and state.get("state") in DONE_STATES:
+        if state is not None and state.state in st.DONE_STATES:
             return state
-        if state is not None and state.get("state") not in (*st.FINAL_RUN_STATES, st.PENDING_MERGE):
+        if state is not None and state.state not in (*st.FINAL_RUN_STATES, st.PENDING_MERGE):
             return state  # not finished running: nothing is pending yet
-        return st.write_state(context_dir, state=st.PENDING_MERGE, pending_reason=reason, epilogue_error=reason)
+        return write_state(context_dir, state=st.PENDING_MERGE, pending_reason=reason, epilogue_error=reason)
     except Exception:  # noqa: BLE001
-        return {"state": st.PENDING_MERGE, "pending_reason": reason}
+        return ElementState(state=st.PENDING_MERGE, pending_reason=reason)
 
 
 def run_epilogue(
     context_dir: str | Path,
     *,
-    manifest: dict[str, Any] | None = None,
+    manifest: Manifest | None = None,
     on_complete: str | None = None,
     on_failure: str | None = None,
     shared_database: str | Path | None = None,
@@ -254,7 +246,7 @@ def run_epilogue(
     ended: bool = False,
     retry_pending: bool = True,
     by: str = "epilogue",
-) -> dict[str, Any]:
+) -> EpilogueResult:
     """Apply the element's policy to one context within `deadline` s; returns its new state. Never raises.
 
     `ended=True` (scheduler hooks): the job is over, so a RUNNING state means the runner was
@@ -265,8 +257,6 @@ def run_epilogue(
     context_dir = Path(context_dir).absolute()
     try:
         if deadline is None:
-            from ..config import load_config
-
             deadline = float(load_config()["epilogue_deadline"])
         target = build_target(context_dir, manifest, shared_database=shared_database, archive_dir=archive_dir)
         lock_wait = max(0.5, deadline - 10.0) if deadline > 20 else deadline / 2
@@ -281,12 +271,9 @@ def run_epilogue(
         if not finished:
             _clear_dead_locks(target)
             if time.monotonic() - started < deadline:
-                return _record_pending(context_dir, "epilogue process died before finishing")
-            return _record_pending(context_dir, f"epilogue deadline of {deadline:g} s exceeded")
+                return EpilogueResult(_record_pending(context_dir, "epilogue process died before finishing"))
+            return EpilogueResult(_record_pending(context_dir, f"epilogue deadline of {deadline:g} s exceeded"))
         outcome = Outcome(**result[0]) if result else None
-        state = st.read_state(context_dir)
-        if outcome is not None:
-            state = {**state, "outcome": outcome.to_dict()}
-        return state
+        return EpilogueResult(read_state(context_dir), outcome)
     except Exception as exc:  # noqa: BLE001 - the hook must never fail its caller
-        return _record_pending(context_dir, f"epilogue failed: {type(exc).__name__}: {exc}")
+        return EpilogueResult(_record_pending(context_dir, f"epilogue failed: {type(exc).__name__}: {exc}"))

@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config
-from ..element import state as st
 from ..errors import InputError
-from ..util.atomic import read_json
+from ..records import states as st
+from ..records.element_state import read_state
+from ..records.layout import MANIFEST_FILE, STATE_FILE, SubmissionPaths, submissions_root
+from ..records.manifest import Manifest, read_manifest
+from ..records.submission import read_record
+from ..schedulers import get_backend
 from ..util.ids import validate_workflow_id
 from .finalize import Options, Outcome, Target, finalize, target_from_context, target_from_manifest
 
-SUBMISSIONS_DIR = ".submissions"
 CHUNK = 512
 
 
@@ -54,20 +57,20 @@ class MergeSummary:
 
 
 def known_plans(scratch_root: Path) -> list[str]:
-    base = scratch_root / SUBMISSIONS_DIR
-    return sorted(p.parent.name for p in base.glob("*/manifest.json")) if base.is_dir() else []
+    base = submissions_root(scratch_root)
+    return sorted(p.parent.name for p in base.glob(f"*/{MANIFEST_FILE}")) if base.is_dir() else []
 
 
-def load_plan_manifest(scratch_root: Path, plan: str) -> dict[str, Any]:
+def load_plan_manifest(scratch_root: Path, plan: str) -> Manifest:
     validate_workflow_id(plan, "plan")
-    manifest = read_json(scratch_root / SUBMISSIONS_DIR / plan / "manifest.json")
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("elements"), list):
+    manifest = read_manifest(SubmissionPaths.of(scratch_root, plan).manifest)
+    if manifest is None:
         known = ", ".join(known_plans(scratch_root)) or "none"
-        raise InputError(f"no submitted plan {plan!r} under {scratch_root / SUBMISSIONS_DIR}; known plans: {known}")
+        raise InputError(f"no submitted plan {plan!r} under {submissions_root(scratch_root)}; known plans: {known}")
     return manifest
 
 
-def scheduler_final_states(scratch_root: Path, plan: str, manifest: dict[str, Any], running: set[int]) -> dict[str, str]:
+def scheduler_final_states(scratch_root: Path, plan: str, manifest: Manifest, running: set[int]) -> dict[str, str]:
     """Workflow id -> final scheduler state, for elements whose state file still says RUNNING.
 
     One backend query for the whole submission (invariant: never one per element); best effort,
@@ -75,24 +78,23 @@ def scheduler_final_states(scratch_root: Path, plan: str, manifest: dict[str, An
     """
     if not running:
         return {}
-    record = read_json(scratch_root / SUBMISSIONS_DIR / plan / "record.json")
-    if not isinstance(record, dict) or record.get("backend") not in ("slurm", "pbs"):
+    record = read_record(SubmissionPaths.of(scratch_root, plan).record)
+    if record is None or record.backend not in ("slurm", "pbs"):
         return {}
-    jobs = [j for j in record.get("jobs", []) if isinstance(j, dict) and j.get("kind", "array") == "array"]
+    jobs = [j for j in record.jobs if j.kind == "array"]
     try:
-        from ..submission.backend import FINAL_STATES, get_backend
-
-        states = get_backend(record["backend"]).query([str(j["job_id"]) for j in jobs])
+        states = get_backend(record.backend).query([j.job_id for j in jobs])
     except Exception:  # noqa: BLE001 - scheduler down or not on this host
         return {}
-    by_index = {e["index"]: e["workflow_id"] for e in manifest["elements"]}
-    return {by_index[i]: s for i, s in states.items() if i in running and i in by_index and s in FINAL_STATES}
+    by_index = {e.index: e.workflow_id for e in manifest.elements}
+    final = set(st.FINAL_RUN_STATES)
+    return {by_index[i]: s for i, s in states.items() if i in running and i in by_index and s in final}
 
 
 def _plan_targets(scratch_root: Path, plan: str, cfg: Config, opts: Options) -> list[Target]:
     manifest = load_plan_manifest(scratch_root, plan)
-    targets = [target_from_manifest(e, manifest, cfg) for e in manifest["elements"]]
-    running = {t.index for t in targets if t.index is not None and st.read_state(t.context_dir).get("state") == st.RUNNING}
+    targets = [target_from_manifest(e, manifest, cfg) for e in manifest.elements]
+    running = {t.index for t in targets if t.index is not None and read_state(t.context_dir).state == st.RUNNING}
     if running and not opts.ended:
         opts.scheduler_states = {**opts.scheduler_states, **scheduler_final_states(scratch_root, plan, manifest, running)}
     return targets
@@ -106,7 +108,7 @@ def _bare_targets(scratch_root: Path, listed: set[Path], cfg: Config) -> list[Ta
     for d in sorted(scratch_root.iterdir()):
         if d.name.startswith(".") or d.is_symlink() or not d.is_dir() or d in listed:
             continue
-        if not (d / "state.json").exists():
+        if not (d / STATE_FILE).exists():
             continue
         try:
             out.append(target_from_context(d, cfg))

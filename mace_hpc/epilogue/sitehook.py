@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -25,11 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..util.atomic import read_json
+from ..config import load_config
+from ..records import env as env_names
+from ..records.layout import RECORD_FILE, SubmissionPaths, submissions_root
+from ..records.manifest import Manifest, read_manifest
+from ..records.submission import read_record
+from ..schedulers.pbs.jobenv import subjob_of
+from ..schedulers.slurm.jobenv import array_task_of, parse_scontrol, scontrol_job
 
-_SLURM_ID = re.compile(r"^\d+(_\d+)?$")
-_KV = re.compile(r"(\w+(?::\w+)?)=(.*?)(?=\s+\w+(?::\w+)?=|$)")
-SCHEDULER_TIMEOUT_S = 20.0
+__all__ = ["Located", "locate_pbs", "locate_slurm", "parse_scontrol", "run_as_user", "self_argv", "user_env"]
 
 
 @dataclass
@@ -37,12 +40,12 @@ class Located:
     """The element a hook is about: its manifest (path + content) and index."""
 
     manifest_path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     index: int
 
     @property
     def context_dir(self) -> Path:
-        return Path(self.manifest["elements"][self.index]["context_dir"])
+        return Path(self.manifest.elements[self.index].context_dir)
 
 
 # ---------------------------------------------------------------------------- root side
@@ -84,57 +87,29 @@ def self_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "mace_hpc.cli.main", "epilogue", *args]
 
 
-# ---------------------------------------------------------------------------- user side: SLURM
-def parse_scontrol(text: str) -> dict[str, str]:
-    """`scontrol show job -o` (one line of Key=Value) -> dict; values may contain spaces."""
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return {m.group(1): m.group(2).strip() for m in _KV.finditer(line)}
-
-
-def scontrol_job(job_id: str) -> dict[str, str]:
-    if not _SLURM_ID.match(job_id):
-        return {}
-    try:
-        proc = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
-                              timeout=SCHEDULER_TIMEOUT_S)
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return parse_scontrol(proc.stdout) if proc.returncode == 0 else {}
-
-
-def _record_offset(record: Mapping[str, Any], job_id: str) -> tuple[bool, int]:
-    """(listed as an array of this submission, its index offset)."""
-    for job in record.get("jobs") or []:
-        if isinstance(job, dict) and str(job.get("job_id", "")).split(".")[0].split("[")[0] == job_id:
-            return job.get("kind", "array") == "array", int(job.get("offset") or 0)
-    return False, 0
-
-
+# ---------------------------------------------------------------------------- user side
 def _from_submission_dir(sub_dir: Path, array_job: str, task: int) -> Located | None:
-    record = read_json(sub_dir / "record.json")
-    manifest = read_json(sub_dir / "manifest.json")
-    if not isinstance(record, dict) or not isinstance(manifest, dict):
+    paths = SubmissionPaths(sub_dir)
+    record, manifest = read_record(paths.record), read_manifest(paths.manifest)
+    if record is None or manifest is None:
         return None
-    is_array, offset = _record_offset(record, array_job)
-    if not is_array:
+    job = next((j for j in record.jobs if j.matches(array_job)), None)
+    if job is None or not job.is_array:
         return None
-    index = task + offset
-    elements = manifest.get("elements") or []
-    if not 0 <= index < len(elements):
+    index = task + job.offset
+    if not 0 <= index < len(manifest.elements):
         return None
-    return Located(sub_dir / "manifest.json", manifest, index)
+    return Located(paths.manifest, manifest, index)
 
 
 def _search_records(array_job: str, task: int, scratch_root: Path | None = None) -> Located | None:
     if scratch_root is None:
         try:
-            from ..config import load_config
-
             scratch_root = load_config().path("scratch_root").absolute()
         except Exception:  # noqa: BLE001
             return None
-    base = scratch_root / ".submissions"
-    for rec in sorted(base.glob("*/record.json")) if base.is_dir() else []:
+    base = submissions_root(scratch_root)
+    for rec in sorted(base.glob(f"*/{RECORD_FILE}")) if base.is_dir() else []:
         found = _from_submission_dir(rec.parent, array_job, task)
         if found:
             return found
@@ -144,49 +119,31 @@ def _search_records(array_job: str, task: int, scratch_root: Path | None = None)
 def locate_slurm(job_id: str, info: Mapping[str, str] | None = None) -> Located | None:
     """The element of SLURM job `job_id` (an array task's own id or `123_4`), or None (not ours)."""
     info = scontrol_job(job_id) if info is None else info
-    array_job, task = info.get("ArrayJobId"), info.get("ArrayTaskId")
-    if not array_job or not task or not task.isdigit():
+    found = array_task_of(info, os.getuid())
+    if found is None:
         return None  # not an array element: a plain job (our backstop merges by itself) or not ours
-    if info.get("UserId") and not re.search(rf"\({os.getuid()}\)", info["UserId"]) and os.getuid() != 0:
-        return None
-    script = Path(info.get("Command", ""))
+    array_job, task, command = found
+    script = Path(command)
     if script.parent.name == "logs" and script.parent.parent.parent.name == ".submissions":
-        found = _from_submission_dir(script.parent.parent, array_job, int(task))
-        if found:
-            return found
-    return _search_records(array_job, int(task))
+        located = _from_submission_dir(script.parent.parent, array_job, task)
+        if located:
+            return located
+    return _search_records(array_job, task)
 
 
-# ---------------------------------------------------------------------------- user side: PBS
 def locate_pbs(job_id: str) -> Located | None:
     """The element of PBS subjob `job_id` (`123[4].server` / Torque `123-4`), or None."""
-    from ..errors import InputError
-    from ..submission.pbs import PbsBackend, parse_job_id
-
-    try:
-        jid = parse_job_id(job_id)
-    except InputError:
+    found = subjob_of(job_id)
+    if found is None:
         return None
-    if jid.index is None:
-        return None
-    variables: dict[str, str] = {}
-    try:
-        states = PbsBackend().job_states([job_id])
-        attrs = next(iter(states.values()), {}) if states else {}
-        raw = attrs.get("Variable_List") or {}
-        variables = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
-    except Exception:  # noqa: BLE001 - qstat unavailable: fall back to the records
-        pass
-    listed = variables.get("MACE_ARRAY_INDICES")
-    if listed and str(jid.index) not in listed.split(","):
-        return None  # a covering-range filler subjob
-    manifest_path = variables.get("MACE_MANIFEST")
+    seq, task, variables = found
+    manifest_path = variables.get(env_names.MANIFEST)
     if manifest_path:
-        found = _from_submission_dir(Path(manifest_path).parent, jid.seq, jid.index)
-        if found:
-            return found
-        manifest = read_json(manifest_path)
-        offset = int(variables.get("MACE_INDEX_OFFSET", "0") or 0)
-        if isinstance(manifest, dict) and 0 <= jid.index + offset < len(manifest.get("elements") or []):
-            return Located(Path(manifest_path), manifest, jid.index + offset)
-    return _search_records(jid.seq, jid.index)
+        located = _from_submission_dir(Path(manifest_path).parent, seq, task)
+        if located:
+            return located
+        manifest = read_manifest(manifest_path)
+        offset = int(variables.get(env_names.INDEX_OFFSET, "0") or 0)
+        if manifest is not None and 0 <= task + offset < len(manifest.elements):
+            return Located(Path(manifest_path), manifest, task + offset)
+    return _search_records(seq, task)

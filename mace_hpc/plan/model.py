@@ -46,13 +46,6 @@ class Step:
             out["timeout"] = self.timeout
         return out
 
-    @classmethod
-    def from_dict(cls, data: Any, path: str = "step", material_ids: set[str] | None = None) -> Step:
-        """Rebuild (and re-validate: the file may have been edited) from `to_dict()` output."""
-        from .validate import validate_step
-
-        return validate_step(data, path, material_ids)
-
 
 @dataclass(frozen=True)
 class Element:
@@ -78,13 +71,6 @@ class Element:
             "env": dict(self.env),
             "steps": [s.to_dict() for s in self.steps],
         }
-
-    @classmethod
-    def from_dict(cls, data: Any, path: str = "element") -> Element:
-        """Rebuild from `to_dict()` output, re-validating every field (no placeholder substitution)."""
-        from .validate import validate_element_record
-
-        return validate_element_record(data, path)
 
 
 @dataclass(frozen=True)

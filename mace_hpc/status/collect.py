@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-from ..element.state import read_state
+from ..records.element_state import read_state
+from ..records.manifest import Manifest
 
 
-def element_states(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per element: index, workflow id, context dir and its state file's content."""
-    rows = []
-    for entry in manifest["elements"]:
-        st = read_state(Path(entry["context_dir"]))
-        rows.append({**entry, **st, "state": st["state"]})
-    return rows
+def element_states(manifest: Manifest) -> list[dict[str, Any]]:
+    """One row per element: its manifest entry and what its state file says."""
+    return [{**e.to_dict(), **read_state(e.context_dir).to_dict()} for e in manifest.elements]
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, int]:
-    return dict(Counter(r["state"] for r in rows))
+    return dict(Counter(str(r["state"]) for r in rows))

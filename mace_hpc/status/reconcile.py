@@ -12,82 +12,56 @@ One `backend.query` per submission, for all of its arrays (chunks and resubmissi
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ..element import state as st
+from ..errors import SchedulerError
+from ..records import states as st
+from ..records.element_state import ElementState, read_state
+from ..records.manifest import Manifest
+from ..records.states import ACTIVE, BAD_FINAL, SETTLED, SUCCESS, State
+from ..records.submission import JobEntry, SubmissionRecord
+from ..schedulers import Backend
 
-ACTIVE = frozenset({st.PENDING, st.RUNNING})
-BAD_FINAL = frozenset({st.FAILED, st.TIMEOUT, st.CANCELLED})
-SETTLED = frozenset(st.FINAL_RUN_STATES) | frozenset(st.EPILOGUE_STATES)
-SUCCESS = frozenset({st.COMPLETED, st.MERGED, st.ARCHIVED, st.KEPT})
+__all__ = ["ACTIVE", "BAD_FINAL", "SETTLED", "SUCCESS", "Report", "collect", "query_per_job", "reconcile_one"]
+
 # job-id tag for the single query: job k of the submission comes back as k * _STRIDE + task id
 _STRIDE = 1 << 32
 
 
-def array_jobs(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The record's element arrays (first submission chunks, then resubmissions), not the backstop."""
-    return [j for j in record.get("jobs", []) if j.get("kind", "array") != "backstop"]
-
-
-def current_job(jobs: Sequence[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """Element index -> the latest array that covers it (a resubmission supersedes the first run)."""
-    out: dict[int, dict[str, Any]] = {}
-    for job in jobs:
-        for i in job.get("indices", []):
-            out[i] = job
-    return out
-
-
-def query_per_job(backend: Any, jobs: Sequence[dict[str, Any]]) -> dict[str, dict[int, str]]:
-    """One `backend.query` for every array -> job id -> {element index: normalized state}.
+def query_per_job(backend: Backend, jobs: list[JobEntry]) -> dict[str, dict[int, State]]:
+    """One `backend.query` for every array -> job id -> {element index: state}.
 
     A resubmitted element is in two arrays (the failed first run, the new one) and the scheduler
-    knows both; a plain `query` folds them into one index and could report the old FAILED for an
-    element queued again. When the backend takes `offsets` (index = task id + offsets[job]), each
-    job's tasks are tagged with its position so the one answer is split back per job; the
-    record's own offsets then map task ids to element indices.
+    knows both; folding them into one index could report the old FAILED for an element queued
+    again. So each job's tasks are tagged with its position through `offsets` and the one answer
+    is split back per job; the record's own offsets then map task ids to element indices.
     """
-    ids = [str(j["job_id"]) for j in jobs]
+    ids = [j.job_id for j in jobs]
     if not ids:
         return {}
-    try:
-        takes_offsets = "offsets" in inspect.signature(backend.query).parameters
-    except (TypeError, ValueError):
-        takes_offsets = False
-    out: dict[str, dict[int, str]] = {jid: {} for jid in ids}
-    if takes_offsets:
-        tags: dict[str, int] = {}
-        for k, jid in enumerate(ids):
-            tags[jid] = k * _STRIDE
-            seq = re.match(r"\d+", jid)  # PBS keys offsets by the sequence number of `123[].server`
-            if seq:
-                tags.setdefault(seq.group(0), k * _STRIDE)
-        raw = backend.query(ids, offsets=tags)
-        covered = [set(j.get("indices", [])) for j in jobs]
-        for key, state in raw.items():
-            k, task = divmod(int(key), _STRIDE)
-            index = task + int(jobs[k].get("offset", 0)) if 0 <= k < len(jobs) else -1
-            if index in covered[k]:
-                out[ids[k]][index] = state
-        return out
-    raw = backend.query(ids)  # already element indices; attribute them to the arrays that cover them
-    for job in jobs:
-        mine = out[str(job["job_id"])]
-        for i in job.get("indices", []):
-            if i in raw:
-                mine[i] = raw[i]
+    out: dict[str, dict[int, State]] = {jid: {} for jid in ids}
+    tags: dict[str, int] = {}
+    for k, jid in enumerate(ids):
+        tags[jid] = k * _STRIDE
+        seq = re.match(r"\d+", jid)  # PBS keys offsets by the sequence number of `123[].server`
+        if seq:
+            tags.setdefault(seq.group(0), k * _STRIDE)
+    raw = backend.query(ids, offsets=tags)
+    covered = [set(j.indices) for j in jobs]
+    for key, state in raw.items():
+        k, task = divmod(int(key), _STRIDE)
+        index = task + jobs[k].offset if 0 <= k < len(jobs) else -1
+        if index in covered[k]:
+            out[ids[k]][index] = state
     return out
 
 
-def reconcile_one(file_state: dict[str, Any], sched: str | None) -> tuple[str, str]:
+def reconcile_one(file_state: ElementState, sched: str | None) -> tuple[str, str]:
     """(shown state, note) from an element's state file and its current job's scheduler state."""
-    state = file_state.get("state", st.PENDING)
+    state = file_state.state
     if state not in ACTIVE or sched is None:
         return state, ""  # finished (the file is the truth), or the scheduler has nothing to add
     if sched in BAD_FINAL:
@@ -107,7 +81,7 @@ class Report:
     plan: str
     backend: str
     rows: list[dict[str, Any]]
-    jobs: list[dict[str, Any]]
+    jobs: list[JobEntry]
     scheduler_queries: int = 0
     scheduler_error: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -126,10 +100,10 @@ class Report:
         return all(r["state"] in SUCCESS and r.get("run_state", r["state"]) in SUCCESS for r in self.rows)
 
     def summary_line(self) -> str:
-        order = [*st.RUN_STATES, *st.EPILOGUE_STATES]
+        order = list(st.ORDER)
         parts = [f"{self.counts[s]} {s}" for s in order if self.counts.get(s)]
         parts += [f"{n} {s}" for s, n in sorted(self.counts.items()) if s not in order]
-        ids = " ".join(str(j["job_id"]) for j in self.jobs) or "none"
+        ids = " ".join(j.job_id for j in self.jobs) or "none"
         note = f"; scheduler not asked: {self.scheduler_error}" if self.scheduler_error else ""
         conflicts = sum(r.get("conflicts", 0) for r in self.rows)
         if conflicts:
@@ -144,75 +118,71 @@ class Report:
             "total": self.total,
             "settled": self.settled(),
             "succeeded": self.succeeded(),
-            "jobs": self.jobs,
+            "jobs": [j.to_dict() for j in self.jobs],
             "scheduler_queries": self.scheduler_queries,
             "scheduler_error": self.scheduler_error,
             "elements": self.rows,
         }
 
 
-def _message(state: str, note: str, file_state: dict[str, Any]) -> str:
+def _message(state: str, note: str, file_state: ElementState) -> str:
     """Why an element is where it is: the reconciliation note, else why its merge is pending or
     it was quarantined (and where it went), else the runner's own message."""
     if note:
         return note
-    if state in (st.PENDING_MERGE, "QUARANTINED") and file_state.get("pending_reason"):
-        return str(file_state["pending_reason"])
-    return str(file_state.get("message", "") or "")
+    if state in (st.PENDING_MERGE, st.QUARANTINED) and file_state.pending_reason:
+        return str(file_state.pending_reason)
+    return str(file_state.message or "")
 
 
-def _conflicts(file_state: dict[str, Any]) -> int:
-    merge = (file_state.get("epilogue") or {}).get("merge") or {}
+def _conflicts(file_state: ElementState) -> int:
+    merge = file_state.epilogue.get("merge") or {}
     return int(merge.get("conflicts", 0) or 0) if isinstance(merge, dict) else 0
 
 
-def collect(
-    record: dict[str, Any], manifest: dict[str, Any], backend: Any | None, *, query: bool = True
-) -> Report:
+def collect(record: SubmissionRecord, manifest: Manifest, backend: Backend | None, *, query: bool = True) -> Report:
     """Ask the scheduler once (all arrays), then read every state file, then reconcile."""
-    jobs = array_jobs(record)
-    per_job: dict[str, dict[int, str]] = {}
+    jobs = record.array_jobs()
+    per_job: dict[str, dict[int, State]] = {}
     error = None
     asked = 0
     if query and backend is not None and jobs:
-        from ..errors import SchedulerError
-
         try:
             asked = 1
             per_job = query_per_job(backend, jobs)
         except SchedulerError as exc:
             error = str(exc)
-    current = current_job(jobs)
+    current = record.current_jobs()
     rows = []
-    for entry in manifest["elements"]:
-        index = entry["index"]
-        file_state = st.read_state(entry["context_dir"])
+    for entry in manifest.elements:
+        index = entry.index
+        file_state = read_state(entry.context_dir)
         job = current.get(index)
-        job_id = str(job["job_id"]) if job else None
+        job_id = job.job_id if job else None
         sched = per_job.get(job_id, {}).get(index) if job_id else None
         state, note = reconcile_one(file_state, sched)
-        run_state = file_state.get("run_state", file_state.get("state", st.PENDING))
-        if state != file_state.get("state") or state in ACTIVE:
+        run_state = file_state.last_run
+        if state != file_state.state or state in ACTIVE:
             run_state = state  # reconciled, or queued again (requeue, resubmit): the last run is history
         rows.append(
             {
                 "index": index,
-                "workflow_id": entry["workflow_id"],
+                "workflow_id": entry.workflow_id,
                 "state": state,
                 "run_state": run_state,
-                "file_state": file_state.get("state", st.PENDING),
+                "file_state": file_state.state,
                 "scheduler_state": sched,
-                "attempts": int(file_state.get("attempts", 0) or 0),
+                "attempts": file_state.attempts,
                 "job_id": job_id,
                 "message": _message(state, note, file_state),
                 "conflicts": _conflicts(file_state),
-                "context_dir": entry["context_dir"],
+                "context_dir": entry.context_dir,
                 "settled": state in SETTLED and (sched is None or sched not in ACTIVE),
             }
         )
     report = Report(
-        plan=record.get("plan", manifest.get("plan", "?")),
-        backend=record.get("backend", "?"),
+        plan=record.plan or manifest.plan,
+        backend=record.backend,
         rows=rows,
         jobs=jobs,
         scheduler_queries=asked,
@@ -222,10 +192,6 @@ def collect(
     return report
 
 
-def state_counts_from_files(manifest: dict[str, Any]) -> dict[str, int]:
+def state_counts_from_files(manifest: Manifest) -> dict[str, int]:
     """States from the files alone (no scheduler): the cheap listing of `mace status`."""
-    return dict(Counter(st.read_state(e["context_dir"]).get("state", st.PENDING) for e in manifest["elements"]))
-
-
-def context_exists(entry: dict[str, Any]) -> bool:
-    return Path(entry["context_dir"]).is_dir()
+    return dict(Counter(read_state(e.context_dir).state for e in manifest.elements))

@@ -18,11 +18,10 @@ from typing import Any
 from ..config import Config
 from ..errors import ConfigError, InputError
 from ..plan import Plan
-from ..util.atomic import atomic_write_json, read_json
+from ..records.layout import SubmissionPaths, submissions_root
+from ..records.manifest import Manifest, ManifestEntry, write_element_specs, write_manifest
+from ..util.atomic import atomic_write_json
 from ..util.ids import validate_workflow_id
-
-SUBMISSIONS_DIR = ".submissions"
-RECORD_FILE = "record.json"
 
 
 @dataclass
@@ -38,39 +37,33 @@ class Submission:
     on_failure: str
     archive_dir: Path
     plan_dir: str = ""
-    entries: list[dict[str, Any]] = field(default_factory=list)
+    entries: list[ManifestEntry] = field(default_factory=list)
     created: list[str] = field(default_factory=list)  # context dirs this submission made
     created_directory: bool = False  # the submission dir itself was made by this submission
 
     @property
+    def paths(self) -> SubmissionPaths:
+        return SubmissionPaths(self.directory)
+
+    @property
     def manifest_path(self) -> Path:
-        return self.directory / "manifest.json"
+        return self.paths.manifest
 
     @property
     def record_path(self) -> Path:
-        return self.directory / RECORD_FILE
+        return self.paths.record
 
-    def manifest(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "plan": self.name,
-            "isolation_mode": self.isolation_mode,
-            "scratch_root": str(self.scratch_root),
-            "shared_database": str(self.shared_database),
-            "archive_dir": str(self.archive_dir),
-            "on_complete": self.on_complete,
-            "on_failure": self.on_failure,
-            "plan_dir": self.plan_dir,
-            "elements": self.entries,
-        }
-
-
-def submissions_root(scratch_root: Path) -> Path:
-    return Path(scratch_root) / SUBMISSIONS_DIR
+    def manifest(self) -> Manifest:
+        return Manifest(
+            plan=self.name, isolation_mode=self.isolation_mode, scratch_root=str(self.scratch_root),
+            shared_database=str(self.shared_database), archive_dir=str(self.archive_dir),
+            on_complete=self.on_complete, on_failure=self.on_failure, plan_dir=self.plan_dir,
+            elements=tuple(self.entries),
+        )
 
 
 def submission_dir(scratch_root: Path, plan_name: str) -> Path:
-    return submissions_root(scratch_root) / validate_workflow_id(plan_name, "name")
+    return SubmissionPaths.of(scratch_root, validate_workflow_id(plan_name, "name")).root
 
 
 def scratch_root_of(cfg: Config) -> Path:
@@ -114,10 +107,7 @@ def build_submission(plan: Plan, cfg: Config, isolation_mode: str | None = None)
         **settings,
     )
     root = str(scratch_root)
-    sub.entries = [
-        {"index": e.index, "workflow_id": e.workflow_id, "context_dir": f"{root}/{e.workflow_id}"}
-        for e in plan.elements
-    ]
+    sub.entries = [ManifestEntry(e.index, e.workflow_id, f"{root}/{e.workflow_id}") for e in plan.elements]
     return sub
 
 
@@ -139,7 +129,7 @@ def create_contexts(sub: Submission, plan: Plan) -> Submission:
         except FileExistsError:
             pass
         for entry in sub.entries:
-            path = entry["context_dir"]
+            path = entry.context_dir
             try:
                 os.mkdir(path, 0o700)
                 sub.created.append(path)
@@ -148,9 +138,9 @@ def create_contexts(sub: Submission, plan: Plan) -> Submission:
                     raise InputError(
                         f"context {path} exists and is not a directory; remove it or rename the plan"
                     ) from None
-        atomic_write_json(sub.directory / "elements.json", [e.to_dict() for e in plan.elements], indent=None, fsync=False)
-        atomic_write_json(sub.directory / "plan.json", plan.to_dict(), indent=None, fsync=False)
-        atomic_write_json(sub.manifest_path, sub.manifest(), indent=None)
+        write_element_specs(sub.paths.elements, [e.to_dict() for e in plan.elements])
+        atomic_write_json(sub.paths.plan, plan.to_dict(), indent=None, fsync=False)
+        write_manifest(sub.manifest_path, sub.manifest())
     except BaseException:
         remove_created(sub)
         raise
@@ -165,50 +155,3 @@ def remove_created(sub: Submission) -> None:
     if sub.created_directory:
         shutil.rmtree(sub.directory, ignore_errors=True)
         sub.created_directory = False
-
-
-def write_record(directory: Path, record: dict[str, Any]) -> None:
-    atomic_write_json(Path(directory) / RECORD_FILE, record, indent=None)
-
-
-def list_records(scratch_root: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """Every submission under the scratch root (unreadable records are skipped), by plan name."""
-    base = submissions_root(scratch_root)
-    out = []
-    for rec_path in sorted(base.glob(f"*/{RECORD_FILE}")) if base.is_dir() else []:
-        rec = read_json(rec_path)
-        if isinstance(rec, dict):
-            out.append((rec_path.parent, rec))
-    return out
-
-
-def _job_matches(query: str, job_id: str) -> bool:
-    # `123`, `123_4` (an element of array 123) and `123_[4-9]` all find array 123
-    return query == job_id or query.split("_", 1)[0] == job_id
-
-
-def load_record(scratch_root: Path, name_or_job: str) -> tuple[Path, dict[str, Any]]:
-    """Find a submission by plan name, or by a job id recorded in any submission's record."""
-    base = submissions_root(scratch_root)
-    name_or_job = str(name_or_job).strip()
-    if name_or_job and "/" not in name_or_job and name_or_job not in (".", ".."):
-        direct = base / name_or_job / RECORD_FILE
-        record = read_json(direct)
-        if isinstance(record, dict):
-            return direct.parent, record
-    for directory, rec in list_records(scratch_root):
-        jobs = list(rec.get("jobs", [])) + [j for old in rec.get("history", []) for j in old.get("jobs", [])]
-        if any(_job_matches(name_or_job, str(j.get("job_id"))) for j in jobs):
-            return directory, rec
-    known = [d.name for d, _ in list_records(scratch_root)]
-    raise InputError(
-        f"no submission named or with job id {name_or_job!r} under {base}; "
-        f"known plans: {', '.join(known) or 'none'} (see `mace status`)"
-    )
-
-
-def load_manifest(directory: Path) -> dict[str, Any]:
-    manifest = read_json(Path(directory) / "manifest.json")
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("elements"), list):
-        raise InputError(f"{directory}/manifest.json: missing or truncated; submit the plan again")
-    return manifest

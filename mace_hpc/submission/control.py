@@ -15,15 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from ..config import Config, load_config
 from ..errors import InputError
-from ..status.reconcile import ACTIVE, BAD_FINAL, Report, array_jobs, collect
-from .backend import get_backend
-from .contexts import Submission, load_manifest, load_record, scratch_root_of, write_record
+from ..records import states as st
+from ..records.layout import SubmissionPaths
+from ..records.manifest import Manifest, load_manifest
+from ..records.submission import RESUBMIT, SubmissionRecord, find_record, read_record, write_record
+from ..schedulers import get_backend
+from ..status.reconcile import ACTIVE, BAD_FINAL, Report, collect
+from .contexts import Submission, scratch_root_of
 from .submit import (
     array_limit,
     cancel_unstarted,
-    local_runner_alive,
     make_requests,
     own_runner,
     reset_states,
@@ -34,16 +39,16 @@ from .submit import (
 )
 
 
-def find_submission(name_or_job: str, cfg: Config | None = None) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+def find_submission(name_or_job: str, cfg: Config | None = None) -> tuple[Path, SubmissionRecord, Manifest]:
     """(submission dir, record, manifest) by plan name or job id under the configured scratch root."""
     cfg = cfg or load_config()
-    directory, record = load_record(scratch_root_of(cfg), name_or_job)
-    return directory, record, load_manifest(directory)
+    paths, record = find_record(scratch_root_of(cfg), name_or_job)
+    return paths.root, record, load_manifest(paths.manifest)
 
 
 def status_of(name_or_job: str, cfg: Config | None = None) -> Report:
     _, record, manifest = find_submission(name_or_job, cfg)
-    return collect(record, manifest, get_backend(record.get("backend", "local")))
+    return collect(record, manifest, get_backend(record.backend))
 
 
 # ------------------------------------------------------------------ cancel
@@ -58,33 +63,25 @@ class CancelResult:
 def cancel(name_or_job: str, cfg: Config | None = None) -> CancelResult:
     """Cancel every array (and the backstop job) of a submission in one scheduler call."""
     directory, record, manifest = find_submission(name_or_job, cfg)
-    backend = record.get("backend", "local")
-    jobs = [str(j["job_id"]) for j in record.get("jobs", [])]
-    report = collect(record, manifest, get_backend(backend))
-    running = sum(1 for r in report.rows if r["state"] == "RUNNING")
+    jobs = [j.job_id for j in record.jobs]
+    report = collect(record, manifest, get_backend(record.backend))
+    running = sum(1 for r in report.rows if r["state"] == st.RUNNING)
     # recorded before the signal goes out: an element that requeues itself on SIGTERM (preemption)
     # reads it to tell `mace cancel` apart and stays cancelled
-    previous = record.get("cancelled_at")
-    record["cancelled_at"] = time.time()
-    write_record(directory, record)
+    write_record(directory, record.replace(cancelled_at=time.time()))
     try:
-        if backend == "local":
-            if local_runner_alive(record):
-                import psutil
-
-                psutil.Process(int(record["runner"]["pid"])).terminate()
+        if record.backend == "local":
+            if record.runner_alive():
+                psutil.Process(record.runner.pid).terminate()  # type: ignore[union-attr]
         elif jobs:
-            get_backend(backend).cancel(jobs)
+            get_backend(record.backend).cancel(jobs)
     except BaseException:
-        record["cancelled_at"] = previous
         write_record(directory, record)
         raise
-    pending = [
-        {"context_dir": r["context_dir"]} for r in report.rows if r["file_state"] == "PENDING" and r["state"] in ACTIVE
-    ]
-    marked = cancel_unstarted(pending, "cancelled (mace cancel) before it started")
-    write_record(directory, record)
-    return CancelResult(record.get("plan", directory.name), jobs, marked, running)
+    pending = {r["index"] for r in report.rows if r["file_state"] == st.PENDING and r["state"] in ACTIVE}
+    marked = cancel_unstarted([e for e in manifest.elements if e.index in pending],
+                              "cancelled (mace cancel) before it started")
+    return CancelResult(record.plan, jobs, marked, running)
 
 
 # ------------------------------------------------------------------ resubmit
@@ -96,7 +93,7 @@ class ResubmitResult:
     job_ids: list[str] = field(default_factory=list)
     backstop_job_id: str | None = None
     warnings: list[str] = field(default_factory=list)
-    record: dict[str, Any] = field(default_factory=dict)
+    record: SubmissionRecord | None = None
 
 
 def parse_elements(text: str, total: int) -> list[int]:
@@ -136,23 +133,23 @@ def resubmit(
     """Queue the chosen elements again (default: the FAILED/TIMEOUT/CANCELLED ones) as a sparse array."""
     cfg = cfg or load_config()
     directory, record, manifest = find_submission(name_or_job, cfg)
-    backend_name = record.get("backend", "local")
+    backend_name = record.backend
     opts = {"progress": progress} if backend_name == "local" and progress else {}
     be = get_backend(backend_name, **opts)
-    if local_runner_alive(record):
+    if record.runner_alive():
         raise InputError(
-            f"plan {record.get('plan')!r} is still being run by pid {record['runner']['pid']}; "
-            f"wait for it or `mace cancel {record.get('plan')}`"
+            f"plan {record.plan!r} is still being run by pid {record.runner.pid}; "  # type: ignore[union-attr]
+            f"wait for it or `mace cancel {record.plan}`"
         )
     report = collect(record, manifest, be)
-    total = len(manifest["elements"])
+    total = len(manifest.elements)
     if elements is not None:
         wanted = parse_elements(elements, total) if isinstance(elements, str) else parse_elements(
             ",".join(str(i) for i in elements), total
         )
     else:
         wanted = [r["index"] for r in report.rows if r["run_state"] in BAD_FINAL and r["state"] not in ACTIVE]
-    plan = record.get("plan", directory.name)
+    plan = record.plan
     result = ResubmitResult(plan, backend_name, wanted)
     if not wanted:
         return result
@@ -166,10 +163,9 @@ def resubmit(
             f"--elements: element(s) {shown} of {plan!r} are still queued or running; "
             f"wait for them or `mace cancel {plan}` first"
         )
-    scheduler = dict(record.get("scheduler") or {})
-    parallel = resolve_parallel(max_parallel, None, cfg) if max_parallel else int(record.get("max_parallel") or 1)
-    env = dict(record.get("env") or {})
-    command = list(record.get("command") or [])
+    scheduler = dict(record.scheduler)
+    parallel = resolve_parallel(max_parallel, None, cfg) if max_parallel else record.max_parallel
+    env, command = dict(record.env), list(record.command)
     if not env or not command:
         raise InputError(f"{directory}/record.json: written by an older mace-hpc; submit the plan again")
     requests = make_requests(
@@ -178,41 +174,39 @@ def resubmit(
     )
     for req in requests:
         be.render(req)  # refuse bad values before touching any state file
-    attempt = 1 + max((int(j.get("attempt", 1)) for j in array_jobs(record)), default=1)
-    by_index = {e["index"]: e for e in manifest["elements"]}
-    contexts = [Path(by_index[i]["context_dir"]) for i in wanted]
+    attempt = record.next_attempt()
+    by_index = {e.index: e for e in manifest.elements}
+    contexts = [Path(by_index[i].context_dir) for i in wanted]
     for d in contexts:
         d.mkdir(mode=0o700, exist_ok=True)  # removed by hand since: recreated, the runner starts afresh
     saved = reset_states(contexts, resubmitted_at=time.time())
-    record["runner"] = own_runner()  # until the arrays are queued (or, locally, have run)
-    write_record(directory, record)
+    # the runner is recorded until the arrays are queued (or, locally, have run)
+    running = write_record(directory, record.replace(runner=own_runner()))
     try:
-        result.job_ids = submit_requests(be, requests, record, directory, kind="resubmit", attempt=attempt)
+        record, result.job_ids = submit_requests(be, requests, running, directory, kind=RESUBMIT, attempt=attempt)
     except KeyboardInterrupt:
         if backend_name == "local":
             cancel_unstarted([by_index[i] for i in wanted], "interrupted before it started")
+        written = read_record(SubmissionPaths(directory).record) or record  # jobs queued before the interrupt
+        write_record(directory, written.replace(runner=None))
         raise
     except BaseException:
         restore_files(saved)
-        record["runner"] = None
         write_record(directory, record)
         raise
-    finally:
-        record["runner"] = None
+    record = record.replace(runner=None)
     if backend_name != "local":
         sub = Submission(
-            name=plan, directory=directory, scratch_root=Path(manifest.get("scratch_root") or directory.parent.parent),
-            isolation_mode=manifest.get("isolation_mode", "shared"),
-            shared_database=Path(manifest.get("shared_database", "")), on_complete=manifest.get("on_complete", "merge"),
-            on_failure=manifest.get("on_failure", "keep"), archive_dir=Path(manifest.get("archive_dir", ".")),
-            entries=manifest["elements"],
+            name=plan, directory=directory, scratch_root=Path(manifest.scratch_root or directory.parent.parent),
+            isolation_mode=manifest.isolation_mode, shared_database=Path(manifest.shared_database),
+            on_complete=manifest.on_complete, on_failure=manifest.on_failure,
+            archive_dir=Path(manifest.archive_dir or "."), entries=list(manifest.elements),
         )
-        result.backstop_job_id, warning = submit_backstop(be, sub, record, result.job_ids, scheduler)
+        record, result.backstop_job_id, warning = submit_backstop(be, sub, record, result.job_ids, scheduler)
         if warning:
             result.warnings.append(warning)
-    record.setdefault("resubmissions", []).append(
-        {"at": time.time(), "indices": wanted, "job_ids": result.job_ids, "attempt": attempt}
-    )
-    write_record(directory, record)
-    result.record = record
+    record = record.replace(resubmissions=(
+        *record.resubmissions, {"at": time.time(), "indices": wanted, "job_ids": result.job_ids, "attempt": attempt}
+    ))
+    result.record = write_record(directory, record)
     return result

@@ -19,13 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config
+from ..epilogue.backstop import backstop_record, backstop_request
 from ..errors import InputError, SchedulerError
 from ..plan import Plan, plan_from_any
-from ..util.atomic import read_json
-from .backend import ArrayRequest, Backend, array_spec, chunk_indices, get_backend
-from .contexts import Submission, build_submission, create_contexts, remove_created, write_record
-
-RECORD_VERSION = 1
+from ..records import env as env_names
+from ..records import states as st
+from ..records.element_state import read_state, write_state
+from ..records.layout import STATE_FILE
+from ..records.manifest import ManifestEntry, read_manifest
+from ..records.submission import ARRAY, JobEntry, Runner, SubmissionRecord, read_record, write_record
+from ..schedulers import ArrayRequest, Backend, get_backend
+from ..schedulers.base import array_spec, chunk_indices
+from ..status.reconcile import ACTIVE, collect
+from ..util.atomic import atomic_write_bytes
+from ..util.procs import process_start_time
+from .contexts import Submission, build_submission, create_contexts, remove_created
 
 
 @dataclass
@@ -35,7 +43,7 @@ class SubmitResult:
     requests: list[ArrayRequest]
     job_ids: list[str] = field(default_factory=list)
     rendered: list[tuple[str, list[str]]] = field(default_factory=list)
-    record: dict[str, Any] = field(default_factory=dict)
+    record: SubmissionRecord | None = None
     seconds: float = 0.0
     backstop_job_id: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -45,16 +53,6 @@ class SubmitResult:
 def element_command(manifest: Path, python: str | None = None) -> list[str]:
     """The argv every backend runs for an element (the index comes from the environment)."""
     return [python or sys.executable, "-m", "mace_hpc.element", str(manifest)]
-
-
-def element_env(sub: Submission, entry: dict[str, Any], plan_env: dict[str, str]) -> dict[str, str]:
-    """What one element's steps see from mace-hpc: its identity plus the plan's and element's env."""
-    return {
-        "MACE_WORKFLOW_ID": entry["workflow_id"],
-        "MACE_ISOLATION_MODE": sub.isolation_mode,
-        "MACE_CONTEXT_DIR": entry["context_dir"],
-        **plan_env,
-    }
 
 
 def preflight_programs(plan: Plan) -> None:
@@ -79,9 +77,9 @@ def resolve_parallel(max_parallel: int | None, plan: Plan | None, cfg: Config) -
 def array_env(sub: Submission, scheduler: dict[str, Any]) -> dict[str, str]:
     """The environment every element of the submission gets (the per-element part is the runner's)."""
     return {
-        "MACE_MANIFEST": str(sub.manifest_path),
-        "MACE_ISOLATION_MODE": sub.isolation_mode,
-        "MACE_REQUEUE": "1" if scheduler.get("requeue") else "0",
+        env_names.MANIFEST: str(sub.manifest_path),
+        env_names.ISOLATION_MODE: sub.isolation_mode,
+        env_names.REQUEUE: "1" if scheduler.get("requeue") else "0",
     }
 
 
@@ -100,7 +98,7 @@ def make_requests(
     return [
         ArrayRequest(
             name=name, indices=[t + offset for t in task_ids], max_parallel=max_parallel, command=command,
-            env={**env, "MACE_INDEX_OFFSET": str(offset)}, work_dir=work_dir,
+            env={**env, env_names.INDEX_OFFSET: str(offset)}, work_dir=work_dir,
             scheduler=scheduler, index_offset=offset,
         )
         for offset, task_ids in chunk_indices(indices, max_array_size)
@@ -123,58 +121,49 @@ def build_requests(
     )
 
 
-def job_entry(req: ArrayRequest, job_id: str, kind: str, attempt: int) -> dict[str, Any]:
-    return {
-        "job_id": job_id, "kind": kind, "attempt": attempt, "offset": req.index_offset,
-        "array": array_spec(req.task_ids()), "indices": sorted(req.indices or []),
-        "submitted_at": time.time(),
-    }
+def job_entry(req: ArrayRequest, job_id: str, kind: str, attempt: int) -> JobEntry:
+    return JobEntry(job_id, kind=kind, attempt=attempt, offset=req.index_offset, array=array_spec(req.task_ids()),
+                    indices=tuple(sorted(req.indices or [])), submitted_at=time.time())
 
 
 def submit_requests(
     be: Backend,
     requests: Sequence[ArrayRequest],
-    record: dict[str, Any],
+    record: SubmissionRecord,
     record_dir: Path,
     *,
     kind: str,
     attempt: int,
-) -> list[str]:
+) -> tuple[SubmissionRecord, list[str]]:
     """Submit every chunk, recording each job id as soon as it exists; on failure cancel those queued.
 
     The record is written after each chunk so a crash between chunks still leaves every queued job
-    findable (`mace cancel` works on a half-submitted plan).
+    findable (`mace cancel` works on a half-submitted plan). Returns the new record and the job ids.
     """
     job_ids: list[str] = []
     try:
         for req in requests:
             job_id = be.submit(req)
             job_ids.append(job_id)
-            record["jobs"].append(job_entry(req, job_id, kind, attempt))
-            write_record(record_dir, record)
+            record = write_record(record_dir, record.with_jobs([job_entry(req, job_id, kind, attempt)]))
     except BaseException:
         if job_ids:
             try:
                 be.cancel(job_ids)
             except Exception:  # the scheduler's first refusal is the message the user needs
                 pass
-            record["jobs"] = [j for j in record["jobs"] if j["job_id"] not in job_ids]
         raise
-    return job_ids
+    return record, job_ids
 
 
 def submit_backstop(
-    be: Backend, sub: Submission, record: dict[str, Any], job_ids: list[str], scheduler: dict[str, Any]
-) -> tuple[str | None, str | None]:
-    """Queue the backstop merge job (runs once after every array); (job id, warning).
+    be: Backend, sub: Submission, record: SubmissionRecord, job_ids: list[str], scheduler: dict[str, Any]
+) -> tuple[SubmissionRecord, str | None, str | None]:
+    """Queue the backstop merge job (runs once after every array); (record, job id, warning).
 
     A backstop that cannot be queued is a warning, not a failed submission: every element still
     runs its own epilogue, and `mace merge PLAN` does the backstop's work by hand.
     """
-    try:
-        from ..epilogue.backstop import backstop_record, backstop_request
-    except ImportError:
-        return None, None
     try:
         req = backstop_request(
             sub.name, job_ids, scratch_root=sub.scratch_root, work_dir=sub.directory / "logs",
@@ -182,59 +171,35 @@ def submit_backstop(
         )
         job_id = be.submit(req)
     except (SchedulerError, InputError, ValueError) as exc:
-        return None, f"backstop merge job not queued ({exc}); run `mace merge {sub.name}` once the arrays end"
-    record["jobs"].append(backstop_record(job_id, job_ids))
-    return job_id, None
+        warning = f"backstop merge job not queued ({exc}); run `mace merge {sub.name}` once the arrays end"
+        return record.replace(backstop_error=warning), None, warning
+    return record.with_jobs([backstop_record(job_id, job_ids)]), job_id, None
 
 
 # ------------------------------------------------------------------ already submitted?
-def _process_alive(pid: int, started: float | None) -> bool:
-    """Is the local submitting process still running (and not a recycled pid)?"""
-    try:
-        import psutil
-
-        proc = psutil.Process(pid)
-        return started is None or abs(proc.create_time() - started) < 1.0
-    except Exception:
-        return False
-
-
-def local_runner_alive(record: dict[str, Any]) -> bool:
-    owner = record.get("runner") or {}
-    return bool(owner.get("pid")) and owner.get("host") == socket.gethostname() and _process_alive(
-        int(owner["pid"]), owner.get("started")
-    )
-
-
-def active_elements(record: dict[str, Any], manifest: dict[str, Any] | None) -> tuple[int, str | None]:
+def active_elements(record: SubmissionRecord, manifest_entries: int | None, backend: Backend | None = None,
+                    manifest: Any = None) -> tuple[int, str | None]:
     """How many elements of a previous submission are still queued or running (one scheduler query)."""
-    from ..status.reconcile import ACTIVE, array_jobs, collect
-
-    if local_runner_alive(record):  # a local run, or a submission still being made
-        pid = record["runner"]["pid"]
-        total = len(manifest["elements"]) if manifest else record.get("elements", 0)
-        return total, f"the mace process that submitted it (pid {pid}) is still running"
-    if record.get("backend") == "local":
+    if record.runner_alive():  # a local run, or a submission still being made
+        total = manifest_entries if manifest_entries is not None else record.elements
+        return total, f"the mace process that submitted it (pid {record.runner.pid}) is still running"  # type: ignore[union-attr]
+    if record.backend == "local" or not record.array_jobs() or manifest is None:
         return 0, None
-    if not array_jobs(record) or not manifest:
-        return 0, None
-    report = collect(record, manifest, get_backend(record.get("backend", "slurm")))
+    report = collect(record, manifest, backend or get_backend(record.backend))
     active = [r for r in report.rows if r["state"] in ACTIVE or r["scheduler_state"] in ACTIVE]
     if report.scheduler_error and not active:
         return 0, None
     return len(active), report.scheduler_error
 
 
-def ensure_same_elements(sub: Submission, manifest: dict[str, Any] | None) -> None:
+def ensure_same_elements(sub: Submission, before: Sequence[ManifestEntry]) -> None:
     """A plan submitted again must keep every earlier element at its index (it may add new ones):
     records, state files and scheduler task ids all refer to elements by index."""
-    if manifest is None:
-        return
-    before = [e.get("workflow_id") for e in manifest["elements"]]
-    now = [e["workflow_id"] for e in sub.entries]
-    if now[: len(before)] != before:
-        i = next((k for k, (a, b) in enumerate(zip(before, now, strict=False)) if a != b), min(len(before), len(now)))
-        was = before[i] if i < len(before) else "nothing"
+    old = [e.workflow_id for e in before]
+    now = [e.workflow_id for e in sub.entries]
+    if now[: len(old)] != old:
+        i = next((k for k, (a, b) in enumerate(zip(old, now, strict=False)) if a != b), min(len(old), len(now)))
+        was = old[i] if i < len(old) else "nothing"
         got = now[i] if i < len(now) else "nothing"
         raise InputError(
             f"plan {sub.name!r} was submitted before with other elements (index {i} was {was}, now {got}); "
@@ -242,17 +207,17 @@ def ensure_same_elements(sub: Submission, manifest: dict[str, Any] | None) -> No
         )
 
 
-def ensure_not_active(sub: Submission) -> dict[str, Any] | None:
+def ensure_not_active(sub: Submission) -> SubmissionRecord | None:
     """Refuse a plan whose previous submission is still queued/running; return the old record."""
-    old = read_json(sub.record_path)
-    if not isinstance(old, dict):
+    old = read_record(sub.record_path)
+    if old is None:
         return None
-    manifest = read_json(sub.manifest_path)
-    manifest = manifest if isinstance(manifest, dict) and isinstance(manifest.get("elements"), list) else None
-    ensure_same_elements(sub, manifest)
-    n, why = active_elements(old, manifest)
+    manifest = read_manifest(sub.manifest_path)
+    if manifest is not None:
+        ensure_same_elements(sub, manifest.elements)
+    n, why = active_elements(old, len(manifest.elements) if manifest else None, manifest=manifest)
     if n:
-        ids = " ".join(str(j["job_id"]) for j in old.get("jobs", [])) or "none"
+        ids = " ".join(j.job_id for j in old.jobs) or "none"
         extra = f" ({why})" if why else ""
         raise InputError(
             f"plan {sub.name!r} is already submitted (jobs {ids}) and {n} of its elements are still queued "
@@ -264,19 +229,17 @@ def ensure_not_active(sub: Submission) -> dict[str, Any] | None:
 
 def reset_states(context_dirs: Sequence[Path], **fields: Any) -> dict[Path, bytes | None]:
     """Mark existing contexts as queued again (state PENDING); returns the old files to restore."""
-    from ..element import state as st
-
     saved: dict[Path, bytes | None] = {}
     for d in context_dirs:
-        path = Path(d) / st.STATE_FILE
+        path = Path(d) / STATE_FILE
         try:
             saved[path] = path.read_bytes()
         except FileNotFoundError:
             saved[path] = None
             continue  # never ran: absent already reads as PENDING
-        if st.results_home(st.read_state(d)):
+        if read_state(d).results_home:
             continue  # done and cleaned up: the runner leaves it as it is
-        st.write_state(Path(d), state=st.PENDING, run_state=st.PENDING, queued_at=time.time(), **fields)
+        write_state(Path(d), state=st.PENDING, run_state=st.PENDING, queued_at=time.time(), **fields)
     return saved
 
 
@@ -293,8 +256,6 @@ def snapshot(paths: Sequence[Path]) -> dict[Path, bytes | None]:
 
 def restore_files(saved: dict[Path, bytes | None]) -> None:
     """Put files back as `reset_states`/`snapshot` found them (atomic writes)."""
-    from ..util.atomic import atomic_write_bytes
-
     for path, data in saved.items():
         if data is None:
             path.unlink(missing_ok=True)
@@ -344,33 +305,30 @@ def submit_plan(
         return result
 
     old = ensure_not_active(sub)
-    existing = [Path(e["context_dir"]) for e in sub.entries if os.path.isdir(e["context_dir"])]
+    existing = [Path(e.context_dir) for e in sub.entries if os.path.isdir(e.context_dir)]
     # a failed resubmission must leave the previous manifest (its indices) as it was
-    saved_files = snapshot([sub.manifest_path, sub.directory / "elements.json", sub.directory / "plan.json"]) if old else {}
+    saved_files = snapshot([sub.manifest_path, sub.paths.elements, sub.paths.plan]) if old else {}
     create_contexts(sub, plan)
     saved = reset_states(existing, resubmitted_at=time.time()) if existing and not prepare_only else {}
-    record: dict[str, Any] = {
-        "version": RECORD_VERSION, "plan": plan.name, "backend": backend_name, "site": cfg.site_name,
-        "submitted_at": time.time(), "manifest": str(sub.manifest_path), "scratch_root": str(sub.scratch_root),
-        "elements": len(plan.elements), "max_parallel": parallel, "isolation_mode": sub.isolation_mode,
-        "on_complete": sub.on_complete, "on_failure": sub.on_failure, "shared_database": str(sub.shared_database),
-        "archive_dir": str(sub.archive_dir), "scheduler": requests[0].scheduler, "command": requests[0].command,
-        "env": array_env(sub, requests[0].scheduler), "jobs": [],
-        "runner": own_runner(),
-    }
-    if old:
-        record["history"] = [*old.get("history", []), {k: old.get(k) for k in ("submitted_at", "backend", "jobs")}]
+    record = SubmissionRecord(
+        plan=plan.name, backend=backend_name, site=cfg.site_name, submitted_at=time.time(),
+        manifest=str(sub.manifest_path), scratch_root=str(sub.scratch_root), elements=len(plan.elements),
+        max_parallel=parallel, isolation_mode=sub.isolation_mode, on_complete=sub.on_complete,
+        on_failure=sub.on_failure, shared_database=str(sub.shared_database), archive_dir=str(sub.archive_dir),
+        scheduler=requests[0].scheduler, command=tuple(requests[0].command),
+        env=array_env(sub, requests[0].scheduler), runner=own_runner(),
+        history=(*old.history, {"submitted_at": old.submitted_at, "backend": old.backend,
+                                "jobs": [j.to_dict() for j in old.jobs]}) if old else (),
+    )
     try:
         write_record(sub.directory, record)
         if prepare_only:
-            record["runner"] = None
-            write_record(sub.directory, record)
-            result.record = record
+            result.record = write_record(sub.directory, record.replace(runner=None))
             result.seconds = time.perf_counter() - t0
             return result
-        result.job_ids = submit_requests(be, requests, record, sub.directory, kind="array", attempt=1)
+        record, result.job_ids = submit_requests(be, requests, record, sub.directory, kind=ARRAY, attempt=1)
     except BaseException as exc:
-        if backend_name == "local" and any(os.path.exists(f"{e['context_dir']}/state.json") for e in sub.entries):
+        if backend_name == "local" and any(os.path.exists(f"{e.context_dir}/{STATE_FILE}") for e in sub.entries):
             # elements ran already (Ctrl-C, mace cancel): their contexts hold results, keep them
             cancel_unstarted(sub.entries, f"not started: the local run stopped ({type(exc).__name__})")
             raise
@@ -384,36 +342,27 @@ def submit_plan(
             write_record(sub.directory, old)
         raise
     if backend_name != "local":
-        result.backstop_job_id, warning = submit_backstop(be, sub, record, result.job_ids, requests[0].scheduler)
+        record, result.backstop_job_id, warning = submit_backstop(be, sub, record, result.job_ids,
+                                                                  requests[0].scheduler)
         if warning:
             result.warnings.append(warning)
-            record["backstop_error"] = warning
-    record["runner"] = None  # nothing of ours runs on this host any more (the local pool is done)
-    write_record(sub.directory, record)
-    result.record = record
+    # nothing of ours runs on this host any more (the local pool is done)
+    result.record = write_record(sub.directory, record.replace(runner=None))
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def cancel_unstarted(entries: Sequence[dict[str, Any]], message: str) -> int:
+def cancel_unstarted(entries: Sequence[ManifestEntry], message: str) -> int:
     """Mark elements that never started (no or PENDING state file) CANCELLED; how many."""
-    from ..element import state as st
-
     n = 0
     for entry in entries:
-        d = Path(entry["context_dir"])
-        if d.is_dir() and st.read_state(d).get("state") == st.PENDING:
-            st.write_state(d, state=st.CANCELLED, run_state=st.CANCELLED, message=message, finished_at=time.time())
+        d = Path(entry.context_dir)
+        if d.is_dir() and read_state(d).state == st.PENDING:
+            write_state(d, state=st.CANCELLED, run_state=st.CANCELLED, message=message, finished_at=time.time())
             n += 1
     return n
 
 
-def own_runner() -> dict[str, Any]:
+def own_runner() -> Runner:
     """This process, as recorded while it submits or (locally) runs a plan: pid, host, start time."""
-    try:
-        import psutil
-
-        started: float | None = psutil.Process().create_time()
-    except Exception:
-        started = None
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started": started}
+    return Runner(os.getpid(), socket.gethostname(), process_start_time(os.getpid()))

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config
-from .context import WorkflowContext
+from ..context.workflow_context import WorkflowContext
+from ..status.collect import element_states, summarize
+from ..submission.submit import submit_plan
 
 
 class ContextualWorkflowExecutor:
@@ -40,9 +42,6 @@ class ContextualWorkflowExecutor:
 
     def execute_workflow_plan(self, plan: str | os.PathLike[str] | dict[str, Any] | Any) -> dict[str, Any]:
         """Run every element; returns a summary (counts per state, per-element rows, where results are)."""
-        from ..status.collect import element_states, summarize
-        from ..submission.submit import submit_plan
-
         result = submit_plan(
             plan, config=self.config, backend="local", isolation_mode=self.isolation_mode,
             max_parallel=self.max_parallel, progress=self.progress,

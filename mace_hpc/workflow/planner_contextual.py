@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config
+from ..context.workflow_context import WorkflowContext, generate_workflow_id
+from ..plan import load_plan_data
 from ..util.atomic import atomic_write_json
-from .context import WorkflowContext, generate_workflow_id
 
 
 class ContextualWorkflowPlanner:
@@ -59,8 +60,6 @@ class ContextualWorkflowPlanner:
             has_work = True
         plan.setdefault("elements", [])
         if has_work:
-            from ..plan import load_plan_data
-
             load_plan_data(plan, plan_dir=Path.cwd())
         return plan
 

@@ -53,13 +53,12 @@ def _root(args: argparse.Namespace) -> Path:
 
 def _context(args: argparse.Namespace) -> Any:
     from ...errors import InputError
-    from ...util.atomic import read_json
+    from ...records.identity import read_identity
     from ...workflow.context import WorkflowContext
 
     root = _root(args)
-    ctx_dir = root / args.workflow_id
-    ident = read_json(ctx_dir / "context.json")
-    ctx = WorkflowContext(args.workflow_id, (ident or {}).get("isolation_mode", "isolated"),
+    ident = read_identity(root / args.workflow_id)
+    ctx = WorkflowContext(args.workflow_id, ident.isolation_mode if ident else "isolated",
                           cleanup_on_exit=False, scratch_root=root)
     if not ctx.directory.is_dir():
         raise InputError(f"no context {args.workflow_id!r} under {root} (see `mace contexts list`)")
@@ -67,9 +66,10 @@ def _context(args: argparse.Namespace) -> Any:
 
 
 def _rows(root: Path) -> list[dict[str, Any]]:
-    from ...element.state import read_state
-    from ...util.atomic import read_json
-    from ...workflow import registry
+    from ...context import registry
+    from ...records.element_state import read_state
+    from ...records.identity import read_identity
+    from ...records.layout import ContextPaths
 
     active = {e["workflow_id"]: e["status"] for e in registry.list_entries(root)}
     rows = []
@@ -78,13 +78,12 @@ def _rows(root: Path) -> list[dict[str, Any]]:
     for d in sorted(root.iterdir()):
         if d.name.startswith(".") or not d.is_dir() or d.is_symlink():
             continue
-        ident = read_json(d / "context.json")
-        if not isinstance(ident, dict) and not (d / "state.json").exists():
+        ident = read_identity(d)
+        if ident is None and not ContextPaths(d).state.exists():
             continue
-        st = read_state(d)
         rows.append({
-            "workflow_id": d.name, "isolation_mode": (ident or {}).get("isolation_mode"),
-            "state": st["state"], "active": active.get(d.name, "no"),
+            "workflow_id": d.name, "isolation_mode": ident.isolation_mode if ident else None,
+            "state": read_state(d).state, "active": active.get(d.name, "no"),
             "modified": d.stat().st_mtime, "directory": str(d),
         })
     return rows
@@ -104,11 +103,11 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from ...element.state import read_state
+    from ...records.element_state import read_state
     from ..output import print_json
 
     ctx = _context(args)
-    status = {**ctx.get_status(), "element_state": read_state(ctx.directory)}
+    status = {**ctx.get_status(), "element_state": read_state(ctx.directory).to_dict()}
     if args.json:
         print_json(status)
     else:
@@ -127,7 +126,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _archive(args: argparse.Namespace) -> int:
     from ...config import load_config
-    from ...epilogue.archive import archive_context
+    from ...context.archive import archive_context
 
     ctx = _context(args)
     path = archive_context(ctx.directory, load_config().path("archive_dir"), ctx.workflow_id)
@@ -138,7 +137,7 @@ def _archive(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from ...epilogue.archive import restore_archive
+    from ...context.archive import restore_archive
 
     print(restore_archive(Path(args.archive), _root(args)))
     return 0
@@ -146,7 +145,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 def _cleanup(args: argparse.Namespace) -> int:
     """`mace cleanup` with a 7-day default, plus pruning registry entries of dead processes."""
-    from ...workflow import registry
+    from ...context import registry
 
     root = _root(args)
     if not args.dry_run:

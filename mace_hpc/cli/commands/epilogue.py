@@ -59,25 +59,27 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> None:
-    from ...element.run import load_manifest, manifest_entry, resolve_index
     from ...epilogue import sitehook
+    from ...records import env as env_names
+    from ...records.manifest import Manifest, load_manifest
+    from ...schedulers import job_environment
 
     env = os.environ
-    located: tuple[Path, dict[str, Any] | None] | None = None
+    located: tuple[Path, Manifest | None] | None = None
     from_scheduler = False  # found through a job id: the job is over (site Epilog / PBS epilogue)
     if args.context:
         located = (Path(args.context), None)
-    elif args.manifest or (not env.get("MACE_CONTEXT_DIR") and env.get("MACE_MANIFEST")):
-        path = Path(args.manifest or env["MACE_MANIFEST"]).absolute()
-        index = resolve_index(args.index)
-        listed = env.get("MACE_ARRAY_INDICES")
+    elif args.manifest or (not env.get(env_names.CONTEXT_DIR) and env.get(env_names.MANIFEST)):
+        path = Path(args.manifest or env[env_names.MANIFEST]).absolute()
+        index = job_environment(env).element_index(args.index)
+        listed = env.get(env_names.ARRAY_INDICES)
         if listed and not args.manifest and str(index) not in listed.split(","):
             _say(args, f"index {index} was not submitted (covering range filler); nothing to do")
             return
         manifest = load_manifest(path)
-        located = (Path(manifest_entry(manifest, index, path)["context_dir"]), manifest)
-    elif env.get("MACE_CONTEXT_DIR"):
-        located = (Path(env["MACE_CONTEXT_DIR"]), None)
+        located = (Path(manifest.entry(index, str(path)).context_dir), manifest)
+    elif env.get(env_names.CONTEXT_DIR):
+        located = (Path(env[env_names.CONTEXT_DIR]), None)
     elif args.pbs_job:
         if os.geteuid() == 0 and args.user:
             argv = sitehook.self_argv("--pbs-job", args.pbs_job, "--ended", *_passthrough(args))
@@ -128,20 +130,21 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
     return out + (["--quiet"] if args.quiet else []) + (["--no-retry"] if args.no_retry else [])
 
 
-def _finalize(args: argparse.Namespace, context_dir: Path, manifest: dict[str, Any] | None, *, ended: bool) -> None:
+def _finalize(args: argparse.Namespace, context_dir: Path, manifest: Any, *, ended: bool) -> None:
     from ...epilogue.hook import run_epilogue
+    from ...records.states import PENDING_MERGE, QUARANTINED
     from ..output import print_json
 
-    state = run_epilogue(context_dir, manifest=manifest, on_complete=args.on_complete, on_failure=args.on_failure,
-                         deadline=args.deadline, ended=ended, retry_pending=not args.no_retry, by="mace epilogue")
+    result = run_epilogue(context_dir, manifest=manifest, on_complete=args.on_complete, on_failure=args.on_failure,
+                          deadline=args.deadline, ended=ended, retry_pending=not args.no_retry, by="mace epilogue")
     if args.json:
-        print_json(state)
+        print_json(result.to_dict())
         return
-    outcome = state.get("outcome") or {}
-    text = f"{context_dir.name}: {state.get('state')}"
-    if outcome.get("action") not in (None, "skipped"):
-        text += f" ({outcome['action']})"
-    if state.get("pending_reason"):
-        text += f": {state['pending_reason']}"
-    if state.get("state") in ("PENDING_MERGE", "QUARANTINED") or not args.quiet:
+    state = result.state
+    text = f"{context_dir.name}: {state.state}"
+    if result.outcome is not None and result.outcome.action != "skipped":
+        text += f" ({result.outcome.action})"
+    if state.pending_reason:
+        text += f": {state.pending_reason}"
+    if state.state in (PENDING_MERGE, QUARANTINED) or not args.quiet:
         print(f"mace epilogue: {text}", file=sys.stderr)

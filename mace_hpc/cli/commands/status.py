@@ -88,21 +88,20 @@ def _watch(args: argparse.Namespace, cfg: Any, status_of: Any) -> int:
 
 def _list(cfg: Any, as_json: bool) -> int:
     """Every submission under the scratch root, with state counts from the files (no scheduler)."""
+    from ...records.manifest import read_manifest
+    from ...records.submission import list_records
     from ...status.reconcile import state_counts_from_files
-    from ...submission.contexts import list_records, load_manifest, scratch_root_of
+    from ...submission.contexts import scratch_root_of
     from ..output import print_json, print_table
 
     root = scratch_root_of(cfg)
     out = []
-    for directory, rec in list_records(root):
-        try:
-            counts = state_counts_from_files(load_manifest(directory))
-        except Exception:  # a half-written submission: list it without counts
-            counts = {}
-        jobs = [str(j["job_id"]) for j in rec.get("jobs", []) if j.get("kind", "array") != "backstop"]
+    for paths, rec in list_records(root):
+        manifest = read_manifest(paths.manifest)
+        counts = state_counts_from_files(manifest) if manifest else {}  # half-written: no counts
         out.append({
-            "plan": rec.get("plan", directory.name), "backend": rec.get("backend"), "elements": rec.get("elements"),
-            "jobs": jobs, "submitted_at": rec.get("submitted_at"), "states": counts,
+            "plan": rec.plan, "backend": rec.backend, "elements": rec.elements,
+            "jobs": [j.job_id for j in rec.array_jobs()], "submitted_at": rec.submitted_at, "states": counts,
         })
     if as_json:
         print_json(out)

@@ -7,6 +7,7 @@ On a cluster the job ids and a one-line summary are printed; follow with `mace s
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 DRY_RUN_ELEMENTS = 3  # elements shown in full by --dry-run; the rest are counted
@@ -30,17 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def dry_run_data(result: Any, limit: int | None = DRY_RUN_ELEMENTS) -> dict[str, Any]:
     """What --dry-run shows: every element's identity and env (or the first few), scripts, commands."""
-    from ...submission.submit import element_env
+    from ...element.run import step_env
 
     sub, plan = result.submission, result.plan
     shown = sub.entries if limit is None else sub.entries[:limit]
     base_env = result.requests[0].env if result.requests else {}
     elements = []
     for entry in shown:
-        element = plan.elements[entry["index"]]
-        req = next((r for r in result.requests if entry["index"] in (r.indices or [])), None)
-        env = {**(req.env if req else base_env), **element_env(sub, entry, element.env)}
-        elements.append({**entry, "env": env})
+        element = plan.elements[entry.index]
+        req = next((r for r in result.requests if entry.index in (r.indices or [])), None)
+        env = {**(req.env if req else base_env),
+               **step_env(sub.isolation_mode, entry.workflow_id, Path(entry.context_dir), element.to_dict())}
+        elements.append({**entry.to_dict(), "env": env})
     return {
         "plan": sub.name,
         "backend": result.backend,
@@ -105,25 +107,25 @@ def _run(args: argparse.Namespace) -> int:
         print(f"mace-submit: warning: {warning}", file=sys.stderr)
     if args.no_submit:
         if args.json:
-            print_json({**result.record, "seconds": result.seconds})
+            print_json({**result.record.to_dict(), "seconds": result.seconds})
         else:
             n = len(sub.entries)
             print(f"prepared {sub.name}: {n} contexts under {sub.scratch_root}, nothing submitted")
             print(f"MACE_MANIFEST={sub.manifest_path}")
             print(
-                f"submit it yourself, e.g.: sbatch --array=0-{n - 1}%{result.record['max_parallel']} "
+                f"submit it yourself, e.g.: sbatch --array=0-{n - 1}%{result.record.max_parallel} "
                 f"--export=ALL,MACE_MANIFEST={sub.manifest_path} jobscripts/slurm-array.sh"
             )
         return 0
     if result.backend != "local":
         if args.json:
-            print_json({**result.record, "seconds": result.seconds})
+            print_json({**result.record.to_dict(), "seconds": result.seconds})
         else:
             print(" ".join(result.job_ids))
             backstop = f", backstop merge job {result.backstop_job_id}" if result.backstop_job_id else ""
             print(
                 f"submitted {sub.name}: {len(sub.entries)} elements as {len(result.job_ids)} array(s) "
-                f"{' '.join(result.job_ids)} (at most {result.record['max_parallel']} running){backstop} in "
+                f"{' '.join(result.job_ids)} (at most {result.record.max_parallel} running){backstop} in "
                 f"{result.seconds:.2f} s; follow with `mace status {sub.name}`"
             )
         return 0
@@ -142,7 +144,7 @@ def _local_report(args: argparse.Namespace, result: Any) -> int:
     report = collect(result.record, sub.manifest(), None, query=False)
     ok = report.succeeded()
     if args.json:
-        print_json({**result.record, "states": report.counts, "succeeded": ok, "seconds": result.seconds,
+        print_json({**result.record.to_dict(), "states": report.counts, "succeeded": ok, "seconds": result.seconds,
                     "elements": [{k: r.get(k) for k in ("index", "workflow_id", "state", "message")} for r in report.rows]})
         return 0 if ok else 1
     material_ids = [m["material_id"] for e in result.plan.elements for m in e.materials]

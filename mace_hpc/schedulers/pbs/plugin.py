@@ -15,7 +15,7 @@ from pathlib import Path
 from submitit.core import core, job_environment, logger, utils
 
 from ...errors import InputError, SchedulerError
-from ..backend import (
+from ..base import (
     check_env,
     check_script_value,
 )

@@ -7,15 +7,8 @@ import re
 import typing as tp
 
 from ...errors import InputError
-from ..backend import (
-    CANCELLED,
-    COMPLETED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    TIMEOUT,
-    expand_array_ids,
-)
+from ...records.states import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TIMEOUT
+from ..base import expand_array_ids
 from .dialect import PBSPRO_WALLTIME_EXIT, TORQUE_WALLTIME_EXIT, parse_job_id
 
 

@@ -12,7 +12,7 @@ import typing as tp
 from dataclasses import dataclass
 
 from ...errors import ConfigError, InputError, SchedulerError, SchedulerUnavailable
-from ..backend import (
+from ..base import (
     check_script_value,
     expand_array_ids,
 )

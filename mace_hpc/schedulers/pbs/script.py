@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import InputError
-from ..backend import (
+from ..base import (
     array_spec,
     check_script_value,
 )

@@ -47,12 +47,13 @@ from .dialect import (
     pbspro_range,
     translate_dependency,
 )
+from .jobenv import PbsJobEnv
 from .plugin import PbsExecutor, PbsInfoWatcher, PbsJob, PbsJobEnvironment
 from .qstat import element_states, normalize_pbs_state, parse_qstat, parse_qstat_json, parse_qstat_text
 from .script import JobSpec, render_script
 
 __all__ = [
-    "FLAVORS", "JobSpec", "PbsBackend", "PbsExecutor", "PbsInfoWatcher", "PbsJob", "PbsJobEnvironment",
+    "FLAVORS", "JobSpec", "PbsBackend", "PbsExecutor", "PbsJobEnv", "PbsInfoWatcher", "PbsJob", "PbsJobEnvironment",
     "PbsJobId", "check_flavor", "covered_ids", "detect_flavor", "element_states", "normalize_pbs_state",
     "parse_job_id", "parse_qsub_output", "parse_qstat", "parse_qstat_json", "parse_qstat_text",
     "parse_version_output", "pbspro_range", "render_script", "translate_dependency",

@@ -1,10 +1,11 @@
-"""The scheduler backend interface shared by the local, SLURM and PBS backends.
+"""The scheduler interface shared by the local, SLURM and PBS packages.
 
+Each scheduler package has the same shape: `backend.py` (submit, query, cancel: the `Backend`
+protocol), `states.py` (its own scheduler-state table onto `records.State`) and `jobenv.py` (a
+`JobEnvironment`: what a process inside one of its jobs asks instead of naming the scheduler).
 One `ArrayRequest` describes one job array (or, with `indices=None`, one plain job such as the
-backstop merge job). A backend renders it to a job script (dry-run), submits it, asks the
-scheduler about it once per call (never once per element), and cancels it. The helpers here are
-scheduler-neutral so every backend compresses arrays, chunks large plans and quotes job-script
-values the same way.
+backstop merge job). The helpers here are scheduler-neutral so every backend compresses arrays,
+chunks large plans and quotes job-script values the same way.
 """
 
 from __future__ import annotations
@@ -21,53 +22,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import InputError, SchedulerError, SchedulerUnavailable
-
-# ---------------------------------------------------------------------------- normalized states
-PENDING = "PENDING"
-RUNNING = "RUNNING"
-COMPLETED = "COMPLETED"
-FAILED = "FAILED"
-TIMEOUT = "TIMEOUT"
-CANCELLED = "CANCELLED"
-STATES = (PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, CANCELLED)
-FINAL_STATES = frozenset({COMPLETED, FAILED, TIMEOUT, CANCELLED})
-
-# SLURM job states (squeue %T / sacct State, first word) -> normalized state. Requeued and held
-# jobs will run again (PENDING); a job still finishing its epilog is not final yet (RUNNING);
-# hardware and memory deaths are the element's failure to rerun (FAILED); preemption without
-# requeue is the scheduler taking the slot away (CANCELLED); a missed deadline is a time limit.
-SLURM_STATES: dict[str, str] = {
-    "PENDING": PENDING,
-    "REQUEUED": PENDING,
-    "REQUEUE_FED": PENDING,
-    "REQUEUE_HOLD": PENDING,
-    "SPECIAL_EXIT": PENDING,
-    "RESV_DEL_HOLD": PENDING,
-    "RUNNING": RUNNING,
-    "CONFIGURING": RUNNING,
-    "COMPLETING": RUNNING,
-    "SUSPENDED": RUNNING,
-    "STOPPED": RUNNING,
-    "SIGNALING": RUNNING,
-    "STAGE_OUT": RUNNING,
-    "RESIZING": RUNNING,
-    "COMPLETED": COMPLETED,
-    "FAILED": FAILED,
-    "NODE_FAIL": FAILED,
-    "OUT_OF_MEMORY": FAILED,
-    "BOOT_FAIL": FAILED,
-    "TIMEOUT": TIMEOUT,
-    "DEADLINE": TIMEOUT,
-    "CANCELLED": CANCELLED,
-    "PREEMPTED": CANCELLED,
-    "REVOKED": CANCELLED,
-}
-
-
-def normalize_slurm_state(raw: str) -> str:
-    """`CANCELLED by 0`, `OUT_OF_MEMORY`, `CD`... -> one of STATES (unknown: PENDING, i.e. not final)."""
-    word = raw.strip().split(" ", 1)[0].rstrip("+").upper() if raw.strip() else ""
-    return SLURM_STATES.get(word, PENDING)
+from ..records import env as env_names
+from ..records.states import State
+from ..util.atomic import atomic_write_text
 
 
 # ---------------------------------------------------------------------------- request + protocol
@@ -96,6 +53,8 @@ class ArrayRequest:
 
 @runtime_checkable
 class Backend(Protocol):
+    """What every scheduler backend implements (local, slurm, pbs): the same calls, the same types."""
+
     name: str
 
     def render(self, req: ArrayRequest) -> tuple[str, list[str]]:
@@ -106,8 +65,12 @@ class Backend(Protocol):
         """Submit; the job id. SchedulerError quoting the scheduler when it refuses."""
         ...
 
-    def query(self, job_ids: list[str]) -> dict[int, str]:
-        """Element index -> normalized state, from one scheduler call per kind; unknown ones absent."""
+    def query(self, job_ids: list[str], offsets: Mapping[str, int] | None = None) -> dict[int, State]:
+        """Element index -> state, from one scheduler call per kind; elements it does not know are absent.
+
+        The index is task id + the array's offset: `offsets[job_id]` when given, else what the
+        backend can read back from the scheduler (the chunk's job name or exported variables).
+        """
         ...
 
     def cancel(self, job_ids: list[str]) -> None: ...
@@ -115,21 +78,103 @@ class Backend(Protocol):
     def max_array_size(self) -> int: ...
 
 
+class JobEnvironment:
+    """What a process running inside one of a scheduler's jobs asks about its own job.
+
+    The element runner, the epilogue and the site hooks use this instead of naming schedulers
+    (in the spirit of submitit's `JobEnvironment`). Subclasses say which variables carry the
+    array task id and the ids to record, and how to requeue.
+    """
+
+    name = "none"
+    detect_var = ""  # present in every job of this scheduler
+    index_vars: tuple[str, ...] = ()  # the array task id, first one set wins
+    id_vars: tuple[str, ...] = ()  # recorded in the element's state file
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+
+    @classmethod
+    def detect(cls, environ: Mapping[str, str]) -> bool:
+        return bool(cls.detect_var and environ.get(cls.detect_var))
+
+    def task_id(self) -> int | None:
+        """The array task id from the environment; None outside an array job."""
+        for var in self.index_vars:
+            raw = self.environ.get(var)
+            if raw not in (None, ""):
+                try:
+                    return int(raw)
+                except ValueError:
+                    raise InputError(f"{var}={raw!r} is not an integer array index") from None
+        return None
+
+    def element_index(self, explicit: int | None = None) -> int:
+        """The element index: `--index`, else the array task id plus MACE_INDEX_OFFSET."""
+        if explicit is not None:
+            return explicit
+        task = self.task_id()
+        if task is None:
+            raise InputError("no element index: pass --index N or run inside an array job "
+                             "(SLURM_ARRAY_TASK_ID, PBS_ARRAY_INDEX, PBS_ARRAYID)")
+        raw = self.environ.get(env_names.INDEX_OFFSET, "0") or "0"
+        try:
+            return task + int(raw)
+        except ValueError:
+            raise InputError(f"{env_names.INDEX_OFFSET}={raw!r} is not an integer") from None
+
+    def ids(self) -> dict[str, str]:
+        """The scheduler's ids of this job, for the element's state file."""
+        return {k: self.environ[k] for k in self.id_vars if self.environ.get(k)}
+
+    def requeue_argv(self) -> list[str] | None:
+        """The command that puts this job back in the queue; None when the scheduler cannot."""
+        return None
+
+    def requeue(self) -> bool:
+        """Ask the scheduler to requeue this element (same context; the next attempt resumes)."""
+        argv = self.requeue_argv()
+        if not argv:
+            return False
+        try:
+            return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            return False
+
+
 _BACKENDS = {
-    "local": "mace_hpc.submission.local:LocalBackend",
-    "slurm": "mace_hpc.submission.slurm:SlurmBackend",
-    "pbs": "mace_hpc.submission.pbs:PbsBackend",
+    "local": "mace_hpc.schedulers.local.backend:LocalBackend",
+    "slurm": "mace_hpc.schedulers.slurm.backend:SlurmBackend",
+    "pbs": "mace_hpc.schedulers.pbs.backend:PbsBackend",
 }
+_JOB_ENVIRONMENTS = (
+    "mace_hpc.schedulers.slurm.jobenv:SlurmJobEnv",
+    "mace_hpc.schedulers.pbs.jobenv:PbsJobEnv",
+)
+
+
+def _load(target: str) -> Any:
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def get_backend(name: str, **opts: Any) -> Backend:
-    """Backend by name; imported lazily so `local` never needs submitit's SLURM parts."""
+    """Backend by name; imported on demand so `local` never loads submitit's SLURM parts."""
     try:
         target = _BACKENDS[name]
     except KeyError:
         raise InputError(f"backend '{name}' is unknown; allowed: {' | '.join(_BACKENDS)}") from None
-    module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)(**opts)
+    return _load(target)(**opts)
+
+
+def job_environment(environ: Mapping[str, str] | None = None) -> JobEnvironment:
+    """The environment of the job this process runs in: SLURM, PBS, else local (or none)."""
+    environ = os.environ if environ is None else environ
+    for target in _JOB_ENVIRONMENTS:
+        cls = _load(target)
+        if cls.detect(environ):
+            return cls(environ)
+    return _load("mace_hpc.schedulers.local.jobenv:LocalJobEnv")(environ)
 
 
 # ---------------------------------------------------------------------------- array helpers
@@ -295,8 +340,6 @@ def submit_script(
     run: Callable[..., subprocess.CompletedProcess[str]], script_path: Path, text: str, argv: list[str], work_dir: Path
 ) -> subprocess.CompletedProcess[str]:
     """Write a job script atomically (0700, next to its logs) and run the submit argv from work_dir."""
-    from ..util.atomic import atomic_write_text
-
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     atomic_write_text(script_path, text, mode=0o700)

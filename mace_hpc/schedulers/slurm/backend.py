@@ -20,9 +20,9 @@ from typing import Any
 
 from submitit.slurm.slurm import _make_sbatch_string
 
-from ..errors import InputError, SchedulerError, SchedulerUnavailable
-from .backend import (
-    PENDING,
+from ...errors import InputError, SchedulerError, SchedulerUnavailable
+from ...records.states import PENDING, State
+from ..base import (
     ArrayRequest,
     array_spec,
     check_env,
@@ -30,12 +30,12 @@ from .backend import (
     check_script_value,
     expand_array_ids,
     first_message,
-    normalize_slurm_state,
     run_scheduler_command,
     scheduler_number,
     shell_quote,
     submit_script,
 )
+from .states import normalize_slurm_state
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's built-in default MaxArraySize
 OFFSET_SEP = "@"  # job name of a chunk with a non-zero index offset: "<name>@<offset>"
@@ -237,14 +237,14 @@ class SlurmBackend:
                     found.setdefault(key, (state, name))
         return found
 
-    def query(self, job_ids: list[str], offsets: Mapping[str, int] | None = None) -> dict[int, str]:
+    def query(self, job_ids: list[str], offsets: Mapping[str, int] | None = None) -> dict[int, State]:
         """Element index -> normalized state over all the given arrays (two scheduler calls at most).
 
         The index is task id + the array's offset: from `offsets[job_id]` when given, else from
         the chunk's job name (`<name>@<offset>`). Plain (non-array) jobs are not elements; ask
         `job_states` for them. Elements neither squeue nor sacct knows yet are absent.
         """
-        result: dict[int, str] = {}
+        result: dict[int, State] = {}
         for key, (state, name) in self.job_states(job_ids).items():
             job, _, task = key.partition("_")
             if not task:

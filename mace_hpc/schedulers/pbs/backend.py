@@ -8,7 +8,8 @@ import typing as tp
 from pathlib import Path
 
 from ...errors import ConfigError, InputError, SchedulerError
-from ..backend import (
+from ...records.states import State
+from ..base import (
     ArrayRequest,
     check_env,
     check_job_name,
@@ -148,7 +149,7 @@ class PbsBackend:
             records.update(parse_qstat(flavor, proc.stdout))
         return records
 
-    def query(self, job_ids: list[str], offsets: dict[str, int] | None = None) -> dict[int, str]:
+    def query(self, job_ids: list[str], offsets: tp.Mapping[str, int] | None = None) -> dict[int, State]:
         """Element index -> state over the given arrays; ONE qstat call per array.
 
         The index is the subjob's array index + the array's MACE_INDEX_OFFSET (read back from

@@ -14,8 +14,15 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import psutil
+
+from ...records import env as env_names
+from ...records.states import State
+from ..base import ArrayRequest
+from .states import LOCAL_STATES
 
 ProgressFn = Callable[[int, int, int], None]
 _LOCAL_JOB = re.compile(r"^local-(\d+)-(\d+)$")
@@ -39,10 +46,10 @@ class LocalBackend:
         self.poll_interval = poll_interval
         self.returncodes: dict[int, int] = {}
 
-    def _argv(self, req, task_id: int) -> list[str]:  # noqa: ANN001 - ArrayRequest
+    def _argv(self, req: ArrayRequest, task_id: int) -> list[str]:
         return [*req.command, "--index", str(task_id + req.index_offset)]
 
-    def render(self, req) -> tuple[str, list[str]]:  # noqa: ANN001
+    def render(self, req: ArrayRequest) -> tuple[str, list[str]]:
         tasks = req.indices if req.indices is not None else [0]
         lines = [
             "# local backend: each element runs as a process on this machine",
@@ -54,12 +61,12 @@ class LocalBackend:
             lines.append(f"# … and {len(tasks) - 3} more elements")
         return "\n".join(lines) + "\n", [*req.command, "--index", "N"]  # once per element, N = its index
 
-    def submit(self, req) -> str:  # noqa: ANN001
+    def submit(self, req: ArrayRequest) -> str:
         job_id = f"local-{os.getpid()}-{int(time.time())}"
         tasks = list(req.indices) if req.indices is not None else [0]
         limit_s = float(req.scheduler.get("time") or 60) * 60
         margin = min(float(req.scheduler.get("signal_margin") or 0), limit_s / 2)
-        env = {**os.environ, **req.env, "MACE_JOB_ID": job_id}
+        env = {**os.environ, **req.env, env_names.JOB_ID: job_id}
         req.work_dir.mkdir(parents=True, exist_ok=True)
         running: dict[int, tuple[subprocess.Popen[bytes], float, bool]] = {}
         pending = list(reversed(tasks))
@@ -109,8 +116,8 @@ class LocalBackend:
                 signal.signal(signal.SIGTERM, previous)
         return job_id
 
-    def query(self, job_ids: list[str]) -> dict[int, str]:
-        return {}  # local elements are known only through their state files
+    def query(self, job_ids: list[str], offsets: Mapping[str, int] | None = None) -> dict[int, State]:
+        return dict(LOCAL_STATES)  # local elements are known only through their state files
 
     def cancel(self, job_ids: list[str]) -> None:
         """SIGTERM the `mace-submit` process running a local array (it stops its elements).
@@ -122,8 +129,6 @@ class LocalBackend:
             if not m:
                 continue
             try:
-                import psutil
-
                 proc = psutil.Process(int(m.group(1)))
                 if any("mace" in part for part in proc.cmdline()):
                     proc.terminate()
@@ -139,8 +144,6 @@ def _signal(proc: subprocess.Popen[bytes], sig: int, group: bool = False) -> Non
     because steps run in sessions of their own (a hung runner must not leave them running)."""
     targets = [proc.pid]
     if group:
-        import psutil
-
         try:
             targets += [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
         except psutil.Error:

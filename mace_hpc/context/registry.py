@@ -13,18 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from ..records.layout import REGISTRY_DIR
 from ..util.atomic import atomic_write_json, read_json
-
-REGISTRY_DIR = ".registry"
-
-
-def _process_start_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return None
+from ..util.procs import process_alive, process_start_time
 
 
 def _entry_path(scratch_root: Path, workflow_id: str) -> Path:
@@ -39,7 +30,7 @@ def register(scratch_root: Path, workflow_id: str, info: dict[str, Any]) -> Path
         "workflow_id": workflow_id,
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "process_start": _process_start_time(os.getpid()),
+        "process_start": process_start_time(os.getpid()),
         "activated_at": time.time(),
         **info,
     }
@@ -58,11 +49,7 @@ def is_alive(entry: dict[str, Any]) -> bool | None:
     """True/False for a process on this host; None when it runs elsewhere (cannot tell)."""
     if entry.get("host") != socket.gethostname():
         return None
-    start = _process_start_time(int(entry.get("pid", -1)))
-    if start is None:
-        return False
-    recorded = entry.get("process_start")
-    return recorded is None or abs(start - float(recorded)) < 1.0
+    return process_alive(entry.get("pid"), entry.get("process_start"))
 
 
 def list_entries(scratch_root: Path) -> list[dict[str, Any]]:

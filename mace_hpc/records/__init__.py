@@ -1,0 +1,28 @@
+"""The hand-off formats between the stages, and their one reader/writer each.
+
+plan -> contexts -> submission -> element run -> epilogue -> shared results pass these files to
+each other: the manifest (`manifest.py`), the submission record (`submission.py`), each element's
+state file (`element_state.py`), the directory layout (`layout.py`), the `MACE_*` variables
+(`env.py`) and the one state vocabulary (`states.py`). No other module reads them by key.
+"""
+
+from ._io import RecordError
+from .element_state import ElementState, read_state, read_state_strict, write_state
+from .layout import ContextPaths, SubmissionPaths
+from .manifest import Manifest, ManifestEntry, load_manifest, read_manifest, write_manifest
+from .states import State
+from .submission import (
+    JobEntry,
+    Runner,
+    SubmissionRecord,
+    find_record,
+    list_records,
+    load_record,
+    write_record,
+)
+
+__all__ = [
+    "ContextPaths", "ElementState", "JobEntry", "Manifest", "ManifestEntry", "RecordError", "Runner", "State",
+    "SubmissionPaths", "SubmissionRecord", "find_record", "list_records", "load_manifest", "load_record",
+    "read_manifest", "read_state", "read_state_strict", "write_manifest", "write_record", "write_state",
+]

@@ -1,0 +1,125 @@
+"""An element's own state file, `<context>/state.json`: the source of truth for `mace status`.
+
+The scheduler forgets finished jobs (and sacct lags), so every element records its own lifecycle,
+atomically (invariant 7 of docs/architecture.md). A missing or truncated file reads as PENDING,
+never as a crash; `read_state_strict` tells the epilogue apart an unreadable file (quarantine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..util.atomic import atomic_write_json, read_json
+from .layout import state_path
+from .states import ARCHIVED, COMPLETED, MERGED, PENDING, State
+
+VERSION = 1
+HISTORY_LIMIT = 50
+
+
+@dataclass(frozen=True)
+class ElementState:
+    """What one element's state file says. Unknown keys (a newer writer) survive in `extra`."""
+
+    state: str = PENDING
+    run_state: str | None = None
+    attempts: int = 0
+    index: int | None = None
+    workflow_id: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float | None = None
+    queued_at: float | None = None
+    resubmitted_at: float | None = None
+    message: str = ""
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    scheduler: dict[str, str] = field(default_factory=dict)
+    requeued: bool = False
+    lost: bool = False
+    pending_reason: str | None = None
+    epilogue_error: str | None = None
+    epilogue: dict[str, Any] = field(default_factory=dict)
+    conflicts: int = 0
+    quarantine: dict[str, Any] | None = None
+    removed: bool = False
+    removed_at: float | None = None
+    removed_by: str | None = None
+    history: list[list[Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ElementState:
+        known = {k: v for k, v in data.items() if k in _FIELDS and v is not None}
+        extra = {k: v for k, v in data.items() if k not in _FIELDS and k != "version"}
+        state = State.parse(known.get("state"))
+        if state is not None:
+            known["state"] = state
+        if known.get("run_state") is not None:
+            known["run_state"] = State.parse(known["run_state"], known["run_state"])
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f: getattr(self, f) for f in _FIELDS if f != "extra"}
+        return {"version": VERSION, **self.extra, **out}
+
+    @property
+    def last_run(self) -> str:
+        """How the last run ended (or where it is): `run_state`, else `state`."""
+        return str(self.run_state or self.state)
+
+    @property
+    def results_home(self) -> bool:
+        """Merged or archived and then cleaned up (a tombstone): the results are home and nothing is
+        left to resume from, so running the element again must do nothing."""
+        return self.removed and self.state in (MERGED, ARCHIVED) and self.run_state == COMPLETED
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(ElementState))
+_ABSENT = ElementState()
+
+
+def read_state(context_dir: str | os.PathLike[str]) -> ElementState:
+    """The element's state; PENDING (attempts 0) when the file is missing, truncated or foreign."""
+    data = read_json(state_path(context_dir))
+    if not isinstance(data, dict) or not isinstance(data.get("state"), str):
+        return _ABSENT
+    return ElementState.from_dict(data)
+
+
+def read_state_strict(context_dir: str | os.PathLike[str]) -> ElementState | None:
+    """Like `read_state`, but None when a file is there and unusable (truncated, foreign, a symlink):
+    the epilogue quarantines such a context instead of treating it as never run."""
+    path = state_path(context_dir)
+    if not os.path.lexists(path):
+        return _ABSENT
+    data = read_json(path)
+    if os.path.islink(path) or not isinstance(data, dict) or not isinstance(data.get("state"), str):
+        return None
+    return ElementState.from_dict(data)
+
+
+def write_state(context_dir: str | os.PathLike[str], *, fsync: bool = True, **updates: Any) -> ElementState:
+    """Apply `updates` to the state file atomically and return the new state.
+
+    `fsync=False` keeps the rename atomicity but not durability: for records that are rebuilt
+    anyway after a crash (e.g. MERGED, which the merge ledger proves again on the next merge).
+    """
+    unknown = set(updates) - set(_FIELDS)
+    if unknown:
+        raise TypeError(f"write_state: unknown state fields {sorted(unknown)}")
+    current = read_state(context_dir)
+    now = time.time()
+    history = current.history
+    if "state" in updates:
+        history = (history + [[str(updates["state"]), now, socket.gethostname()]])[-HISTORY_LIMIT:]
+    new = dataclasses.replace(current, **updates, updated_at=now, history=history)
+    atomic_write_json(state_path(context_dir), new.to_dict(), fsync=fsync)
+    return new

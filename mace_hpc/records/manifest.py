@@ -1,0 +1,129 @@
+"""The manifest of a submission: array index -> workflow id -> context directory, plus the policies.
+
+Written once by `mace-submit` (atomically, before any job is queued) and read by every element,
+the epilogue, `mace status` and `mace merge`: the one contract between submission and the rest.
+`elements.json` beside it holds each element's resolved spec (steps, env, materials).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..util.atomic import atomic_write_json, read_json
+from ._io import RecordError, read_versioned
+from .layout import ELEMENT_FILE
+
+VERSION = 1
+_FIX = "submit the plan again (mace-submit PLAN)"
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    index: int
+    workflow_id: str
+    context_dir: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "workflow_id": self.workflow_id, "context_dir": self.context_dir}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    plan: str
+    isolation_mode: str
+    scratch_root: str
+    shared_database: str
+    archive_dir: str
+    on_complete: str = "merge"
+    on_failure: str = "keep"
+    plan_dir: str = ""
+    elements: tuple[ManifestEntry, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "manifest") -> Manifest:
+        try:
+            entries = tuple(
+                ManifestEntry(int(e["index"]), str(e["workflow_id"]), str(e["context_dir"])) for e in data["elements"]
+            )
+            return cls(
+                plan=str(data["plan"]), isolation_mode=str(data.get("isolation_mode") or "isolated"),
+                scratch_root=str(data.get("scratch_root") or ""), shared_database=str(data.get("shared_database") or ""),
+                archive_dir=str(data.get("archive_dir") or ""), on_complete=str(data.get("on_complete") or "merge"),
+                on_failure=str(data.get("on_failure") or "keep"), plan_dir=str(data.get("plan_dir") or ""),
+                elements=entries,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RecordError(f"{where}: not a mace-hpc manifest ({type(exc).__name__}: {exc}); {_FIX}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": VERSION, "plan": self.plan, "isolation_mode": self.isolation_mode,
+            "scratch_root": self.scratch_root, "shared_database": self.shared_database,
+            "archive_dir": self.archive_dir, "on_complete": self.on_complete, "on_failure": self.on_failure,
+            "plan_dir": self.plan_dir, "elements": [e.to_dict() for e in self.elements],
+        }
+
+    def entry(self, index: int, where: str = "manifest") -> ManifestEntry:
+        """Element `index`; RecordError when the plan has no such element."""
+        if not 0 <= index < len(self.elements) or self.elements[index].index != index:
+            raise RecordError(f"{where}: no element with index {index} (the plan has {len(self.elements)})")
+        return self.elements[index]
+
+    def entry_for_context(self, context_dir: Path) -> ManifestEntry | None:
+        """The entry of a context directory; by workflow id when the scratch root was moved since."""
+        wanted = str(context_dir)
+        for e in self.elements:
+            if e.context_dir == wanted:
+                return e
+        for e in self.elements:
+            if e.workflow_id == context_dir.name:
+                return ManifestEntry(e.index, e.workflow_id, wanted)
+        return None
+
+
+def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """The manifest at `path`; RecordError (exit 2, one line) when missing, truncated or foreign."""
+    return Manifest.from_dict(read_versioned(path, "manifest", VERSION, _FIX), str(path))
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest | None:
+    """Like `load_manifest`, None instead of an error (hooks and searches that try several places)."""
+    try:
+        return load_manifest(path)
+    except RecordError:
+        return None
+
+
+def write_manifest(path: str | os.PathLike[str], manifest: Manifest) -> None:
+    atomic_write_json(path, manifest.to_dict(), indent=None)
+
+
+def load_element_spec(elements_path: str | os.PathLike[str], index: int) -> dict[str, Any]:
+    """Element `index`'s resolved spec from `elements.json` (steps, env, materials)."""
+    elements = read_json(elements_path)
+    if not isinstance(elements, list) or not 0 <= index < len(elements) or not isinstance(elements[index], dict):
+        raise RecordError(f"{elements_path}: missing, truncated or without element {index}; {_FIX}")
+    return elements[index]
+
+
+def write_element_specs(elements_path: str | os.PathLike[str], specs: list[dict[str, Any]]) -> None:
+    atomic_write_json(elements_path, specs, indent=None, fsync=False)
+
+
+def write_element_copy(context_dir: str | os.PathLike[str], spec: Mapping[str, Any], plan: str) -> None:
+    """`<context>/element.json`: the element's spec and its plan's name, kept with the context so a
+    hook that only knows the context finds its submission again."""
+    atomic_write_json(Path(context_dir) / ELEMENT_FILE, {**spec, "plan": plan})
+
+
+def plan_of_context(context_dir: str | os.PathLike[str]) -> str | None:
+    """The plan a context was submitted by (from its element.json), when it is a safe name."""
+    element = read_json(Path(context_dir) / ELEMENT_FILE)
+    plan = element.get("plan") if isinstance(element, dict) else None
+    if not isinstance(plan, str) or not plan or "/" in plan or plan.startswith("."):
+        return None
+    return plan

@@ -1,0 +1,47 @@
+"""Is a recorded process still the one that wrote the record? One answer for locks, registries,
+submission runners and element runners alike."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import psutil
+
+START_TOLERANCE_S = 1.0  # create_time() is rounded differently across psutil versions/platforms
+
+
+def process_start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError, ValueError):
+        return None
+
+
+def process_alive(pid: object, started: object = None, *, started_by: object = None, host: object = None,
+                  tolerance: float = START_TOLERANCE_S) -> bool:
+    """True when `pid` runs on this host, is not a zombie, and is the recorded process: it started
+    at `started` (its recorded create time) or no later than `started_by` (a time the process
+    itself wrote down after it started); a reused pid is not. A process on another host is not
+    provably alive here: False (callers that must not break another host's hold check the host)."""
+    if host is not None and host != socket.gethostname():
+        return False
+    try:
+        pid = int(pid)  # type: ignore[call-overload]
+        if pid <= 0:
+            return False
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        created = proc.create_time()
+        if isinstance(started, (int, float)) and not isinstance(started, bool):
+            return abs(created - started) < tolerance
+        if isinstance(started_by, (int, float)) and not isinstance(started_by, bool):
+            return created <= started_by + tolerance
+        return True
+    except (psutil.Error, OSError, ValueError, TypeError):
+        return False
+
+
+def is_self(pid: object) -> bool:
+    return str(pid) == str(os.getpid())
