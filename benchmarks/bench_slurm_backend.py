@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mace_hpc.submission.backend import PENDING, ArrayRequest, chunk_indices
-from mace_hpc.submission.slurm import SlurmBackend
+from mace_hpc.records.states import PENDING
+from mace_hpc.schedulers.base import ArrayRequest, chunk_indices
+from mace_hpc.schedulers.slurm.backend import SlurmBackend
 
 
 def one_round(backend: SlurmBackend, n: int, work: Path) -> dict[str, float]:

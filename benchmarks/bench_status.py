@@ -36,11 +36,11 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("sbatch") is None:
         sys.exit("bench_status: needs SLURM (bash .ci/slurm/start.sh)")
+    from mace_hpc import records as st
     from mace_hpc.config import load_config
-    from mace_hpc.element import state as st
+    from mace_hpc.schedulers.base import get_backend
+    from mace_hpc.schedulers.slurm import backend as slurm
     from mace_hpc.status.reconcile import collect
-    from mace_hpc.submission import slurm
-    from mace_hpc.submission.backend import get_backend
     from mace_hpc.submission.submit import submit_plan
 
     print(machine())

@@ -56,7 +56,7 @@ def scancel(ids: list[str]) -> None:
 
 def bench_mace(plan_path: Path, root: Path, partition: str | None, run: int = 0) -> dict[str, float]:
     from mace_hpc.config import load_config
-    from mace_hpc.submission import slurm
+    from mace_hpc.schedulers.slurm import backend as slurm
     from mace_hpc.submission.submit import submit_plan
 
     scratch = root / f"scratch{run}"

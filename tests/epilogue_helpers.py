@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mace_hpc import records as st
 from mace_hpc.database.materials import MaterialDatabase
-from mace_hpc.element import state as st
+from mace_hpc.records import Manifest
 from mace_hpc.util.atomic import atomic_write_json
 
 
@@ -54,7 +55,7 @@ def make_submission(
     run_states: dict[int, str] | None = None, backend: str = "local", jobs: list[dict[str, Any]] | None = None,
     finished_at: float | None = None,
 ) -> dict[str, Any]:
-    """A submission record + manifest + n finished contexts; returns the manifest."""
+    """A submission record + manifest + n finished contexts; returns the manifest (as the runner reads it)."""
     sub = scratch_root / ".submissions" / plan
     (sub / "logs").mkdir(parents=True, exist_ok=True)
     entries = []
@@ -73,7 +74,7 @@ def make_submission(
     atomic_write_json(sub / "elements.json", [{"index": i, "steps": []} for i in range(n)])
     atomic_write_json(sub / "record.json", {"plan": plan, "backend": backend, "jobs": jobs or [],
                                             "manifest": str(sub / "manifest.json")})
-    return manifest
+    return Manifest.from_dict(manifest)
 
 
 def shared_rows(shared_db: Path) -> dict[str, int]:

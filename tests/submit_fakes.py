@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from mace_hpc.errors import SchedulerError
-from mace_hpc.submission.backend import ArrayRequest
+from mace_hpc.schedulers.base import ArrayRequest
 
 PY = sys.executable
 
@@ -73,7 +73,7 @@ class FakeBackend:
         self.calls = 0
 
     def render(self, req: ArrayRequest) -> tuple[str, list[str]]:
-        from mace_hpc.submission.slurm import SlurmBackend
+        from mace_hpc.schedulers.slurm.backend import SlurmBackend
 
         return SlurmBackend(max_array_size=self.max_size).render(req)
 
@@ -115,7 +115,7 @@ class FakeBackend:
 def install_fake_backend(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
     """Every `get_backend("slurm")` of the submission code returns this one fake (for a fixture)."""
     fake = FakeBackend()
-    from mace_hpc.submission import backend as backend_mod
+    from mace_hpc.schedulers import base as backend_mod
     from mace_hpc.submission import control, submit
 
     real = backend_mod.get_backend

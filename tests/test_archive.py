@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from epilogue_helpers import make_context, tree
 
-from mace_hpc.epilogue.archive import (
+from mace_hpc.context.archive import (
     MANIFEST_NAME,
     SIDECAR_SUFFIX,
     archive_context,

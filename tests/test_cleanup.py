@@ -9,8 +9,8 @@ import time
 import pytest
 from epilogue_helpers import make_context, make_submission, shared_rows, state_of
 
+from mace_hpc import records as st
 from mace_hpc.cli.main import main
-from mace_hpc.element import state as st
 from mace_hpc.epilogue.cleanup import cleanup, parse_age, parse_size
 from mace_hpc.epilogue.hook import run_epilogue
 from mace_hpc.errors import InputError

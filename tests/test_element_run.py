@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from mace_hpc.element.state import read_state
+from mace_hpc.records import read_state
 
 
 def _plan(tmp_path, steps, env=None):
@@ -61,12 +61,12 @@ def test_failed_step_stops_the_element_and_resume_skips_completed(tmp_path, mace
     ctx_dir = mace_env["scratch_root"] / "er-only"
     state = read_state(ctx_dir)
     assert not summary["succeeded"]
-    assert state["run_state"] == "FAILED" and "exit code 3" in state["message"]
+    assert state.run_state == "FAILED" and "exit code 3" in state.message
     flag.touch()
     summary = ContextualWorkflowExecutor().execute_workflow_plan(plan)
     state = read_state(ctx_dir)
-    assert summary["succeeded"] and state["attempts"] == 2
-    assert [s["status"] for s in state["steps"]] == ["skipped", "completed"]
+    assert summary["succeeded"] and state.attempts == 2
+    assert [s["status"] for s in state.steps] == ["skipped", "completed"]
     assert (ctx_dir / "calculations" / "first" / "ran").read_text() == "x"  # ran once only
 
 
@@ -98,5 +98,5 @@ def test_time_limit_interrupts_a_function_step_that_catches_exception(tmp_path, 
     argv = [sys.executable, "-m", "mace_hpc.element", str(result.submission.manifest_path), "--index", "0"]
     assert signal_when_started(argv, flag, signal.SIGUSR2) == 124
     state = read_state(mace_env["scratch_root"] / "stub-e0")
-    assert state["run_state"] == "TIMEOUT"
-    assert [s["status"] for s in state["steps"]] == ["timeout"]
+    assert state.run_state == "TIMEOUT"
+    assert [s["status"] for s in state.steps] == ["timeout"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -14,12 +15,14 @@ from pathlib import Path
 import pytest
 from epilogue_helpers import make_context, make_submission, material_ids, shared_rows, state_of, tree
 
+from mace_hpc import records as st
 from mace_hpc.cli.main import main
-from mace_hpc.element import state as st
 from mace_hpc.epilogue.backstop import backstop_request
-from mace_hpc.epilogue.finalize import QUARANTINE_DIR, QUARANTINED, Options
+from mace_hpc.epilogue.finalize import Options
 from mace_hpc.epilogue.hook import run_epilogue, run_with_deadline
 from mace_hpc.epilogue.pending import merge_pending
+from mace_hpc.records.layout import QUARANTINE_DIR
+from mace_hpc.records.states import QUARANTINED
 from mace_hpc.util.nfslock import NfsLock
 
 PLAN = "tp"
@@ -45,11 +48,11 @@ def test_merge_policy_brings_rows_home_exactly_once(sub, mace_env) -> None:
     manifest = sub(3)
     for i in range(3):
         state = run_epilogue(_ctx(mace_env, i), manifest=manifest)
-        assert state["state"] == st.MERGED
-        assert state["epilogue"]["merge"]["status"] == "merged"
+        assert state.state.state == st.MERGED
+        assert state.state.epilogue["merge"]["status"] == "merged"
     assert shared_rows(mace_env["shared_database"]) == {"materials": 3, "calculations": 3, "properties": 6, "files": 3}
     again = run_epilogue(_ctx(mace_env, 0), manifest=manifest)  # a second epilogue: nothing new
-    assert again["state"] == st.MERGED
+    assert again.state.state == st.MERGED
     assert shared_rows(mace_env["shared_database"])["materials"] == 3
     log = (_ctx(mace_env, 0) / "logs" / "epilogue.log").read_text()
     assert "COMPLETED -> MERGED (merge)" in log
@@ -63,7 +66,7 @@ def test_merge_policy_brings_rows_home_exactly_once(sub, mace_env) -> None:
 def test_on_complete_policies(sub, mace_env, policy, state, merged, archived) -> None:
     manifest = sub(1, on_complete=policy)
     result = run_epilogue(_ctx(mace_env, 0), manifest=manifest)
-    assert result["state"] == state
+    assert result.state.state == state
     assert (shared_rows(mace_env["shared_database"])["materials"] == 1) is merged
     archive = mace_env["archive_dir"] / f"{PLAN}-e0.tar.gz"
     assert archive.is_file() is archived
@@ -74,7 +77,7 @@ def test_on_complete_policies(sub, mace_env, policy, state, merged, archived) ->
 def test_failed_elements_follow_on_failure_and_are_never_merged(sub, mace_env, policy, state) -> None:
     manifest = sub(2, on_failure=policy, run_states={0: st.FAILED, 1: st.TIMEOUT})
     for i in range(2):
-        assert run_epilogue(_ctx(mace_env, i), manifest=manifest)["state"] == state
+        assert run_epilogue(_ctx(mace_env, i), manifest=manifest).state.state == state
     assert shared_rows(mace_env["shared_database"])["materials"] == 0
     assert (mace_env["archive_dir"] / f"{PLAN}-e1.tar.gz").is_file() is (policy == "archive")
 
@@ -96,13 +99,13 @@ def test_command_line_policy_overrides_the_plan(sub, mace_env) -> None:
 def test_shared_mode_needs_no_merge(sub, mace_env) -> None:
     manifest = sub(1, isolation="shared")
     state = run_epilogue(_ctx(mace_env, 0), manifest=manifest)
-    assert state["state"] == st.MERGED and state["epilogue"]["merge"] == {"status": "shared-mode"}
+    assert state.state.state == st.MERGED and state.state.epilogue["merge"] == {"status": "shared-mode"}
     assert not mace_env["shared_database"].exists()
 
 
 def test_unfinished_element_is_left_alone(sub, mace_env) -> None:
     manifest = sub(1, run_states={0: st.RUNNING})
-    assert run_epilogue(_ctx(mace_env, 0), manifest=manifest)["state"] == st.RUNNING
+    assert run_epilogue(_ctx(mace_env, 0), manifest=manifest).state.state == st.RUNNING
     assert shared_rows(mace_env["shared_database"])["materials"] == 0
 
 
@@ -110,7 +113,7 @@ def test_auto_cleanup_archives_then_leaves_a_tombstone(sub, mace_env, monkeypatc
     monkeypatch.setenv("MACE_AUTO_CLEANUP", "1")
     manifest = sub(1)
     state = run_epilogue(_ctx(mace_env, 0), manifest=manifest)
-    assert state["state"] == st.MERGED and state["removed"] is True
+    assert state.state.state == st.MERGED and state.state.removed is True
     assert sorted(os.listdir(_ctx(mace_env, 0))) == ["context.json", "state.json"]
     assert (mace_env["archive_dir"] / f"{PLAN}-e0.tar.gz").is_file()  # archive_results (default on)
     assert shared_rows(mace_env["shared_database"])["materials"] == 1
@@ -122,10 +125,10 @@ def test_cleanup_is_skipped_when_the_archive_cannot_be_written(sub, mace_env, mo
     monkeypatch.setenv("MACE_AUTO_CLEANUP", "1")
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    manifest = {**sub(1), "archive_dir": str(blocker / "archives")}
+    manifest = dataclasses.replace(sub(1), archive_dir=str(blocker / "archives"))
     state = run_epilogue(_ctx(mace_env, 0), manifest=manifest)
-    assert state["state"] == st.MERGED and not state.get("removed")
-    assert "cleanup_error" in state["epilogue"]
+    assert state.state.state == st.MERGED and not state.state.removed
+    assert "cleanup_error" in state.state.epilogue
     assert (_ctx(mace_env, 0) / "materials.db").is_file()
 
 
@@ -138,8 +141,8 @@ def test_lock_held_past_the_deadline_leaves_pending_merge_then_mace_merge_finish
     with NfsLock(lock_path(mace_env["shared_database"]), lifetime=600):
         for i in range(3):
             state = run_epilogue(_ctx(mace_env, i), manifest=manifest, deadline=1.0)
-            assert state["state"] == st.PENDING_MERGE
-            assert "busy" in state["pending_reason"]
+            assert state.state.state == st.PENDING_MERGE
+            assert "busy" in state.state.pending_reason
         log = (_ctx(mace_env, 0) / "logs" / "epilogue.log").read_text()
         assert "PENDING_MERGE" in log and "could not acquire lock" in log
         assert main(["merge", PLAN, "--lock-timeout", "0.5"]) == 1  # still busy: exit 1, nothing lost
@@ -157,14 +160,14 @@ def _hang(*args, **kwargs):
 
 
 def test_a_hanging_epilogue_is_stopped_at_its_deadline(sub, mace_env, monkeypatch) -> None:
-    import mace_hpc.epilogue.archive as archive_mod
+    import mace_hpc.epilogue.finalize as archive_mod  # where finalize looks archive_context up
 
     manifest = sub(1, on_complete="merge+archive")
     with monkeypatch.context() as patch:
         patch.setattr(archive_mod, "archive_context", _hang)
         state = run_epilogue(_ctx(mace_env, 0), manifest=manifest, deadline=1.0)
-    assert state["state"] == st.PENDING_MERGE
-    assert "deadline" in state["pending_reason"]
+    assert state.state.state == st.PENDING_MERGE
+    assert "deadline" in state.state.pending_reason
     assert not (_ctx(mace_env, 0) / ".epilogue.lock").exists()  # the child unwound and released it
     assert not list(mace_env["archive_dir"].glob("*.tmp")) if mace_env["archive_dir"].exists() else True
     assert main(["merge", PLAN]) == 0
@@ -183,11 +186,11 @@ def test_child_that_ignores_the_stop_signal_is_killed() -> None:
 
 
 def test_epilogue_never_raises_on_garbage(tmp_path: Path) -> None:
-    assert run_epilogue(tmp_path / "does-not-exist")["state"] in (st.PENDING, st.PENDING_MERGE)
+    assert run_epilogue(tmp_path / "does-not-exist").state.state in (st.PENDING, st.PENDING_MERGE)
     weird = tmp_path / "bad id!"
     weird.mkdir()
     (weird / "state.json").write_text('{"state": "COMPLETED"}')
-    assert run_epilogue(weird)["state"] == st.PENDING_MERGE
+    assert run_epilogue(weird).state.state == st.PENDING_MERGE
 
 
 @pytest.mark.parametrize(
@@ -214,7 +217,7 @@ def test_cli_epilogue_finds_the_element_from_the_array_environment(sub, mace_env
     monkeypatch.setenv("PBS_ARRAY_INDEX", "0")
     assert main(["epilogue"]) == 0
     assert state_of(_ctx(mace_env, 0))["state"] == st.MERGED
-    monkeypatch.setenv("MACE_CONTEXT_DIR", manifest["elements"][2]["context_dir"])
+    monkeypatch.setenv("MACE_CONTEXT_DIR", manifest.elements[2].context_dir)
     assert main(["epilogue", "--json"]) == 0
     assert state_of(_ctx(mace_env, 2))["state"] == st.MERGED
 
@@ -316,19 +319,19 @@ def test_disk_full_while_archiving_keeps_the_context_pending(sub, mace_env, tmp_
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         manifest = sub(2, on_complete="merge+archive")
-        manifest["archive_dir"] = str(mnt)
+        manifest = dataclasses.replace(manifest, archive_dir=str(mnt))
         manifest_path = mace_env["scratch_root"] / ".submissions" / PLAN / "manifest.json"
-        manifest_path.write_text(json.dumps(manifest))
+        manifest_path.write_text(json.dumps(manifest.to_dict()))
         big = _ctx(mace_env, 0) / "calculations" / "s" / "big.bin"
         big.write_bytes(os.urandom(2 << 20))
         before = tree(_ctx(mace_env, 0))
         state = run_epilogue(_ctx(mace_env, 0), manifest=manifest)
-        assert state["state"] == st.PENDING_MERGE
-        assert "No space left on device" in state["pending_reason"] and "context kept" in state["pending_reason"]
-        assert state["epilogue"]["merged"] is True  # the merge itself went through
+        assert state.state.state == st.PENDING_MERGE
+        assert "No space left on device" in state.state.pending_reason and "context kept" in state.state.pending_reason
+        assert state.state.epilogue["merged"] is True  # the merge itself went through
         assert sorted(os.listdir(mnt)) == []  # no partial archive, no temp file
         assert [p for p in tree(_ctx(mace_env, 0)) if p != "logs/epilogue.log"] == before  # context kept whole
-        assert run_epilogue(_ctx(mace_env, 1), manifest=manifest)["state"] == st.MERGED  # small one fits
+        assert run_epilogue(_ctx(mace_env, 1), manifest=manifest).state.state == st.MERGED  # small one fits
         big.unlink()  # space is freed (here: the big output goes away); the next merge finishes
         assert main(["merge", PLAN]) == 0
         assert state_of(_ctx(mace_env, 0))["state"] == st.MERGED
@@ -354,7 +357,7 @@ def test_concurrent_mergers_and_epilogues_finalize_each_context_once(sub, mace_e
         pending = pool.map_async(_merge_proc, [args] * 4)
         hooks = [run_epilogue(_ctx(mace_env, i), manifest=manifest) for i in range(0, 40, 3)]
         done = pending.get(timeout=600)
-    assert all(h["state"] in (st.MERGED, st.COMPLETED) for h in hooks)  # COMPLETED: a merger had its lock
+    assert all(h.state.state in (st.MERGED, st.COMPLETED) for h in hooks)  # COMPLETED: a merger had its lock
     assert main(["merge", PLAN]) == 0
     assert [state_of(_ctx(mace_env, i))["state"] for i in range(40)] == [st.MERGED] * 40
     assert sum(done) <= 40

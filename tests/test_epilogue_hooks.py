@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from epilogue_helpers import make_submission, shared_rows, state_of
 
+from mace_hpc import records as st
 from mace_hpc.cli.main import main
-from mace_hpc.element import state as st
 from mace_hpc.epilogue import sitehook
-from mace_hpc.submission import pbs
-from mace_hpc.submission.backend import FINAL_STATES, ArrayRequest
+from mace_hpc.records.states import FINAL_RUN_STATES as FINAL_STATES
+from mace_hpc.schedulers import pbs
+from mace_hpc.schedulers.base import ArrayRequest
 
 REPO = Path(__file__).resolve().parent.parent
 PBS_EPILOGUE = REPO / "jobscripts" / "pbs-epilogue.sh"
@@ -107,10 +108,10 @@ def test_pbs_epilogue_finds_subjobs_through_qstat_and_merges(fakepbs, mace_env, 
                        env={"MACE_MANIFEST": str(manifest_path)}, work_dir=tmp_path / "logs",
                        scheduler={"time": 10, "pbs_flavor": fakepbs})
     job_id = backend.submit(req)
-    _wait(lambda: (s := backend.query([job_id])) and len(s) == 3 and set(s.values()) <= FINAL_STATES, "the array")
+    _wait(lambda: (s := backend.query([job_id])) and len(s) == 3 and set(s.values()) <= set(FINAL_STATES), "the array")
     seq = pbs.parse_job_id(job_id)
     for i in range(3):  # the elements "ran" without an epilogue: their contexts say COMPLETED
-        assert state_of(Path(manifest["elements"][i]["context_dir"]))["state"] == st.COMPLETED
+        assert state_of(Path(manifest.elements[i].context_dir))["state"] == st.COMPLETED
     assert main(["epilogue", "--pbs-job", seq.subjob(1), "-q"]) == 0
     assert state_of(root / "pbsp-e1")["state"] == st.MERGED
     # the array parent and non-array jobs are not elements

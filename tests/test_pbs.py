@@ -13,18 +13,10 @@ import pytest
 
 from mace_hpc.config import load_config
 from mace_hpc.errors import ConfigError, InputError, SchedulerError
-from mace_hpc.submission import pbs
-from mace_hpc.submission.backend import (
-    CANCELLED,
-    COMPLETED,
-    FAILED,
-    FINAL_STATES,
-    PENDING,
-    RUNNING,
-    TIMEOUT,
-    ArrayRequest,
-    get_backend,
-)
+from mace_hpc.records.states import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TIMEOUT
+from mace_hpc.records.states import FINAL_RUN_STATES as FINAL_STATES
+from mace_hpc.schedulers import pbs
+from mace_hpc.schedulers.base import ArrayRequest, get_backend
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden"
@@ -299,7 +291,7 @@ def _wait(fn, what: str, limit: float = 60.0):
 def _final(backend, job_id, n):
     def check():
         states = backend.query([job_id])
-        return states if len(states) == n and set(states.values()) <= FINAL_STATES else None
+        return states if len(states) == n and set(states.values()) <= set(FINAL_STATES) else None
     return _wait(check, f"{n} final states of {job_id}")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from submit_fakes import signal_when_started
 
-from mace_hpc.element.state import read_state
+from mace_hpc.records import read_state
 from mace_hpc.submission.submit import submit_plan
 
 PY = sys.executable
@@ -62,8 +62,8 @@ def test_time_limit_signal_before_the_first_step_records_timeout_and_runs_the_ep
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 124
     state = read_state(mace_env["scratch_root"] / "early-e0")
-    assert state["run_state"] == "TIMEOUT" and "time limit" in state["message"]
-    assert state["state"] == "KEPT"  # on_failure default: the epilogue ran
+    assert state.run_state == "TIMEOUT" and "time limit" in state.message
+    assert state.state == "KEPT"  # on_failure default: the epilogue ran
     assert not marker.exists()  # no step started after the signal
 
 
@@ -75,8 +75,8 @@ def test_cancel_signal_during_the_epilogue_does_not_abort_the_merge(tmp_path, ma
     proc = _run_with_signal_at(result.submission.manifest_path, "mace_hpc.epilogue.hook:build_target", "SIGTERM")
     assert "Traceback" not in proc.stderr, proc.stderr
     state = read_state(mace_env["scratch_root"] / "late-e0")
-    assert state["run_state"] == "COMPLETED" and marker.read_text() == "x"
-    assert state["state"] == "MERGED", state.get("pending_reason")
+    assert state.run_state == "COMPLETED" and marker.read_text() == "x"
+    assert state.state == "MERGED", state.pending_reason
     assert proc.returncode == 0
 
 
@@ -109,7 +109,7 @@ def test_epilogue_child_that_fails_leaves_pending_merge(mace_env, monkeypatch):
 
     from epilogue_helpers import make_submission
 
-    from mace_hpc.element import state as st
+    from mace_hpc import records as st
     from mace_hpc.epilogue import hook
 
     manifest = make_submission(mace_env["scratch_root"], "crash", 1, shared_database=mace_env["shared_database"],
@@ -121,12 +121,12 @@ def test_epilogue_child_that_fails_leaves_pending_merge(mace_env, monkeypatch):
         os.kill(os.getpid(), signal.SIGKILL)  # like the OOM killer
 
     monkeypatch.setattr(hook, "finalize", dies)
-    state = hook.run_epilogue(ctx, manifest=manifest, deadline=30)
-    assert state["state"] == st.PENDING_MERGE
-    assert read_state(ctx)["state"] == st.PENDING_MERGE and read_state(ctx)["pending_reason"]
+    result = hook.run_epilogue(ctx, manifest=manifest, deadline=30)
+    assert result.state.state == st.PENDING_MERGE
+    assert read_state(ctx).state == st.PENDING_MERGE and read_state(ctx).pending_reason
     assert hook.run_with_deadline(lambda: 1 / 0, 30) == (False, None)
     monkeypatch.undo()
-    assert hook.run_epilogue(ctx, manifest=manifest, deadline=30)["state"] == st.MERGED  # retried later
+    assert hook.run_epilogue(ctx, manifest=manifest, deadline=30).state.state == st.MERGED  # retried later
 
 
 # ------------------------------------------------------------------ cleaned-up contexts run again
@@ -156,12 +156,12 @@ def test_resubmitted_failed_element_whose_context_was_cleaned_is_merged(tmp_path
         pass
     ctx = mace_env["scratch_root"] / "again-e0"
     first = read_state(ctx)
-    assert first["state"] == "ARCHIVED" and first["run_state"] == "FAILED" and first.get("removed")
+    assert first.state == "ARCHIVED" and first.run_state == "FAILED" and first.removed
     flag.touch()
     resubmit("again")
     state = read_state(ctx)
-    assert state["run_state"] == "COMPLETED"
-    assert state["state"] == "MERGED", state
+    assert state.run_state == "COMPLETED"
+    assert state.state == "MERGED", state
     assert _shared_counts(mace_env["shared_database"]) == (1, 1)
 
 
@@ -174,19 +174,19 @@ def test_submitting_a_finished_cleaned_plan_again_adds_nothing(tmp_path, mace_en
     plan = _one_step_plan("twice", marker)
     submit_plan(plan, backend="local")
     ctx = mace_env["scratch_root"] / "twice-e0"
-    assert read_state(ctx)["state"] == "MERGED" and read_state(ctx).get("removed")
+    assert read_state(ctx).state == "MERGED" and read_state(ctx).removed
     counts = _shared_counts(mace_env["shared_database"])
     submit_plan(plan, backend="local")
     assert marker.read_text() == "x"  # the step did not run again
     state = read_state(ctx)
-    assert state["state"] == "MERGED" and state["run_state"] == "COMPLETED"
+    assert state.state == "MERGED" and state.run_state == "COMPLETED"
     assert _shared_counts(mace_env["shared_database"]) == counts
 
 
 # ------------------------------------------------------------------ time limit, then a stuck epilogue
 _HANGING_ARCHIVE_DRIVER = r"""
 import sys, time
-import mace_hpc.epilogue.archive as archive_mod
+import mace_hpc.epilogue.finalize as archive_mod  # where finalize looks archive_context up
 archive_mod.archive_context = lambda *a, **k: time.sleep(3600)
 from mace_hpc.element import run
 sys.exit(run.main([sys.argv[1], "--index", "0"]))
@@ -208,8 +208,8 @@ def test_epilogue_after_the_time_limit_signal_still_has_its_deadline(tmp_path, m
     assert signal_when_started(argv, started, signal.SIGUSR2, {"MACE_EPILOGUE_DEADLINE": "2"}) == 124
     ctx = mace_env["scratch_root"] / "tl-e0"
     state = read_state(ctx)
-    assert state["run_state"] == "TIMEOUT" and state["state"] == "PENDING_MERGE"
-    assert "deadline" in state["pending_reason"]
+    assert state.run_state == "TIMEOUT" and state.state == "PENDING_MERGE"
+    assert "deadline" in state.pending_reason
     assert not (ctx / ".epilogue.lock").exists()  # the stopped child released it
 
 
@@ -234,7 +234,7 @@ def _run_requeue_element(tmp_path, mace_env, monkeypatch, sig, cancel_first):
     calls = tmp_path / "scontrol-calls"
     (bindir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexit 0\n")
     (bindir / "scontrol").chmod(0o755)
-    env = {**os.environ, **result.record["env"], "PATH": f"{bindir}:{os.environ['PATH']}",
+    env = {**os.environ, **result.record.env, "PATH": f"{bindir}:{os.environ['PATH']}",
            "SLURM_ARRAY_JOB_ID": job_id, "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "5000"}
     proc = subprocess.Popen([PY, "-m", "mace_hpc.element", str(result.submission.manifest_path)], env=env)
     try:
@@ -258,11 +258,11 @@ def test_mace_cancel_is_not_undone_by_the_elements_own_requeue(tmp_path, mace_en
     requeue itself, and SLURM does requeue a cancelled job: the cancelled plan came back."""
     rc, state, calls = _run_requeue_element(tmp_path, mace_env, monkeypatch, signal.SIGTERM, cancel_first=True)
     assert "requeue" not in calls
-    assert state["run_state"] == "CANCELLED" and not state.get("requeued")
+    assert state.run_state == "CANCELLED" and not state.requeued
     assert rc == 1
 
 
 def test_time_limit_signal_still_requeues(tmp_path, mace_env, monkeypatch):
     rc, state, calls = _run_requeue_element(tmp_path, mace_env, monkeypatch, signal.SIGUSR2, cancel_first=False)
-    assert calls.split() == ["requeue", f"{state['scheduler']['SLURM_ARRAY_JOB_ID']}_0"]
-    assert state["state"] == "PENDING" and state["requeued"] is True and rc == 124
+    assert calls.split() == ["requeue", f"{state.scheduler['SLURM_ARRAY_JOB_ID']}_0"]
+    assert state.state == "PENDING" and state.requeued is True and rc == 124

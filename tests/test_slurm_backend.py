@@ -19,15 +19,9 @@ from typing import Any
 import pytest
 
 from mace_hpc.errors import InputError, SchedulerError, SchedulerUnavailable
-from mace_hpc.submission import slurm as slurm_mod
-from mace_hpc.submission.backend import (
-    CANCELLED,
-    COMPLETED,
-    FAILED,
-    FINAL_STATES,
-    PENDING,
-    RUNNING,
-    TIMEOUT,
+from mace_hpc.records.states import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TIMEOUT
+from mace_hpc.records.states import FINAL_RUN_STATES as FINAL_STATES
+from mace_hpc.schedulers.base import (
     ArrayRequest,
     Backend,
     array_spec,
@@ -35,10 +29,11 @@ from mace_hpc.submission.backend import (
     chunk_indices,
     expand_array_ids,
     get_backend,
-    normalize_slurm_state,
     shell_quote,
 )
-from mace_hpc.submission.slurm import SlurmBackend, signal_margin
+from mace_hpc.schedulers.slurm import backend as slurm_mod
+from mace_hpc.schedulers.slurm.backend import SlurmBackend, signal_margin
+from mace_hpc.schedulers.slurm.states import normalize_slurm_state
 
 # ---------------------------------------------------------------------------- array helpers
 

@@ -23,9 +23,9 @@ import pytest
 
 from mace_hpc.cli.main import run
 from mace_hpc.config import load_config
+from mace_hpc.records import find_record, load_manifest
+from mace_hpc.schedulers.base import get_backend
 from mace_hpc.status.reconcile import Report, collect
-from mace_hpc.submission.backend import get_backend
-from mace_hpc.submission.contexts import load_manifest, load_record
 from mace_hpc.submission.submit import submit_plan
 from mace_hpc.util.atomic import read_json
 
@@ -112,13 +112,13 @@ def cluster_run(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) ->
     yield {"root": root, "scratch": scratch, "probe": probe, "fixed": fixed, "environ": environ,
            "cfg": cfg, "results": results, "cluster": slurm_cluster}
     # whatever a failed test left queued (sleepers, backstop jobs) must not outlive the session
-    ids = [str(j["job_id"]) for name in plans for j in load_record(scratch, name)[1].get("jobs", [])]
+    ids = [j.job_id for name in plans for j in find_record(scratch, name)[1].jobs]
     get_backend("slurm").cancel(ids)
 
 
 def _report(run_: dict[str, Any], name: str) -> Report:
-    directory, record = load_record(run_["scratch"], name)
-    return collect(record, load_manifest(directory), get_backend("slurm"))
+    paths, record = find_record(run_["scratch"], name)
+    return collect(record, load_manifest(paths.manifest), get_backend("slurm"))
 
 
 def _wait(run_: dict[str, Any], name: str, until: Any = None, timeout: float = WAIT_S) -> Report:

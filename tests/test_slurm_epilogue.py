@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from epilogue_helpers import state_of
 
-from mace_hpc.element import state as st
+from mace_hpc import records as st
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def _wait(condition, what: str, timeout: float = 240.0, poll: float = 0.5):
 
 
 def _states(root: Path, name: str, n: int) -> list[str]:
-    return [st.read_state(root / f"{name}-e{i}")["state"] for i in range(n)]
+    return [st.read_state(root / f"{name}-e{i}").state for i in range(n)]
 
 
 def _rows(db: Path) -> dict[str, int]:

@@ -24,8 +24,9 @@ from submit_fakes import (
 )
 from submit_fakes import cli as _cli
 
+from mace_hpc import records as st
 from mace_hpc.cli.main import run
-from mace_hpc.element import state as st
+from mace_hpc.records import ElementState, JobEntry, Manifest, SubmissionRecord
 from mace_hpc.status.reconcile import collect, query_per_job, reconcile_one
 from mace_hpc.submission.submit import submit_plan
 from mace_hpc.util.atomic import read_json
@@ -64,7 +65,7 @@ def _manifest(scratch: Path, plan: str) -> dict[str, Any]:
     ],
 )
 def test_reconcile_rules(file_state: str, sched: str | None, shown: str) -> None:
-    state, note = reconcile_one({"state": file_state}, sched)
+    state, note = reconcile_one(ElementState.from_dict({"state": file_state}), sched)
     assert state == shown
     assert bool(note) == (state != file_state and state != "RUNNING")  # overrides are explained
 
@@ -72,7 +73,7 @@ def test_reconcile_rules(file_state: str, sched: str | None, shown: str) -> None
 def test_query_per_job_splits_one_answer_by_array() -> None:
     """Element 2 is in the failed first array and in its resubmission: each keeps its own state."""
     fake = FakeBackend()
-    from mace_hpc.submission.backend import ArrayRequest
+    from mace_hpc.schedulers.base import ArrayRequest
 
     first = ArrayRequest("p", [0, 1, 2], 2, ["x"])
     chunk = ArrayRequest("p", [3, 4], 2, ["x"], index_offset=3)
@@ -87,6 +88,7 @@ def test_query_per_job_splits_one_answer_by_array() -> None:
         {"job_id": ids[1], "offset": 3, "indices": [3, 4]},
         {"job_id": ids[2], "offset": 0, "indices": [2]},
     ]
+    jobs = [JobEntry.from_dict(j) for j in jobs]
     per_job = query_per_job(fake, jobs)
     assert fake.queries == [ids]  # one call for all arrays
     assert per_job == {
@@ -95,18 +97,12 @@ def test_query_per_job_splits_one_answer_by_array() -> None:
         ids[2]: {2: "PENDING"},
     }
 
-    class NoOffsets:  # a backend whose query cannot tag jobs: states attributed by coverage
-        def query(self, job_ids: list[str]) -> dict[int, str]:
-            return {0: "COMPLETED", 3: "RUNNING"}
-
-    assert query_per_job(NoOffsets(), jobs[:2]) == {ids[0]: {0: "COMPLETED"}, ids[1]: {3: "RUNNING"}}
-
 
 def test_status_with_real_slurm_backend_makes_one_squeue_and_one_sacct(
     tmp_path: Path, mace_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """10 arrays (chunks of 3 plus offsets): one query, two subprocesses, indices mapped back."""
-    from mace_hpc.submission import slurm
+    from mace_hpc.schedulers.slurm import backend as slurm
 
     calls: list[list[str]] = []
     jobs = {str(500 + k): k * 3 for k in range(10)}  # job id -> offset
@@ -134,7 +130,8 @@ def test_status_with_real_slurm_backend_makes_one_squeue_and_one_sacct(
     record = {"plan": "plan", "backend": "slurm", "jobs": [
         {"job_id": j, "kind": "array", "offset": off, "indices": [off + t for t in range(3 if j != "509" else 1)]}
         for j, off in jobs.items()] + [{"job_id": "510", "kind": "backstop"}]}
-    report = collect(record, manifest, slurm.SlurmBackend())
+    report = collect(SubmissionRecord.from_dict({**record, "manifest": "", "scratch_root": ""}),
+                     Manifest.from_dict(manifest), slurm.SlurmBackend())
     assert [c[0] for c in calls] == ["squeue", "sacct"] and report.scheduler_queries == 1
     assert "510" not in calls[0][calls[0].index("-j") + 1]  # the backstop is not an element array
     states = {r["index"]: r["state"] for r in report.rows}
@@ -348,7 +345,7 @@ def test_status_shows_merge_conflicts_and_pending_reasons(tmp_path, mace_env):
     import json as _json
 
     from mace_hpc.database.materials import MaterialDatabase
-    from mace_hpc.element.state import write_state
+    from mace_hpc.records import write_state
     from mace_hpc.submission.control import status_of
     from mace_hpc.submission.submit import submit_plan
 

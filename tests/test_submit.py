@@ -388,7 +388,7 @@ def test_resubmitting_a_changed_plan_under_the_same_name_is_refused(tmp_path, ma
     with pytest.raises(InputError, match=r"index 0 was same-a, now same-x"):
         submit_plan(plan(["x", "a", "b"]), backend="local")
     result = submit_plan(plan(["a", "b", "c"]), backend="local")  # appending is fine
-    assert [e["workflow_id"] for e in result.submission.entries] == ["same-a", "same-b", "same-c"]
+    assert [e.workflow_id for e in result.submission.entries] == ["same-a", "same-b", "same-c"]
 
 
 def test_local_hard_kill_stops_the_steps_of_a_hung_runner(tmp_path, mace_env):
@@ -399,7 +399,7 @@ def test_local_hard_kill_stops_the_steps_of_a_hung_runner(tmp_path, mace_env):
 
     import psutil
 
-    from mace_hpc.submission.local import _signal as send
+    from mace_hpc.schedulers.local.backend import _signal as send
 
     runner = _sp.Popen([_sys.executable, "-c",
                         "import subprocess, time; subprocess.Popen(['sleep', '300'], start_new_session=True); time.sleep(300)"])

@@ -6,7 +6,7 @@ archive and its sidecar `<archive>.sha256` (sha256sum format) are built as temp 
 their destination and renamed into place only when both are complete and fsynced, so a full disk
 or a kill leaves no partial archive and the context intact (the caller keeps it).
 
-Restoring (`restore_archive`) treats the archive as untrusted input (invariant 5): only regular
+Restoring (`restore_archive`) treats the archive as untrusted input (invariant 5 of docs/architecture.md): only regular
 files and directories under one `<workflow_id>/` are accepted (no links, devices, FIFOs, absolute
 paths, `..`, duplicates), on top of tarfile's own `data` filter; every file must match the
 SHA-256 manifest inside the archive (and the archive its sidecar, when present). Files are written

@@ -1,4 +1,4 @@
-"""Exactly-once merge of context databases into the shared database (DESIGN invariant 2).
+"""Exactly-once merge of context databases into the shared database (invariant 2 of docs/architecture.md).
 
 Each source is read through a read-only connection (`file:…?mode=ro`), checked with
 `PRAGMA integrity_check`, and hashed (a deterministic SHA-256 over its rows in primary-key

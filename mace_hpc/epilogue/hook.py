@@ -4,7 +4,7 @@
 element (success, failure, time-limit signal); `mace epilogue` / `mace-epilogue` is the same for
 scheduler hooks and humans (see `find_context` for how it finds the element). Both:
 
-- never raise and (the CLI) always exit 0: a failing site Epilog drains the node (invariant 4);
+- never raise and (the CLI) always exit 0: a failing site Epilog drains the node (invariant 4 of docs/architecture.md);
 - never hang: the work runs in a forked child that is stopped at `epilogue_deadline` seconds
   (SIGUSR1, so it unwinds and releases its locks and temp files; SIGKILL after a short grace),
   and whatever could not be finished is left as PENDING_MERGE plus a log line in the context,

@@ -2,7 +2,7 @@
 
 The path is what the user has to find in their file (`elements[3].steps[0].command`), so each
 validator takes the path of the value it checks and builds the paths of the values inside it.
-A plan is untrusted input (DESIGN.md, invariant 5): commands must be argv lists, env names are
+A plan is untrusted input (invariant 5 of docs/architecture.md): commands must be argv lists, env names are
 checked against a deny-list, and everything that later becomes a path or a job-script value is
 restricted to a conservative character set.
 """

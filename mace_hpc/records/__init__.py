@@ -10,7 +10,20 @@ from ._io import RecordError
 from .element_state import ElementState, read_state, read_state_strict, write_state
 from .layout import ContextPaths, SubmissionPaths
 from .manifest import Manifest, ManifestEntry, load_manifest, read_manifest, write_manifest
-from .states import State
+from .states import (
+    ARCHIVED,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    KEPT,
+    MERGED,
+    PENDING,
+    PENDING_MERGE,
+    QUARANTINED,
+    RUNNING,
+    TIMEOUT,
+    State,
+)
 from .submission import (
     JobEntry,
     Runner,
@@ -22,6 +35,8 @@ from .submission import (
 )
 
 __all__ = [
+    "ARCHIVED", "CANCELLED", "COMPLETED", "FAILED", "KEPT", "MERGED", "PENDING", "PENDING_MERGE", "QUARANTINED",
+    "RUNNING", "TIMEOUT",
     "ContextPaths", "ElementState", "JobEntry", "Manifest", "ManifestEntry", "RecordError", "Runner", "State",
     "SubmissionPaths", "SubmissionRecord", "find_record", "list_records", "load_manifest", "load_record",
     "read_manifest", "read_state", "read_state_strict", "write_manifest", "write_record", "write_state",

@@ -96,7 +96,8 @@ class JobEnvironment:
 
     @classmethod
     def detect(cls, environ: Mapping[str, str]) -> bool:
-        return bool(cls.detect_var and environ.get(cls.detect_var))
+        """Does `environ` come from one of this scheduler's jobs (or a script imitating one)?"""
+        return any(environ.get(v) for v in (cls.detect_var, *cls.index_vars) if v)
 
     def task_id(self) -> int | None:
         """The array task id from the environment; None outside an array job."""

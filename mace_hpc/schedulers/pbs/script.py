@@ -139,7 +139,7 @@ def render_script(spec: JobSpec) -> str:
     margin = spec.signal_margin
     if margin and spec.time_min * 60 > margin:
         # PBS has no --signal: a watchdog signals the element runner (which `exec` makes $$)
-        # margin seconds before the walltime kill, so its epilogue runs (invariant 1).
+        # margin seconds before the walltime kill, so its epilogue runs (invariant 1, docs/architecture.md).
         lines.append(
             f"( sleep {spec.time_min * 60 - margin} && kill -s {PRE_TIMEOUT_SIGNAL} $$ ) >/dev/null 2>&1 &"
         )

@@ -3,7 +3,7 @@
 The job script comes from submitit's own sbatch generator (`_make_sbatch_string`, `use_srun=False`),
 so directives are quoted the way submitit quotes them; we add the array spec, per-element log
 files, `--export`, `--signal=B:USR2@<margin>` and `exec` the element runner, so the runner *is* the
-batch shell and receives the signal before the time limit (invariant 1: the epilogue still runs).
+batch shell and receives the signal before the time limit (invariant 1 of docs/architecture.md: the epilogue still runs).
 
 Scheduler calls are per array, never per element: `query` makes one `squeue` call and at most one
 `sacct` call for any number of arrays and elements.
