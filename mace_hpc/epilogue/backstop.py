@@ -13,7 +13,7 @@ Usage (submission/submit.py, slurm and pbs backends, after the arrays are queued
                            work_dir=sub.directory / "logs", scheduler=requests[0].scheduler,
                            elements=len(sub.entries))
     job_id = be.submit(req)
-    record["jobs"].append(backstop_record(job_id, result.job_ids))
+    record = record.with_jobs([backstop_record(job_id, result.job_ids)])
 
 The local backend needs no backstop: `submit` returns after every element, so it can call
 `mace_hpc.epilogue.pending.merge_pending(scratch_root, [plan_name])` directly if it wants a sweep.
