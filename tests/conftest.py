@@ -58,3 +58,21 @@ def fake_backend(monkeypatch):
 
     return install_fake_backend(monkeypatch)
 # ---------------------------------------------------------------- end submission fakes ----------
+
+
+# ---------------------------------------------------------------- a full disk -------------------
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 1 MiB tmpfs owned by us, mode 0700 (root only); skipped visibly where mounting is not allowed."""
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

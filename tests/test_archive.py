@@ -8,7 +8,6 @@ import json
 import os
 import sqlite3
 import stat
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -99,20 +98,6 @@ def test_rearchiving_replaces_the_archive_only_when_complete(ctx: Path, tmp_path
 
 
 # ---------------------------------------------------------------------------- disk full
-@pytest.fixture
-def tiny_fs(tmp_path: Path):
-    """A 1 MiB tmpfs (root only); skipped visibly where mounting is not allowed."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
 def test_disk_full_leaves_no_partial_archive_and_the_context_intact(ctx: Path, tiny_fs: Path) -> None:
     (ctx / "calculations" / "s" / "big.bin").write_bytes(os.urandom(3 << 20))  # incompressible, > 1 MiB
     before = {p: hashlib.sha256((ctx / p).read_bytes()).hexdigest() for p in tree(ctx)}

@@ -312,33 +312,27 @@ def test_truncated_state_and_corrupt_database_are_quarantined_and_the_rest_merge
 
 
 # ---------------------------------------------------------------------------- disk full
-def test_disk_full_while_archiving_keeps_the_context_pending(sub, mace_env, tmp_path) -> None:
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
-        manifest = sub(2, on_complete="merge+archive")
-        manifest = dataclasses.replace(manifest, archive_dir=str(mnt))
-        manifest_path = mace_env["scratch_root"] / ".submissions" / PLAN / "manifest.json"
-        manifest_path.write_text(json.dumps(manifest.to_dict()))
-        big = _ctx(mace_env, 0) / "calculations" / "s" / "big.bin"
-        big.write_bytes(os.urandom(2 << 20))
-        before = tree(_ctx(mace_env, 0))
-        state = run_epilogue(_ctx(mace_env, 0), manifest=manifest)
-        assert state.state.state == st.PENDING_MERGE
-        assert "No space left on device" in state.state.pending_reason and "context kept" in state.state.pending_reason
-        assert state.state.epilogue["merged"] is True  # the merge itself went through
-        assert sorted(os.listdir(mnt)) == []  # no partial archive, no temp file
-        assert [p for p in tree(_ctx(mace_env, 0)) if p != "logs/epilogue.log"] == before  # context kept whole
-        assert run_epilogue(_ctx(mace_env, 1), manifest=manifest).state.state == st.MERGED  # small one fits
-        big.unlink()  # space is freed (here: the big output goes away); the next merge finishes
-        assert main(["merge", PLAN]) == 0
-        assert state_of(_ctx(mace_env, 0))["state"] == st.MERGED
-        assert sorted(os.listdir(mnt)) == sorted(f"{PLAN}-e{i}.tar.gz{s}" for i in (0, 1) for s in ("", ".sha256"))
-        assert shared_rows(mace_env["shared_database"])["materials"] == 2
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+def test_disk_full_while_archiving_keeps_the_context_pending(sub, mace_env, tiny_fs) -> None:
+    mnt = tiny_fs
+    manifest = sub(2, on_complete="merge+archive")
+    manifest = dataclasses.replace(manifest, archive_dir=str(mnt))
+    manifest_path = mace_env["scratch_root"] / ".submissions" / PLAN / "manifest.json"
+    manifest_path.write_text(json.dumps(manifest.to_dict()))
+    big = _ctx(mace_env, 0) / "calculations" / "s" / "big.bin"
+    big.write_bytes(os.urandom(2 << 20))
+    before = tree(_ctx(mace_env, 0))
+    state = run_epilogue(_ctx(mace_env, 0), manifest=manifest)
+    assert state.state.state == st.PENDING_MERGE
+    assert "No space left on device" in state.state.pending_reason and "context kept" in state.state.pending_reason
+    assert state.state.epilogue["merged"] is True  # the merge itself went through
+    assert sorted(os.listdir(mnt)) == []  # no partial archive, no temp file
+    assert [p for p in tree(_ctx(mace_env, 0)) if p != "logs/epilogue.log"] == before  # context kept whole
+    assert run_epilogue(_ctx(mace_env, 1), manifest=manifest).state.state == st.MERGED  # small one fits
+    big.unlink()  # space is freed (here: the big output goes away); the next merge finishes
+    assert main(["merge", PLAN]) == 0
+    assert state_of(_ctx(mace_env, 0))["state"] == st.MERGED
+    assert sorted(os.listdir(mnt)) == sorted(f"{PLAN}-e{i}.tar.gz{s}" for i in (0, 1) for s in ("", ".sha256"))
+    assert shared_rows(mace_env["shared_database"])["materials"] == 2
 
 
 # ---------------------------------------------------------------------------- concurrency

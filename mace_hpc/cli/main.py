@@ -59,6 +59,10 @@ def run(argv: list[str], parser: argparse.ArgumentParser | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # the machine's problem (disk full, permissions): one line, not a traceback
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"{parser.prog}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 
 from ..errors import InputError
 from ..util.ids import path_inside, validate_workflow_id
+from ..util.private import ensure_private_dir
 
 MANIFEST_NAME = "MANIFEST.sha256.json"
 SIDECAR_SUFFIX = ".sha256"
@@ -125,7 +126,7 @@ def archive_context(context_dir: Path, archive_dir: Path, workflow_id: str | Non
     context_dir = Path(context_dir)
     workflow_id = validate_workflow_id(workflow_id or context_dir.name)
     archive_dir = Path(archive_dir)
-    archive_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_private_dir(archive_dir, "archive_dir", parents=True)
     target = archive_path(archive_dir, workflow_id)
     sidecar = target.with_name(target.name + SIDECAR_SUFFIX)
     for name in os.listdir(context_dir):

@@ -15,6 +15,8 @@ from typing import Any
 
 from ..records.layout import REGISTRY_DIR
 from ..util.atomic import atomic_write_json, read_json
+from ..util.nfslock import NfsLock
+from ..util.private import ensure_private_dir
 from ..util.procs import process_alive, process_start_time
 
 
@@ -25,7 +27,7 @@ def _entry_path(scratch_root: Path, workflow_id: str) -> Path:
 def register(scratch_root: Path, workflow_id: str, info: dict[str, Any]) -> Path:
     """Record that this process has `workflow_id` active."""
     path = _entry_path(scratch_root, workflow_id)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_private_dir(path.parent, "registry directory", parents=True)
     entry = {
         "workflow_id": workflow_id,
         "host": socket.gethostname(),
@@ -67,6 +69,20 @@ def list_entries(scratch_root: Path) -> list[dict[str, Any]]:
         entry["registry_file"] = str(path)
         out.append(entry)
     return out
+
+
+def holders_lock(scratch_root: Path, workflow_id: str) -> NfsLock:
+    """Serialises joining and leaving one workflow id across processes, so exactly the last
+    holder to leave sees nobody else and may clean the context up."""
+    folder = ensure_private_dir(scratch_root / REGISTRY_DIR, "registry directory", parents=True)
+    return NfsLock(folder / f".{workflow_id}.lock", lifetime=600.0, timeout=120.0)
+
+
+def other_holders(scratch_root: Path, workflow_id: str) -> list[dict[str, Any]]:
+    """Live (or, on another host, possibly live) processes that hold `workflow_id`, besides this one."""
+    me = (socket.gethostname(), os.getpid())
+    return [e for e in list_entries(scratch_root) if e["workflow_id"] == workflow_id
+            and e["status"] != "stale" and (e.get("host"), e.get("pid")) != me]
 
 
 def prune_stale(scratch_root: Path) -> list[str]:

@@ -9,6 +9,7 @@ jobs) resolve the same database.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -29,10 +30,12 @@ from ..records import env as env_names
 from ..records.identity import ContextIdentity, read_identity, write_identity
 from ..records.layout import CONTEXT_SUBDIRS, ContextPaths
 from ..util.ids import path_inside, validate_workflow_id
+from ..util.private import ensure_private_dir
 from . import registry
 from .archive import archive_context
 
 DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_log = logging.getLogger("mace_hpc")
 
 
 def generate_workflow_id(prefix: str = "wf") -> str:
@@ -112,9 +115,7 @@ class WorkflowContext:
     def ensure_directory(self) -> Path:
         """Create the context directory (0700, never through a symlink) and its identity file."""
         self.scratch_root.mkdir(parents=True, exist_ok=True)
-        if self.directory.is_symlink():
-            raise InputError(f"context directory {self.directory} is a symlink; refusing to use it")
-        self.directory.mkdir(mode=0o700, exist_ok=True)
+        ensure_private_dir(self.directory, "context directory")
         for sub in CONTEXT_SUBDIRS:
             (self.directory / sub).mkdir(mode=0o700, exist_ok=True)
         if not self.paths.identity.exists():
@@ -134,17 +135,18 @@ class WorkflowContext:
             self._depth += 1
             return self
         self._depth = 1
-        self.ensure_directory()
+        with registry.holders_lock(self.scratch_root, self.workflow_id):  # not while a last holder cleans up
+            self.ensure_directory()
+            registry.register(
+                self.scratch_root,
+                self.workflow_id,
+                {"isolation_mode": self.isolation_mode, "directory": str(self.directory),
+                 "shared_database": str(self.shared_database_path)},
+            )
         values = env_names.context_env(self.workflow_id, self.isolation_mode, str(self.directory))
         self._saved_env = {k: os.environ.get(k) for k in values}
         os.environ.update(values)
         self._activated_at = time.time()
-        registry.register(
-            self.scratch_root,
-            self.workflow_id,
-            {"isolation_mode": self.isolation_mode, "directory": str(self.directory),
-             "shared_database": str(self.shared_database_path)},
-        )
         WorkflowContext._stack.append(self)
         push_active_database(self.database_path)
         self.state = "active"
@@ -164,10 +166,19 @@ class WorkflowContext:
             else:
                 os.environ[key] = value
         self._saved_env = {}
-        registry.unregister(self.scratch_root, self.workflow_id)
         self.close()
         self.state = "failed" if failed else "finished"
-        if self.cleanup_on_exit:
+        with registry.holders_lock(self.scratch_root, self.workflow_id):
+            registry.unregister(self.scratch_root, self.workflow_id)
+            if not self.cleanup_on_exit:
+                return
+            others = registry.other_holders(self.scratch_root, self.workflow_id)
+            if others:  # invariant 8: never remove a context another live process still writes to
+                who = ", ".join(f"pid {e.get('pid')} on {e.get('host')}" for e in others[:3])
+                self.state = "cleanup deferred"
+                _log.warning("context %s: cleanup deferred to its last holder (still used by %s)",
+                             self.workflow_id, who)
+                return
             self.cleanup()
 
     def close(self) -> None:
@@ -194,6 +205,8 @@ class WorkflowContext:
         """The context's MaterialDatabase (isolated) or the shared one (shared mode)."""
         if self._db is None:
             self.ensure_directory()
+            if self.is_isolated and self.database_path.is_symlink():
+                raise InputError(f"context database {self.database_path} is a symlink; refusing to follow it")
             self._db = ContextualMaterialDatabase(self.database_path)
         return self._db
 

@@ -243,7 +243,7 @@ def _merge_one(conn: sqlite3.Connection, src: _Source, now: str) -> MergeReport:
             (src.workflow_id, src.content_hash, now, _canonical(counts)),
         )
         conn.execute("RELEASE merge_source")
-    except sqlite3.Error as exc:
+    except sqlite3.IntegrityError as exc:  # the source's rows break a constraint: the source is at fault
         conn.execute("ROLLBACK TO merge_source")
         conn.execute("RELEASE merge_source")
         return MergeReport(

@@ -61,6 +61,16 @@ def step_env(isolation_mode: str, workflow_id: str, context_dir: Path, element: 
     return env_names.element_env(workflow_id, isolation_mode, str(context_dir), element.get("env") or {})
 
 
+def _close_interrupted(db: Any, workflow_id: str, attempt: int) -> None:
+    """Calculations an earlier attempt left `running` (its runner was killed hard) are closed as
+    failed, so no ghost stays `running` in the context or, after the merge, the shared database."""
+    for calc in db.get_calculations_by_status("running"):
+        if calc.get("workflow_id") == workflow_id:
+            db.update_calculation_status(
+                calc["calc_id"], "failed", error_message=f"interrupted: attempt {attempt} ended without finishing it"
+            )
+
+
 def _completed_steps(db: Any, workflow_id: str) -> set[str]:
     done = set()
     for calc in db.get_calculations_by_status("completed"):
@@ -136,7 +146,10 @@ def run_element(
                         default_material, "n/a", metadata={"placeholder": True, "workflow_id": entry.workflow_id}
                     )
                 env = {**os.environ, **step_env(manifest.isolation_mode, entry.workflow_id, context_dir, element)}
-                done = _completed_steps(db, entry.workflow_id) if attempt > 1 else set()
+                done = set()
+                if attempt > 1:
+                    done = _completed_steps(db, entry.workflow_id)
+                    _close_interrupted(db, entry.workflow_id, attempt - 1)
                 search_path = [manifest.plan_dir]
                 for step in element["steps"]:
                     if interrupt.signum:

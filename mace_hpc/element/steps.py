@@ -7,7 +7,6 @@ returns) becomes properties of its material.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
@@ -44,6 +43,7 @@ class StepInterrupted(BaseException):
 
 _current_proc: subprocess.Popen[bytes] | None = None
 _killer: threading.Thread | None = None
+_interrupted = threading.Event()  # set when the time-limit signal stopped the running step
 
 
 def terminate_current(grace: float = 5.0, block: bool = True) -> None:
@@ -59,6 +59,7 @@ def terminate_current(grace: float = 5.0, block: bool = True) -> None:
     if proc is None or proc.poll() is not None:
         return
     if not block:
+        _interrupted.set()
         try:
             os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -145,6 +146,24 @@ def flat_results(data: Any) -> dict[str, Any]:
     }
 
 
+EXIT_LOAD_ERROR = 127  # the function step could not load its function (function_step.py)
+
+
+def function_argv(step: dict[str, Any], search_path: list[str]) -> list[str]:
+    """A function step as a command: this interpreter runs it in a process of its own."""
+    kwargs = json.dumps(step.get("kwargs") or {})
+    return [sys.executable, "-m", "mace_hpc.element.function_step", step["function"], kwargs,
+            *[p for p in search_path if p]]
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
 def run_step(
     step: dict[str, Any],
     db: Any,
@@ -156,6 +175,7 @@ def run_step(
 ) -> StepOutcome:
     """Run one step (command argv or python function) and record it in `db`."""
     global _current_proc
+    _interrupted.clear()
     work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     name = step["name"]
     calc_id = db.create_calculation(
@@ -172,56 +192,40 @@ def run_step(
     status, exit_code, message, results = "failed", None, "", {}
     timeout = step.get("timeout")
     try:
-        if step.get("command"):
-            argv = list(step["command"])
-            with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-                try:
-                    _current_proc = subprocess.Popen(
-                        argv, cwd=work_dir, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                        start_new_session=True,
-                    )
-                except FileNotFoundError:
-                    raise InputError(f"step {name!r}: program {argv[0]!r} not found") from None
-                except PermissionError:
-                    raise InputError(f"step {name!r}: program {argv[0]!r} is not executable") from None
-                try:
-                    exit_code = _current_proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    terminate_current()
-                    exit_code = _current_proc.returncode
-                    status, message = "timeout", f"step timeout after {timeout}s"
-                finally:
-                    _current_proc = None
-            if status != "timeout":
-                status = "completed" if exit_code == 0 else "failed"
-                if exit_code and exit_code < 0:
-                    message = f"killed by signal {-exit_code}"
-                elif exit_code:
-                    message = f"exit code {exit_code}"
-            results = read_results(work_dir)
-        else:
-            fn = load_callable(step["function"], search_path)
-            kwargs = dict(step.get("kwargs") or {})
-            old_cwd = os.getcwd()
-            with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
-                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                    os.chdir(work_dir)
-                    try:
-                        value = fn(**kwargs)
-                    finally:
-                        os.chdir(old_cwd)
-            results = {**read_results(work_dir), **flat_results(value)}
-            status, exit_code = "completed", 0
+        argv = list(step["command"]) if step.get("command") else function_argv(step, search_path)
+        with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+            try:
+                _current_proc = subprocess.Popen(
+                    argv, cwd=work_dir, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            except FileNotFoundError:
+                raise InputError(f"step {name!r}: program {argv[0]!r} not found") from None
+            except PermissionError:
+                raise InputError(f"step {name!r}: program {argv[0]!r} is not executable") from None
+            try:
+                exit_code = _current_proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                terminate_current()
+                exit_code = _current_proc.returncode
+                status, message = "timeout", f"step timeout after {timeout}s"
+            finally:
+                _current_proc = None
+        if _interrupted.is_set():
+            status, message = "timeout", "interrupted by the time-limit signal"
+        elif status != "timeout":
+            status = "completed" if exit_code == 0 else "failed"
+            if exit_code and exit_code < 0:
+                message = f"killed by signal {-exit_code}"
+            elif exit_code == EXIT_LOAD_ERROR and not step.get("command"):
+                message = _last_line(stderr_path) or f"exit code {exit_code}"
+            elif exit_code:
+                message = f"exit code {exit_code}"
+        results = read_results(work_dir)
     except StepInterrupted:
         status, message = "timeout", "interrupted by the time-limit signal"
     except InputError as exc:
         status, exit_code, message = "failed", 127, str(exc)
-    except Exception as exc:  # a failing user function fails its step, not the runner
-        status, exit_code, message = "failed", 1, f"{type(exc).__name__}: {exc}"
-        with open(stderr_path, "a") as err:
-            import traceback
-
-            traceback.print_exc(file=err)
     runtime = time.monotonic() - t0
     if material_id and status == "completed":  # a failed step's results may be partial
         for key, value in results.items():

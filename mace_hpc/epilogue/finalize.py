@@ -42,7 +42,7 @@ from ..records.states import DONE_STATES, QUARANTINED
 from ..util.atomic import atomic_write_json
 from ..util.ids import validate_workflow_id
 from ..util.nfslock import LockTimeout, NfsLock
-from ..util.procs import process_alive
+from ..util.private import ensure_private_dir
 
 
 @dataclass
@@ -126,11 +126,6 @@ def policy_for(target: Target, run_state: str, opts: Options) -> str:
     return opts.on_failure or target.on_failure
 
 
-def _runner_alive_here(state: ElementState) -> bool:
-    """Is the runner that wrote this RUNNING state still alive on this host (not a reused pid)?"""
-    return state.pid != os.getpid() and process_alive(state.pid, started_by=state.started_at, host=state.host)
-
-
 def wants_finalizing(state: ElementState, opts: Options, workflow_id: str = "") -> tuple[bool, str]:
     """Whether this state needs the epilogue, and if not a word on why (for the summary)."""
     name = state.state
@@ -143,8 +138,10 @@ def wants_finalizing(state: ElementState, opts: Options, workflow_id: str = "") 
     if name == st.KEPT and (opts.on_complete or opts.on_failure):
         return True, ""  # an explicit policy on the command line revisits kept contexts
     if name == st.RUNNING:
-        if workflow_id in opts.scheduler_states or (opts.ended and not _runner_alive_here(state)):
-            return True, ""
+        if workflow_id in opts.scheduler_states or (state.pid != os.getpid() and state.runner_dead_here()):
+            return True, ""  # the scheduler says its job ended, or its runner died on this host
+        if opts.ended and state.host != socket.gethostname():
+            return True, ""  # every job has ended (the backstop): a runner elsewhere is gone too
         return False, "running"
     if name in DONE_STATES:
         return False, "skipped"
@@ -197,7 +194,7 @@ def quarantine(context_dir: Path, reason: str, *, run_state: str | None = None) 
     """
     context_dir = Path(context_dir)
     qdir = ContextPaths(context_dir).quarantine_dir
-    qdir.mkdir(mode=0o700, exist_ok=True)
+    ensure_private_dir(qdir, "quarantine directory")
     dest = qdir / f"{context_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}.{os.getpid()}"
     ident = read_identity(context_dir)
     os.rename(context_dir, dest)
@@ -378,8 +375,11 @@ def _apply(w: _Work, report: Any, opts: Options) -> Outcome:
                           "content_hash": report.content_hash, "database": str(t.shared_database)}
             conflicts = len(report.conflicts)
             info["merge"] = merge_dict
-            if report.status == "corrupt":
-                reason = f"context database is corrupt: {report.error}"
+            if report.status in ("corrupt", "empty"):
+                # a completed isolated element always recorded rows: an empty or missing database
+                # means its results are gone, which is never counted as merged (invariant 1)
+                what = "corrupt" if report.status == "corrupt" else "missing or empty"
+                reason = f"context database is {what}: {report.error or 'no rows to merge'}"
                 dest = quarantine(ctx, reason, run_state=run_state)
                 return _outcome(t, before, QUARANTINED, "quarantined", f"{reason}; moved to {dest}", merge=merge_dict)
             merged = True

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..util.atomic import read_json
+from ..util.private import is_private_file
 
 
 class RecordError(InputError):
@@ -15,6 +16,9 @@ class RecordError(InputError):
 
 def read_versioned(path: str | os.PathLike[str], kind: str, version: int, fix: str) -> dict[str, Any]:
     """The JSON object at `path`; RecordError naming the file, what is wrong and `fix`."""
+    if os.path.lexists(path) and not is_private_file(path):
+        raise RecordError(f"{path}: {kind} is not a regular file of yours that only you can write; "
+                          "refusing to take commands or settings from it (another user could have written it)")
     data = read_json(path)
     if data is None:
         why = "missing" if not os.path.lexists(path) else "truncated or not JSON"

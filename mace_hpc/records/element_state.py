@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..util.atomic import atomic_write_json, read_json
+from ..util.procs import process_alive
 from .layout import state_path
-from .states import ARCHIVED, COMPLETED, MERGED, PENDING, State
+from .states import ARCHIVED, COMPLETED, MERGED, PENDING, RUNNING, State
 
 VERSION = 1
 HISTORY_LIMIT = 50
@@ -74,6 +75,13 @@ class ElementState:
     def last_run(self) -> str:
         """How the last run ended (or where it is): `run_state`, else `state`."""
         return str(self.run_state or self.state)
+
+    def runner_dead_here(self) -> bool:
+        """A RUNNING state whose runner is provably gone: it ran on this host and its pid is dead
+        (or now another process). Then nothing will ever record its end but us."""
+        if self.state != RUNNING or self.host != socket.gethostname() or not self.pid:
+            return False
+        return not process_alive(self.pid, started_by=self.started_at)
 
     @property
     def results_home(self) -> bool:

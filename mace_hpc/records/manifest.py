@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..util.atomic import atomic_write_json, read_json
+from ..util.private import is_private_file
 from ._io import RecordError, read_versioned
 from .layout import ELEMENT_FILE
 
@@ -104,6 +105,9 @@ def write_manifest(path: str | os.PathLike[str], manifest: Manifest) -> None:
 
 def load_element_spec(elements_path: str | os.PathLike[str], index: int) -> dict[str, Any]:
     """Element `index`'s resolved spec from `elements.json` (steps, env, materials)."""
+    if os.path.lexists(elements_path) and not is_private_file(elements_path):
+        raise RecordError(f"{elements_path}: not a regular file of yours that only you can write; refusing to run "
+                          "the steps it lists (another user could have written it)")
     elements = read_json(elements_path)
     if not isinstance(elements, list) or not 0 <= index < len(elements) or not isinstance(elements[index], dict):
         raise RecordError(f"{elements_path}: missing, truncated or without element {index}; {_FIX}")

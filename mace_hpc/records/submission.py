@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..util.atomic import atomic_write_json, read_json
+from ..util.private import is_private_file
 from ..util.procs import process_alive
 from ._io import RecordError, read_versioned
 from .layout import RECORD_FILE, SubmissionPaths, submissions_root
@@ -180,7 +181,7 @@ def load_record(path: str | os.PathLike[str]) -> SubmissionRecord:
 
 def read_record(path: str | os.PathLike[str]) -> SubmissionRecord | None:
     """The record at `path`, None when absent or unusable (for searches over many submissions)."""
-    data = read_json(path)
+    data = read_json(path) if is_private_file(path) else None  # another user's record is not ours to act on
     if not isinstance(data, dict):
         return None
     try:

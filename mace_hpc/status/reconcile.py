@@ -62,6 +62,8 @@ def query_per_job(backend: Backend, jobs: list[JobEntry]) -> dict[str, dict[int,
 def reconcile_one(file_state: ElementState, sched: str | None) -> tuple[str, str]:
     """(shown state, note) from an element's state file and its current job's scheduler state."""
     state = file_state.state
+    if file_state.runner_dead_here():
+        return st.FAILED, f"the element runner (pid {file_state.pid}) died without recording its end"
     if state not in ACTIVE or sched is None:
         return state, ""  # finished (the file is the truth), or the scheduler has nothing to add
     if sched in BAD_FINAL:

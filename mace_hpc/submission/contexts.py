@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 from ..plan import Plan
 from ..records.layout import SubmissionPaths, submissions_root
 from ..records.manifest import Manifest, ManifestEntry, write_element_specs, write_manifest
 from ..util.atomic import atomic_write_json
 from ..util.ids import validate_workflow_id
+from ..util.private import check_private, ensure_private_dir
 
 
 @dataclass
@@ -120,24 +121,19 @@ def create_contexts(sub: Submission, plan: Plan) -> Submission:
     """
     try:
         sub.scratch_root.mkdir(parents=True, exist_ok=True)
-        base = submissions_root(sub.scratch_root)
-        if not base.is_dir():
-            base.mkdir(mode=0o700, exist_ok=True)
+        ensure_private_dir(submissions_root(sub.scratch_root), "submissions directory")
         try:
             sub.directory.mkdir(mode=0o700)
             sub.created_directory = True
         except FileExistsError:
-            pass
+            check_private(sub.directory, "submission directory")
         for entry in sub.entries:
             path = entry.context_dir
             try:
                 os.mkdir(path, 0o700)
                 sub.created.append(path)
             except FileExistsError:
-                if os.path.islink(path) or not os.path.isdir(path):
-                    raise InputError(
-                        f"context {path} exists and is not a directory; remove it or rename the plan"
-                    ) from None
+                check_private(path, "context directory")
         write_element_specs(sub.paths.elements, [e.to_dict() for e in plan.elements])
         atomic_write_json(sub.paths.plan, plan.to_dict(), indent=None, fsync=False)
         write_manifest(sub.manifest_path, sub.manifest())

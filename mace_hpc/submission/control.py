@@ -29,6 +29,7 @@ from .contexts import Submission, scratch_root_of
 from .submit import (
     array_limit,
     cancel_unstarted,
+    local_backstop,
     make_requests,
     own_runner,
     reset_states,
@@ -195,7 +196,9 @@ def resubmit(
         write_record(directory, record)
         raise
     record = record.replace(runner=None)
-    if backend_name != "local":
+    if backend_name == "local":
+        local_backstop(be, Path(manifest.scratch_root or directory.parent.parent), plan)
+    else:
         sub = Submission(
             name=plan, directory=directory, scratch_root=Path(manifest.scratch_root or directory.parent.parent),
             isolation_mode=manifest.isolation_mode, shared_database=Path(manifest.shared_database),

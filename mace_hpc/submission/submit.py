@@ -20,18 +20,22 @@ from typing import Any
 
 from ..config import Config, load_config
 from ..epilogue.backstop import backstop_record, backstop_request
+from ..epilogue.finalize import Options
+from ..epilogue.pending import merge_pending
 from ..errors import InputError, SchedulerError
 from ..plan import Plan, plan_from_any
 from ..records import env as env_names
 from ..records import states as st
 from ..records.element_state import read_state, write_state
-from ..records.layout import STATE_FILE
+from ..records.layout import STATE_FILE, submissions_root
 from ..records.manifest import ManifestEntry, read_manifest
 from ..records.submission import ARRAY, JobEntry, Runner, SubmissionRecord, read_record, write_record
 from ..schedulers import ArrayRequest, Backend, get_backend
 from ..schedulers.base import array_spec, chunk_indices
 from ..status.reconcile import ACTIVE, collect
 from ..util.atomic import atomic_write_bytes
+from ..util.nfslock import LockTimeout, NfsLock
+from ..util.private import ensure_private_dir
 from ..util.procs import process_start_time
 from .contexts import Submission, build_submission, create_contexts, remove_created
 
@@ -304,11 +308,22 @@ def submit_plan(
         result.seconds = time.perf_counter() - t0
         return result
 
-    old = ensure_not_active(sub)
+    # "not active yet?" and "now it is ours" are one step (invariant 8): two mace-submit runs of a
+    # plan started together serialise here, and the second finds the first's live runner
+    lock = submission_lock(sub)
+    try:
+        old = ensure_not_active(sub)
+    except BaseException:
+        lock.release()
+        raise
     existing = [Path(e.context_dir) for e in sub.entries if os.path.isdir(e.context_dir)]
     # a failed resubmission must leave the previous manifest (its indices) as it was
     saved_files = snapshot([sub.manifest_path, sub.paths.elements, sub.paths.plan]) if old else {}
-    create_contexts(sub, plan)
+    try:
+        create_contexts(sub, plan)
+    except BaseException:
+        lock.release()
+        raise
     saved = reset_states(existing, resubmitted_at=time.time()) if existing and not prepare_only else {}
     record = SubmissionRecord(
         plan=plan.name, backend=backend_name, site=cfg.site_name, submitted_at=time.time(),
@@ -322,12 +337,14 @@ def submit_plan(
     )
     try:
         write_record(sub.directory, record)
+        lock.release()
         if prepare_only:
             result.record = write_record(sub.directory, record.replace(runner=None))
             result.seconds = time.perf_counter() - t0
             return result
         record, result.job_ids = submit_requests(be, requests, record, sub.directory, kind=ARRAY, attempt=1)
     except BaseException as exc:
+        lock.release()
         if backend_name == "local" and any(os.path.exists(f"{e.context_dir}/{STATE_FILE}") for e in sub.entries):
             # elements ran already (Ctrl-C, mace cancel): their contexts hold results, keep them
             cancel_unstarted(sub.entries, f"not started: the local run stopped ({type(exc).__name__})")
@@ -346,10 +363,33 @@ def submit_plan(
                                                                   requests[0].scheduler)
         if warning:
             result.warnings.append(warning)
+    else:
+        local_backstop(be, sub.scratch_root, sub.name)
     # nothing of ours runs on this host any more (the local pool is done)
     result.record = write_record(sub.directory, record.replace(runner=None))
     result.seconds = time.perf_counter() - t0
     return result
+
+
+SUBMIT_LOCK_TIMEOUT_S = 60.0
+
+
+def submission_lock(sub: Submission) -> NfsLock:
+    """The lock that makes "is this plan active?" and writing its record one step, held."""
+    base = ensure_private_dir(submissions_root(sub.scratch_root), "submissions directory", parents=True)
+    lock = NfsLock(base / f".{sub.name}.lock", lifetime=SUBMIT_LOCK_TIMEOUT_S * 5, timeout=SUBMIT_LOCK_TIMEOUT_S)
+    try:
+        return lock.acquire()
+    except LockTimeout as exc:
+        raise InputError(f"plan {sub.name!r} is being submitted by another process ({exc}); "
+                         f"see `mace status {sub.name}`") from None
+
+
+def local_backstop(be: Backend, scratch_root: Path, plan: str) -> None:
+    """The local backend's backstop: every element has ended when `submit` returns, so one whose
+    runner died (killed, out of memory) is finalized now as lost, by its on_failure policy."""
+    if any(rc != 0 for rc in getattr(be, "returncodes", {}).values()):
+        merge_pending(scratch_root, [plan], options=Options(ended=True, by="mace-submit"))
 
 
 def cancel_unstarted(entries: Sequence[ManifestEntry], message: str) -> int:

@@ -122,11 +122,12 @@ class LocalBackend:
     def cancel(self, job_ids: list[str]) -> None:
         """SIGTERM the `mace-submit` process running a local array (it stops its elements).
 
-        Only a live process whose command line is a mace one is signalled: a recycled pid is left alone.
+        Only a live process whose command line is a mace one is signalled: a recycled pid is left
+        alone, and so is this process (its local array has already run when it cancels a job id).
         """
         for job_id in job_ids:
             m = _LOCAL_JOB.match(str(job_id))
-            if not m:
+            if not m or int(m.group(1)) == os.getpid():
                 continue
             try:
                 proc = psutil.Process(int(m.group(1)))
