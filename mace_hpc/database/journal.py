@@ -111,10 +111,20 @@ def journal_mode_for(path: str | os.PathLike[str]) -> str:
     return "delete" if is_network_filesystem(path) else "wal"
 
 
+def _create_private(path: str | os.PathLike[str]) -> None:
+    """A new database file is made 0600 by us (SQLite gives its journals the same mode), never
+    through a symlink planted where it goes (invariant 6 of docs/architecture.md)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    except FileExistsError:
+        pass
+
+
 def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
     """Open (creating if needed) a database with our settings: autocommit, 60 s busy timeout,
     foreign keys on, and the journal mode that is safe for the filesystem it lives on."""
     mode = journal_mode_for(path)
+    _create_private(path)
     conn = sqlite3.connect(
         os.fspath(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
     )
