@@ -127,6 +127,18 @@ def test_pbspro_range_covers_sparse_lists(ids, expected):
     assert set(ids) <= set(pbs.covered_ids(spec))
 
 
+@pytest.mark.parametrize("index,env,filler", [
+    (1, {"MACE_ARRAY_INDICES": "0-2,5"}, False),  # inside a listed range (was split on commas: a filler)
+    (3, {"MACE_ARRAY_INDICES": "0-2,5"}, True),
+    (105, {"MACE_ARRAY_INDICES": "0-2,5", "MACE_INDEX_OFFSET": "100"}, False),  # task 5 of a chunk at 100
+    (5, {"MACE_ARRAY_INDICES": "5", "MACE_INDEX_OFFSET": "100"}, True),  # element 5 is task -95 there
+    (7, {}, False),  # a dense array lists nothing
+])
+def test_covering_range_fillers_from_the_job_environment(index, env, filler):
+    assert pbs.dialect.is_filler(index, env) is filler
+    assert pbs.dialect.is_listed(5, 5)  # qstat -F json turns a lone index into a number
+
+
 @pytest.mark.parametrize("text,seq,index,is_array,server", [
     ("123[].srv.example.org", "123", None, True, ".srv.example.org"),
     ("123[4].srv", "123", 4, True, ".srv"),

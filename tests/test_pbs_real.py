@@ -56,6 +56,8 @@ with open("results.json", "w") as fh:
 if len(args) > 1 and not os.path.exists(args[1]):
     sys.exit(3)  # fails until the test creates the file
 """
+FAILING = (0, 1, 3)  # envp elements that fail until the test "fixes" them
+FIRST_RUN = ["KEPT", "KEPT", "MERGED", "KEPT"]
 KILL_RUNNER = "import os, signal; os.kill(os.getppid(), signal.SIGKILL)"
 
 
@@ -208,10 +210,11 @@ def pbs_run(pbs_server: PbsServer) -> Iterator[Run]:
         return path
 
     plans = {
-        # 4 elements, 2 at once, 3 s each; element 3 fails until `fixed` exists (then resubmitted alone)
+        # 4 elements, 2 at once, 3 s each; 0, 1 and 3 fail until `fixed` exists, then are resubmitted:
+        # [0, 1, 3] is no arithmetic range, so -J 0-3 goes out and subjob 2 must not run element 2 again
         "envp": plan("envp", {"max_parallel": 2, "env": {"PLAN_VAR": "plan value, with comma"}, "elements": [
-            _element(i, _probe_steps(python, probe, 3, [str(fixed)] if i == 3 else None), env={"ELEM_VAR": f"elem {i}"})
-            for i in range(4)]}),
+            _element(i, _probe_steps(python, probe, 3, [str(fixed)] if i in FAILING else None),
+                     env={"ELEM_VAR": f"elem {i}"}) for i in range(4)]}),
         # the watchdog's USR2 40 s before a 1-minute walltime: the runner records TIMEOUT, runs its epilogue
         "usr2": plan("usr2", {"resources": {"time": 1, "signal_margin": 40},
                               "elements": [_element(0, [{"name": "nap", "command": ["sleep", "300"]}])]}),
@@ -268,14 +271,14 @@ def test_array_ids_and_element_env_seen_from_inside(pbs_run: Run) -> None:
         assert env["PBS_JOBID"] == f"{seq}[{i}]{server}" and env["PBS_ARRAY_ID"] == array
         state = pbs_run.state(f"envp-e{i}")
         assert state["scheduler"]["PBS_JOBID"] == f"{seq}[{i}]{server}" and state["attempts"] == 1
-    assert _states(report) == ["MERGED", "MERGED", "MERGED", "KEPT"]
+    assert _states(report) == FIRST_RUN
     # -o <logs>/envp.^array_index^.log: PBS copied each subjob's output there when it ended
     logs = pbs_run.scratch / ".submissions" / "envp" / "logs"
     assert all((logs / f"envp.{i}.log").is_file() for i in range(4)), sorted(p.name for p in logs.iterdir())
     # `mace status` read the real `qstat -x -f -F json`: every subjob's final state
-    assert [e["scheduler_state"] for e in report["elements"]] == ["COMPLETED"] * 3 + ["FAILED"]
+    assert [e["scheduler_state"] for e in report["elements"]] == ["FAILED", "FAILED", "COMPLETED", "FAILED"]
     subjobs = pbs_run.srv.qstat(array)
-    assert [subjobs[f"{seq}[{i}]{server}"]["Exit_status"] for i in range(4)] == [0, 0, 0, 1]  # the runner exits 1 for a failed element
+    assert [subjobs[f"{seq}[{i}]{server}"]["Exit_status"] for i in range(4)] == [1, 1, 0, 1]  # runner: 1 = failed
 
 
 def test_throttle_never_more_than_max_parallel(pbs_run: Run) -> None:
@@ -306,26 +309,27 @@ def test_backstop_runs_once_after_the_array(pbs_run: Run) -> None:
     assert _pbs_time(rec["stime"]) >= int(last_end)  # stime has whole seconds
 
 
-def test_failed_element_resubmitted_alone_sparse(pbs_run: Run) -> None:
+def test_failed_elements_resubmitted_as_a_sparse_array(pbs_run: Run) -> None:
     report = pbs_run.wait("envp")
-    assert report["elements"][3]["run_state"] == "FAILED" and "exit code 3" in report["elements"][3]["message"]
+    assert [e["run_state"] for e in report["elements"]] == ["FAILED", "FAILED", "COMPLETED", "FAILED"]
+    assert "exit code 3" in report["elements"][3]["message"]
     (pbs_run.root / "fixed-marker").write_text("")
     proc = pbs_run.mace("resubmit", "envp", "--failed")
     assert proc.returncode == 0, proc.stderr
     [new_job] = proc.stdout.splitlines()[0].split()
-    assert "resubmitted 1 element(s) of envp (3)" in proc.stdout
+    assert "resubmitted 3 element(s) of envp" in proc.stdout
     resub = [j for j in pbs_run.jobs("envp") if j["kind"] == "resubmit"]
-    assert [(j["job_id"], j["indices"]) for j in resub] == [(new_job, [3])]
+    assert [(j["job_id"], j["indices"]) for j in resub] == [(new_job, list(FAILING))]
     report = pbs_run.wait("envp", until=lambda r: _states(r) == ["MERGED"] * 4)
-    assert report["elements"][3]["job_id"] == new_job
-    state = pbs_run.state("envp-e3")
     seq, _, server = new_job.partition("[]")
-    assert state["attempts"] == 2 and state["scheduler"]["PBS_JOBID"] == f"{seq}[3]{server}"
-    assert pbs_run.seen("envp-e3")["env"]["PBS_ARRAY_INDEX"] == "3"  # the sparse array kept the index
-    assert [pbs_run.state(f"envp-e{i}")["attempts"] for i in range(3)] == [1, 1, 1]
-    # -J takes one range X<Y: [3] went out as 3-4 and subjob 4 (no element) exited 0 without running one
-    subjobs = pbs_run.srv.qstat(new_job)
-    assert subjobs[f"{seq}[4]{server}"]["Exit_status"] == 0 and not (pbs_run.scratch / "envp-e4").exists()
+    for i in FAILING:
+        assert report["elements"][i]["job_id"] == new_job
+        state = pbs_run.state(f"envp-e{i}")
+        assert state["attempts"] == 2 and state["scheduler"]["PBS_JOBID"] == f"{seq}[{i}]{server}"
+        assert pbs_run.seen(f"envp-e{i}")["env"]["PBS_ARRAY_INDEX"] == str(i)  # the sparse array kept the index
+    # -J takes one range: [0, 1, 3] went out as 0-3; subjob 2 exited 0 without running element 2 again
+    assert pbs_run.state("envp-e2")["attempts"] == 1
+    assert pbs_run.srv.qstat(new_job)[f"{seq}[2]{server}"]["Exit_status"] == 0
     # every element merged exactly once, whichever of runner, mom epilogue and backstop got there first
     conn = sqlite3.connect(pbs_run.root / "shared.db")
     rows = conn.execute("SELECT material_id, property_value FROM properties WHERE property_name='score'").fetchall()

@@ -130,9 +130,11 @@ def run_element(
     manifest_path = Path(manifest_path).absolute()
     manifest = load_manifest(manifest_path)
     index = resolve_index(index)
-    listed = os.environ.get("MACE_ARRAY_INDICES")
-    if listed and str(index) not in listed.split(","):
-        return 0  # a covering range submitted for a sparse list: this index was not asked for
+    if os.environ.get("MACE_ARRAY_INDICES"):
+        from ..submission.pbs.dialect import is_filler
+
+        if is_filler(index, os.environ):
+            return 0  # a covering range submitted for a sparse list: this index was not asked for
     entry = manifest_entry(manifest, index, manifest_path)
     elements = read_json(manifest_path.parent / "elements.json")
     if not isinstance(elements, list) or index >= len(elements):

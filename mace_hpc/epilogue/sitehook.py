@@ -162,6 +162,7 @@ def locate_pbs(job_id: str) -> Located | None:
     """The element of PBS subjob `job_id` (`123[4].server` / Torque `123-4`), or None."""
     from ..errors import InputError
     from ..submission.pbs import PbsBackend, parse_job_id
+    from ..submission.pbs.dialect import is_listed
 
     try:
         jid = parse_job_id(job_id)
@@ -177,8 +178,7 @@ def locate_pbs(job_id: str) -> Located | None:
         variables = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
     except Exception:  # noqa: BLE001 - qstat unavailable: fall back to the records
         pass
-    listed = variables.get("MACE_ARRAY_INDICES")
-    if listed and str(jid.index) not in listed.split(","):
+    if not is_listed(jid.index, variables.get("MACE_ARRAY_INDICES")):
         return None  # a covering-range filler subjob
     manifest_path = variables.get("MACE_MANIFEST")
     if manifest_path:

@@ -70,10 +70,12 @@ def _dispatch(args: argparse.Namespace) -> None:
     elif args.manifest or (not env.get("MACE_CONTEXT_DIR") and env.get("MACE_MANIFEST")):
         path = Path(args.manifest or env["MACE_MANIFEST"]).absolute()
         index = resolve_index(args.index)
-        listed = env.get("MACE_ARRAY_INDICES")
-        if listed and not args.manifest and str(index) not in listed.split(","):
-            _say(args, f"index {index} was not submitted (covering range filler); nothing to do")
-            return
+        if not args.manifest and env.get("MACE_ARRAY_INDICES"):
+            from ...submission.pbs.dialect import is_filler
+
+            if is_filler(index, env):
+                _say(args, f"index {index} was not submitted (covering range filler); nothing to do")
+                return
         manifest = load_manifest(path)
         located = (Path(manifest_entry(manifest, index, path)["context_dir"]), manifest)
     elif env.get("MACE_CONTEXT_DIR"):

@@ -153,6 +153,20 @@ def covered_ids(spec: str) -> list[int]:
     return expand_array_ids(spec)
 
 
+def is_listed(task_id: int, listed: object) -> bool:
+    """Was this subjob of a covering range asked for? `listed` is MACE_ARRAY_INDICES: task ids in
+    array notation (`0-1,3`, so never split on commas alone; `qstat -F json` may give a number)."""
+    if listed is None or str(listed).strip() == "":
+        return True
+    return int(task_id) in set(expand_array_ids(str(listed)))
+
+
+def is_filler(index: int, environ: tp.Mapping[str, str]) -> bool:
+    """Inside a job: is element `index` (array index + MACE_INDEX_OFFSET) a covering-range filler?"""
+    offset = int(environ.get("MACE_INDEX_OFFSET", "0") or 0)
+    return not is_listed(index - offset, environ.get("MACE_ARRAY_INDICES"))
+
+
 # ---------------------------------------------------------------------------- resources
 def format_walltime(minutes: int) -> str:
     minutes = int(minutes)

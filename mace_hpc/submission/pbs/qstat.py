@@ -14,9 +14,8 @@ from ..backend import (
     PENDING,
     RUNNING,
     TIMEOUT,
-    expand_array_ids,
 )
-from .dialect import PBSPRO_WALLTIME_EXIT, TORQUE_WALLTIME_EXIT, parse_job_id
+from .dialect import PBSPRO_WALLTIME_EXIT, TORQUE_WALLTIME_EXIT, is_listed, parse_job_id
 
 
 # ---------------------------------------------------------------------------- qstat parsing
@@ -159,8 +158,7 @@ def element_states(records: dict[str, dict[str, tp.Any]], flavor: str,
         if index is None:
             continue
         variables = _variables(attrs)
-        listed = variables.get("MACE_ARRAY_INDICES")
-        if listed and index not in set(expand_array_ids(listed)):
+        if not is_listed(index, variables.get("MACE_ARRAY_INDICES")):
             continue  # a covering-range filler, never an element
         offset = (offsets or {}).get(jid.seq)
         if offset is None:
