@@ -152,7 +152,7 @@ netns_up() {
 lock_alive() { # lockfile name: the daemon named in its lock file runs
     local pid
     pid=$(head -1 "$1" 2>/dev/null | tr -dc 0-9)
-    [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$2"
+    [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q "$2"
 }
 start_daemon() { # lockfile name
     if lock_alive "$1" "$2"; then return 0; fi
@@ -208,9 +208,11 @@ PBS_SCP=/usr/bin/scp"
     start_daemon "$PBS_HOME/sched_priv/sched.lock" pbs_sched
     start_daemon "$PBS_HOME/server_priv/server.lock" pbs_server
     wait_until "pbs_server" inns qstat -B
+    # a test server sends no mail (PBS mails on abort: walltime kills, qdel; sendmail would linger)
+    printf '#!/bin/sh\ncat >/dev/null\n' >"$TOOLS/no-mail" && chmod 755 "$TOOLS/no-mail"
     local q
     for q in "set server scheduling=true" "set server job_history_enable=true" "set server flatuid=true" \
-             "set server default_queue=workq"; do
+             "set server default_queue=workq" "set server mailer=$TOOLS/no-mail"; do
         inns qmgr -c "$q" >/dev/null || die "qmgr -c '$q' failed"
     done
     inns qmgr -c "list queue workq" >/dev/null 2>&1 || inns qmgr -c "create queue workq queue_type=execution"

@@ -23,7 +23,7 @@ T0=$SECONDS
 lockpid() { # lockfile name -> the pid in it if that daemon is alive
     local pid
     pid=$(head -1 "$1" 2>/dev/null | tr -dc 0-9)
-    [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$2" && echo "$pid"
+    [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q "$2" && echo "$pid"
 }
 gone() { # pid seconds
     local _
