@@ -25,3 +25,13 @@ def require(found: T | str, ci_message: str, local_message: str) -> T:
             pytest.fail(f"{ci_message} [{found}]")
         pytest.skip(f"{local_message} [{found}]")
     return found
+
+
+def peak_overlap(spans: list[tuple[float, float]]) -> int:
+    """Most (start, end) spans running at once: what a throttle test measures from inside the jobs."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    running = peak = 0
+    for _, step in events:  # at equal times the end (-1) sorts first
+        running += step
+        peak = max(peak, running)
+    return peak

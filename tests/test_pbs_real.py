@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 import yaml
-from real_cluster import require
+from real_cluster import peak_overlap, require
 
 pytestmark = pytest.mark.pbs_real
 REPO = Path(__file__).resolve().parent.parent
@@ -284,11 +284,7 @@ def test_array_ids_and_element_env_seen_from_inside(pbs_run: Run) -> None:
 def test_throttle_never_more_than_max_parallel(pbs_run: Run) -> None:
     pbs_run.wait("envp")
     spans = [(pbs_run.seen(f"envp-e{i}")["start"], pbs_run.seen(f"envp-e{i}")["end"]) for i in range(4)]
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    running = peak = 0
-    for _, step in events:  # at equal times the end (-1) sorts first
-        running += step
-        peak = max(peak, running)
+    peak = peak_overlap(spans)
     assert peak == 2, f"max_parallel=2 (-J 0-3%2) but {peak} probes overlapped: {spans}"
     assert pbs_run.srv.qstat(_array_id(pbs_run, "envp"))[_array_id(pbs_run, "envp")]["max_run_subjobs"] == 2
 
