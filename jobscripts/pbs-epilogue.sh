@@ -7,7 +7,9 @@
 # (If a site epilogue exists already, call this script from it with the same arguments.)
 # Set MACE_EPILOGUE below to a mace-epilogue every user can run.
 #
-# What it sees: MoM runs it as root with an EMPTY environment and the arguments
+# What it sees: MoM runs it as root, once per subjob (never for the array parent), in the job
+# owner's $HOME, with next to no environment (OpenPBS: PATH=/bin:/usr/bin and PBS_JOBDIR only; no
+# PBS_JOBID, no -v variable) and the arguments
 #     $1 job id (subjob: 123[4].server, Torque old style 123-4)  $2 user  $3 group  $4 job name
 #     $5 session id  $6 requested resources  $7 used resources  $8 queue  $9 account  $10 exit status
 # Only array subjobs are considered. mace-epilogue drops to user $2 before reading anything, asks
@@ -21,6 +23,11 @@
 MACE_EPILOGUE=${MACE_EPILOGUE:-/usr/local/bin/mace-epilogue}
 MACE_EPILOGUE_TIMEOUT=${MACE_EPILOGUE_TIMEOUT:-120}
 LOG=${MACE_EPILOG_LOG:-/dev/null}
+# mace-epilogue asks `qstat -f` for the job's Variable_List, but OpenPBS's mom gives its epilogue
+# only PATH=/bin:/usr/bin while qstat lives in $PBS_EXEC/bin (seen on a real OpenPBS 23.06):
+# without this the element is "not a mace-hpc element" unless it is under the default scratch root.
+PBS_EXEC=$(sed -n 's/^PBS_EXEC=//p' "${PBS_CONF_FILE:-/etc/pbs.conf}" 2>/dev/null | tail -1)
+export PATH="${PBS_EXEC:+$PBS_EXEC/bin:}/usr/local/bin:${PATH:-/usr/bin:/bin}"
 
 {
     job=${1:-}

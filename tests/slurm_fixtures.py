@@ -6,12 +6,12 @@ is a skip with the command to run, so `pytest -ra` shows why the SLURM tests did
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 
 import pytest
+from real_cluster import require
 
 CI_MESSAGE = "SLURM not running: .ci/run should have started it (bash .ci/slurm/start.sh)"
 LOCAL_MESSAGE = "no SLURM here: start one with `bash .ci/slurm/start.sh` (root)"
@@ -23,10 +23,6 @@ class SlurmCluster:
 
     partition: str
     max_array_size: int
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _probe() -> SlurmCluster | str:
@@ -61,9 +57,4 @@ def _probe() -> SlurmCluster | str:
 @pytest.fixture(scope="session")
 def slurm_cluster() -> SlurmCluster:
     """The real local SLURM cluster; fail in CI, skip elsewhere when it is not running."""
-    found = _probe()
-    if isinstance(found, str):
-        if _in_ci():
-            pytest.fail(f"{CI_MESSAGE} [{found}]")
-        pytest.skip(f"{LOCAL_MESSAGE} [{found}]")
-    return found
+    return require(_probe(), CI_MESSAGE, LOCAL_MESSAGE)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from mace_hpc.errors import ConfigError, InputError, SchedulerError
 from mace_hpc.records.states import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TIMEOUT
 from mace_hpc.records.states import FINAL_RUN_STATES as FINAL_STATES
 from mace_hpc.schedulers import pbs
-from mace_hpc.schedulers.base import ArrayRequest, get_backend
+from mace_hpc.schedulers.base import ArrayRequest, get_backend, is_listed, job_environment
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden"
@@ -117,6 +119,18 @@ def test_pbspro_range_covers_sparse_lists(ids, expected):
     assert set(ids) <= set(pbs.covered_ids(spec))
 
 
+@pytest.mark.parametrize("index,env,filler", [
+    (1, {"MACE_ARRAY_INDICES": "0-2,5"}, False),  # inside a listed range (was split on commas: a filler)
+    (3, {"MACE_ARRAY_INDICES": "0-2,5"}, True),
+    (105, {"MACE_ARRAY_INDICES": "0-2,5", "MACE_INDEX_OFFSET": "100"}, False),  # task 5 of a chunk at 100
+    (5, {"MACE_ARRAY_INDICES": "5", "MACE_INDEX_OFFSET": "100"}, True),  # element 5 is task -95 there
+    (7, {}, False),  # a dense array lists nothing
+])
+def test_covering_range_fillers_from_the_job_environment(index, env, filler):
+    assert job_environment(env).is_filler(index) is filler
+    assert is_listed(5, 5)  # qstat -F json turns a lone index into a number
+
+
 @pytest.mark.parametrize("text,seq,index,is_array,server", [
     ("123[].srv.example.org", "123", None, True, ".srv.example.org"),
     ("123[4].srv", "123", 4, True, ".srv"),
@@ -176,26 +190,42 @@ def test_torque_doc_sample_parses():
     assert pbs.normalize_pbs_state(job, "torque") == FAILED  # -1: JOB_EXEC_FAIL1
 
 
-def test_pbspro_json_sample_maps_every_state():
-    records = pbs.parse_qstat_json((GOLDEN / "qstat_pbspro_array.json").read_text())
-    assert pbs.element_states(records, "pbspro") == {
-        100: COMPLETED,
-        101: FAILED,
-        102: TIMEOUT,  # 271 after using the whole walltime
-        103: CANCELLED,  # 271 early: qdel of a running subjob
-        104: CANCELLED,  # finished without an exit status: deleted before it ran
-        105: RUNNING,
-        106: PENDING,
-        107: TIMEOUT,  # -29 JOB_EXEC_KILL_WALLTIME
-    }
-    assert pbs.element_states(records, "pbspro", offsets={"1234": 0})[0] == COMPLETED
+# captured from a real OpenPBS 23.06 (tests/golden/pbs_SOURCES.md): what `mace status` must make of them
+REAL_SAMPLES = {
+    "qstat_openpbs_array_running.json": {0: RUNNING, 1: RUNNING, **{i: PENDING for i in range(2, 10)}},
+    "qstat_openpbs_envp_failed.json": {0: COMPLETED, 1: COMPLETED, 2: COMPLETED, 3: FAILED},
+    # qdel: the running subjob 271 (its shell died of SIGTERM), the queued ones Exit_status 1, no exec_host
+    "qstat_openpbs_cancelled.json": {0: CANCELLED, 1: CANCELLED, 2: CANCELLED},
+    "qstat_openpbs_hardkill.json": {0: FAILED},  # runner SIGKILLed: 137 from the login shell; 1 is a filler
+    "qstat_openpbs_sparse_resubmit.json": {3: COMPLETED},  # -J 3-4 for [3]: subjob 4 is a filler
+    "qstat_openpbs_subjob_exit3.json": {1: FAILED},
+    "qstat_openpbs_subjob_walltime.json": {0: TIMEOUT},  # Exit_status -29
+}
+
+
+@pytest.mark.parametrize("sample", sorted(REAL_SAMPLES))
+def test_real_openpbs_samples_map_to_states(sample):
+    records = pbs.parse_qstat_json((GOLDEN / sample).read_text())
+    assert pbs.element_states(records, "pbspro") == REAL_SAMPLES[sample]
+
+
+def test_real_text_and_json_formats_agree():
+    """`qstat -f` text keeps -v values as strings; `-F json` turns 0 into a number: same states."""
+    text = pbs.parse_qstat_text((GOLDEN / "qstat_openpbs_cancelled.txt").read_text())
+    data = pbs.parse_qstat_json((GOLDEN / "qstat_openpbs_cancelled.json").read_text())
+    assert pbs.element_states(text, "pbspro") == pbs.element_states(data, "pbspro") == {
+        0: CANCELLED, 1: CANCELLED, 2: CANCELLED}
+    assert text["43[].vm"]["Variable_List"]["MACE_INDEX_OFFSET"] == "0"
+    assert data["43[].vm"]["Variable_List"]["MACE_INDEX_OFFSET"] == 0
+    for key in ("MACE_MANIFEST", "PBS_O_PATH"):  # long values wrapped over continuation lines
+        assert text["43[].vm"]["Variable_List"][key] == data["43[].vm"]["Variable_List"][key]
 
 
 def test_sparse_fillers_are_not_elements():
-    records = pbs.parse_qstat_json((GOLDEN / "qstat_pbspro_array.json").read_text())
+    records = pbs.parse_qstat_json((GOLDEN / "qstat_openpbs_array_running.json").read_text())
     for rec in records.values():
         rec["Variable_List"]["MACE_ARRAY_INDICES"] = "0,2-3"
-    assert sorted(pbs.element_states(records, "pbspro")) == [100, 102, 103]
+    assert sorted(pbs.element_states(records, "pbspro")) == [0, 2, 3]
 
 
 @pytest.mark.parametrize("attrs,flavor,state", [
@@ -204,7 +234,12 @@ def test_sparse_fillers_are_not_elements():
     ({"job_state": "E"}, "torque", RUNNING),
     ({"job_state": "C", "exit_status": "0"}, "torque", COMPLETED),
     ({"job_state": "C", "exit_status": "-11"}, "torque", TIMEOUT),
-    ({"job_state": "F", "Exit_status": -11}, "pbspro", FAILED),  # JOB_EXEC_RERUN in PBS Pro
+    ({"job_state": "F", "Exit_status": -11, "exec_host": "vm/0"}, "pbspro", FAILED),  # JOB_EXEC_RERUN in PBS Pro
+    ({"job_state": "F", "Exit_status": 1}, "pbspro", CANCELLED),  # no exec_host: deleted before it ran
+    ({"job_state": "X", "Exit_status": 271, "exec_host": "vm/0", "resources_used": {"walltime": "00:10:00"},
+      "Resource_List": {"walltime": "00:10:00"}}, "pbspro", CANCELLED),  # PBS Pro says -29 for the walltime
+    ({"job_state": "C", "exit_status": "271", "resources_used": {"walltime": "00:10:00"},
+      "Resource_List": {"walltime": "00:10:00"}}, "torque", TIMEOUT),  # Torque: 271 for both
     ({"job_state": "C", "exit_status": "271"}, "torque", CANCELLED),
 ])
 def test_state_table(attrs, flavor, state):
@@ -402,3 +437,58 @@ def test_submitit_autoexecutor_runs_functions_through_the_fake(fakepbs, tmp_path
     jobs = ex.map_array(pow, [2, 3, 4], [2, 2, 2])
     assert [j.result() for j in jobs] == [4, 9, 16]
     assert jobs[1].job_id == f"{jobs[0].job_id.split('_')[0]}_1"
+
+
+# ------------------------------------------------------------------------------------ fake vs real server
+SHAPE_KEYS = ("job_state", "Exit_status", "array_id", "array_index", "exec_host", "stime", "Resource_List",
+              "resources_used", "Variable_List", "array", "array_state_count", "max_run_subjobs", "depend")
+
+
+def _qstat_json(job_id: str) -> dict[str, dict]:
+    proc = subprocess.run(["qstat", "-t", "-x", "-f", "-F", "json", job_id], capture_output=True, text=True, check=True)
+    return pbs.parse_qstat_json(proc.stdout)
+
+
+@pytest.mark.parametrize("fakepbs", ["pbspro"], indirect=True)
+def test_fake_pbspro_records_agree_with_the_real_server(fakepbs, tmp_path):
+    """What the fake keeps covering must look like tests/golden/qstat_openpbs_*.json (real 23.06)."""
+    backend = pbs.PbsBackend(flavor="pbspro")
+    job_id = backend.submit(_e2e_req(tmp_path, [0, 1, 2], "pbspro", max_parallel=1, env={"FAIL": "1", "NAP": "0.2"}))
+    after = backend.submit(ArrayRequest(name="merge", indices=None, max_parallel=1, command=["true"], env={},
+                                        work_dir=tmp_path / "sub", scheduler={"time": 5, "pbs_flavor": "pbspro"},
+                                        dependency=f"afterany:{job_id}"))
+    held = _qstat_json(after)[after]
+    assert (held["job_state"], held["depend"]) == ("H", f"afterany:{job_id}@fakeserver")  # as the real one
+    _final(backend, job_id, 3)
+    _wait(lambda: _qstat_json(after)[after]["job_state"] == "F", "the dependent job")
+    assert "depend" not in _qstat_json(after)[after]  # released: the real server drops it
+    fake = _qstat_json(job_id)
+    assert fake[job_id]["depend"] == f"beforeany:{after}@fakeserver"
+    real = pbs.parse_qstat_json((GOLDEN / "qstat_openpbs_envp_failed.json").read_text())
+    for fake_id, real_id in ((job_id, "35[].vm"), (job_id.replace("[]", "[0]"), "35[0].vm")):
+        shape = {k: type(v) for k, v in real[real_id].items() if k in SHAPE_KEYS}
+        assert {k: type(v) for k, v in fake[fake_id].items() if k in shape} == shape, fake_id
+    # subjobs X while the array runs, F after; the parent's Exit_status is the class (0/1/2) of the
+    # subjob that finished last, not an aggregate: here [2] (exit 0) ends after the failing [1]
+    assert [fake[job_id.replace("[]", f"[{i}]")]["job_state"] for i in range(3)] == ["F"] * 3
+    assert (fake[job_id]["job_state"], fake[job_id]["Exit_status"]) == ("F", 0)
+    assert re.fullmatch(r"Queued:0 Running:0 Exiting:0 Expired:3", fake[job_id]["array_state_count"])
+    assert fake[job_id]["Variable_List"]["MACE_INDEX_OFFSET"] == 0  # -F json made the number a number
+
+
+@pytest.mark.parametrize("fakepbs", ["pbspro"], indirect=True)
+def test_fake_refuses_dependencies_the_real_server_refuses(fakepbs, tmp_path):
+    backend = pbs.PbsBackend(flavor="pbspro")
+    array_id = backend.submit(_e2e_req(tmp_path, [0, 1], "pbspro", env={"NAP": "0"}))
+    script = tmp_path / "after.sh"
+    script.write_text("#!/bin/bash\ntrue\n")
+    seq = pbs.parse_job_id(array_id).seq
+    subjob = subprocess.run(["qsub", "-W", f"depend=afterany:{seq}[1].fakeserver", str(script)],
+                            capture_output=True, text=True)
+    assert (subjob.returncode, subjob.stderr.splitlines()[0]) == (2, "qsub: illegal -W value")  # no element-wise
+    bare = subprocess.run(["qsub", "-W", f"depend=afterany:{seq}.fakeserver", str(script)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    record = _wait(lambda: _qstat_json(bare).get(bare, {}).get("job_state") == "F" and _qstat_json(bare)[bare],
+                   "the server to delete the job")
+    assert "exec_host" not in record  # accepted, then deleted without running (no [] on an array id)
+    assert pbs.normalize_pbs_state(record, "pbspro") == CANCELLED

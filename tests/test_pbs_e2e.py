@@ -2,8 +2,9 @@
 
 Same scenarios as on SLURM: `mace-submit --backend pbs` creates the contexts and one array, each
 element's MACE_* values are seen from inside the job, the epilogue merges every element into the
-shared database exactly once, `mace cancel` and `mace resubmit --failed` work. No real PBS server
-can be installed here (see README); tests/fakepbs/README.md says what the fake emulates.
+shared database exactly once, `mace cancel` and `mace resubmit --failed` work. PBS Pro runs the same
+scenarios against a real OpenPBS in tests/test_pbs_real.py; Torque has no installable server, so the
+fake (tests/fakepbs/README.md says what it emulates) is what judges it here.
 """
 
 from __future__ import annotations

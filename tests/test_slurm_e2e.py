@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from real_cluster import peak_overlap
 
 from mace_hpc.cli.main import run
 from mace_hpc.config import load_config
@@ -168,11 +169,7 @@ def test_element_env_from_inside_the_jobs(cluster_run: dict[str, Any]) -> None:
 def test_throttle_never_more_than_max_parallel(cluster_run: dict[str, Any]) -> None:
     _wait(cluster_run, "envp")
     spans = [(_seen(cluster_run, f"envp-e{i}")["start"], _seen(cluster_run, f"envp-e{i}")["end"]) for i in range(4)]
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    running = peak = 0
-    for _, step in events:  # at equal times the end (-1) sorts first
-        running += step
-        peak = max(peak, running)
+    peak = peak_overlap(spans)
     assert peak == 2, f"max_parallel=2 but {peak} probes overlapped: {spans}"
 
 

@@ -124,6 +124,12 @@ class JobEnvironment:
         except ValueError:
             raise InputError(f"{env_names.INDEX_OFFSET}={raw!r} is not an integer") from None
 
+    def is_filler(self, index: int) -> bool:
+        """Is element `index` a filler of a covering range (a sparse list submitted as `a-b`, PBS
+        Pro), i.e. an index nobody asked for? MACE_ARRAY_INDICES lists the wanted task ids."""
+        offset = int(self.environ.get(env_names.INDEX_OFFSET, "0") or 0)
+        return not is_listed(index - offset, self.environ.get(env_names.ARRAY_INDICES))
+
     def ids(self) -> dict[str, str]:
         """The scheduler's ids of this job, for the element's state file."""
         return {k: self.environ[k] for k in self.id_vars if self.environ.get(k)}
@@ -229,6 +235,14 @@ def chunk_indices(indices: Iterable[int], max_array_size: int) -> list[tuple[int
         current.append(i - offset)
     chunks.append((offset, current))
     return chunks
+
+
+def is_listed(task_id: int, listed: object) -> bool:
+    """Was this task of a covering range asked for? `listed` is MACE_ARRAY_INDICES: task ids in
+    array notation (`0-1,3`, so never split on commas alone; `qstat -F json` may give a number)."""
+    if listed is None or str(listed).strip() == "":
+        return True
+    return int(task_id) in set(expand_array_ids(str(listed)))
 
 
 def expand_array_ids(spec: str) -> list[int]:

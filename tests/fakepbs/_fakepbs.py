@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 SERVER = "fakeserver"
-PBSPRO_VERSION = "22.05.11"
+PBSPRO_VERSION = "23.06.06"  # the real OpenPBS CI runs (.ci/pbs/start.sh)
 TORQUE_VERSION = "6.1.3"
 UNKQUE = 15018  # PBSE_UNKQUE: qsub exits with pbs_errno (& 0xff = 170)
 UNKJOBID = 15001  # PBSE_UNKJOBID
@@ -194,14 +194,28 @@ def _dep_state(job: dict) -> str:
     return "ok"
 
 
+def unrun_exit() -> int | None:
+    """Exit status of a job deleted before it ran: OpenPBS records 1 (seen on a real 23.06)."""
+    return 1 if flavor() == "pbspro" else None
+
+
+def _exit_class(code: int | None) -> int:
+    """OpenPBS array parent Exit_status: 0 ok, 1 exit > 0 (or killed by a signal), 2 negative."""
+    return 0 if code == 0 else 2 if code is not None and code < 0 else 1
+
+
 def _finish_parent(job: dict) -> None:
     subs = job["subjobs"]
-    if all(s["state"] in ("X", "C") for s in subs.values()):
+    if all(s["state"] in ("X", "C", "F") for s in subs.values()):
         job["state"] = "F" if flavor() == "pbspro" else "C"
-        codes = [s.get("exit") for s in subs.values()]
-        job["exit"] = 0 if all(c == 0 for c in codes) else 1
-        job["deleted_unrun"] = all(s.get("exit") is None for s in subs.values())
+        # not an aggregate: the class of whichever subjob finished last (check every subjob)
+        last = max(subs.values(), key=lambda s: s.get("end") or 0)
+        job["exit"] = _exit_class(last.get("exit"))
+        job["deleted_unrun"] = not any(s.get("start") for s in subs.values())
         job["end"] = time.time()
+        if flavor() == "pbspro":  # X while the array runs, F once it has ended
+            for sub in subs.values():
+                sub["state"] = "F"
 
 
 def run_daemon(seq: str) -> None:
@@ -238,9 +252,13 @@ def run_daemon(seq: str) -> None:
             if job.get("deleted"):
                 for sub in subs.values():
                     if sub["state"] in ("Q", "H"):
-                        sub.update(state=done_state, exit=None)
-            dep = _dep_state(job)
-            if dep == "never":
+                        sub.update(state=done_state, exit=unrun_exit(), end=time.time())
+            dep = "never" if job.get("rejected") else _dep_state(job)
+            if job.get("rejected"):  # a dependency the server refused: the job is deleted, never runs
+                job["state"] = "F" if flavor() == "pbspro" else "C"
+                for sub in subs.values():
+                    sub.update(state=done_state, exit=unrun_exit(), end=time.time())
+            elif dep == "never":
                 job["state"] = "H"
             elif dep == "wait":
                 job["state"] = "H"
@@ -248,6 +266,11 @@ def run_daemon(seq: str) -> None:
                     if sub["state"] == "Q":
                         sub["state"] = "H"
             else:
+                for sub in subs.values():  # released: waiting subjobs are queued again
+                    if sub["state"] == "H":
+                        sub["state"] = "Q"
+                if job["state"] == "H":
+                    job["state"] = "Q"
                 running = sum(1 for s in subs.values() if s["state"] == "R")
                 limit = job.get("throttle") or len(subs)
                 for key in sorted(subs, key=int):
@@ -266,7 +289,7 @@ def run_daemon(seq: str) -> None:
                     if only["state"] in ("X", "C"):
                         job["state"] = "F" if flavor() == "pbspro" else "C"
                         job["exit"] = only.get("exit")
-                        job["deleted_unrun"] = only.get("exit") is None
+                        job["deleted_unrun"] = not only.get("start")
                         job["used"] = only.get("used")
             save(job)
             finished = job["state"] in ("F", "C") and not procs
@@ -316,6 +339,9 @@ def _log_paths(job: dict, key: str) -> tuple[str, str]:
             return os.path.join(job["workdir"], default)
         path = path.replace("^array_index^", key)
         if path.endswith("/") or os.path.isdir(path):
+            if flavor() == "pbspro":  # into a directory OpenPBS names the file after the job id
+                jid = f"{seq}[{key}].{SERVER}" if job["array"] else f"{seq}.{SERVER}"
+                return os.path.join(path, f"{jid}.{'OU' if kind == 'o' else 'ER'}")
             return os.path.join(path, default)
         return path
 

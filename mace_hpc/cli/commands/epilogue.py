@@ -71,9 +71,9 @@ def _dispatch(args: argparse.Namespace) -> None:
         located = (Path(args.context), None)
     elif args.manifest or (not env.get(env_names.CONTEXT_DIR) and env.get(env_names.MANIFEST)):
         path = Path(args.manifest or env[env_names.MANIFEST]).absolute()
-        index = job_environment(env).element_index(args.index)
-        listed = env.get(env_names.ARRAY_INDICES)
-        if listed and not args.manifest and str(index) not in listed.split(","):
+        job = job_environment(env)
+        index = job.element_index(args.index)
+        if not args.manifest and job.is_filler(index):
             _say(args, f"index {index} was not submitted (covering range filler); nothing to do")
             return
         manifest = load_manifest(path)

@@ -8,8 +8,9 @@ renderer, `qsub` argv, job-id parser, `qstat` parser and state mapping, so local
 share one shape.
 
 Two dialects, chosen by `scheduler.pbs_flavor` or detected from `qstat --version` (PBS Pro prints
-`pbs_version = 22.05.11`, Torque `Version: 6.1.3`). Facts from the docs this code relies on
-(OpenPBS man pages in github.com/openpbs/openpbs doc/man1, Adaptive Computing Torque docs):
+`pbs_version = 22.05.11`, Torque `Version: 6.1.3`). Facts this code relies on, from the docs
+(OpenPBS man pages in github.com/openpbs/openpbs doc/man1, Adaptive Computing Torque docs) and, for
+PBS Pro, checked against a real OpenPBS 23.06 in CI (tests/test_pbs_real.py, .ci/pbs/start.sh):
 
 - PBS Pro `-J X-Y[:Z]` only takes one range with a step, X < Y (a one-element range is refused by
   `parse_subjob_index`, src/lib/Libutil/range.c). `%N` (the `max_run_subjobs` attribute) exists
@@ -22,15 +23,22 @@ Two dialects, chosen by `scheduler.pbs_flavor` or detected from `qstat --version
   having been run" (qsub.1B): a backstop job after a fully cancelled array stays held.
 - `-v` values containing commas must be quoted: `-v "a=10,var2='A,B'"` (qsub.1B).
 - Jobs start in $HOME, not in the submit directory; PBS_O_WORKDIR names the latter.
-- Exit_status: 0 ok; a job killed by a signal reports 256 + signal (PBS Pro mom_start.c
-  `WTERMSIG(statloc) + 0x100`), so 271 = SIGTERM (walltime kill or qdel of a running job);
-  PBS Pro JOB_EXEC_KILL_WALLTIME = -29 (src/include/job.h); Torque -11 = walltime exceeded
-  (Adaptive Computing KB "exit codes", Torque 6.1.2); note -11 in PBS Pro is JOB_EXEC_RERUN.
+- Exit_status (real OpenPBS): 0 ok; walltime kill -29 (JOB_EXEC_KILL_WALLTIME); qdel of a running
+  job 271 (256 + SIGTERM: the login shell running the script died of it); qdel of a queued subjob 1
+  with no `exec_host` (never ran); an element runner killed by a signal 128 + signal (the login
+  shell reports its child). The array parent's Exit_status is the class (0/1/2) of the subjob that
+  finished last, so states always come from the subjobs. Torque: -11 = walltime exceeded, 271 for
+  both walltime and qdel (Adaptive Computing KB "exit codes"); -11 in PBS Pro is JOB_EXEC_RERUN.
+- Dependencies (real OpenPBS): only on whole arrays, `afterany:123[].server` (an id without `[]` is
+  accepted, then the job is deleted; `123[4]` is refused), so the backstop waits for the array.
+- `qstat -F json` turns numeric/boolean `-v` values into JSON numbers (`0`, `007` -> 7): values are
+  read back with `str()`, and only ours (indices, offsets, paths) are read at all.
 - `qstat -x` means "include finished jobs" in PBS Pro but "XML output" in Torque; PBS Pro has
   `qstat -f -F json`, Torque only the text `-f` format (kept for `keep_completed` seconds).
-- Torque's mom runs `epilogue` with argv[1] = job id ... argv[10] = exit code and an EMPTY
-  environment: an epilogue recovers the array index from the id (`parse_job_id`), never from
-  PBS_ARRAYID.
+- The mom runs `epilogue` as root, once per subjob, with argv[1] = job id ... argv[10] = exit code
+  and next to no environment (OpenPBS: PATH=/bin:/usr/bin, no PBS_JOBID, no -v variable): an
+  epilogue recovers the array index from the id (`parse_job_id`), never from PBS_ARRAY_INDEX.
+- `qrerun` needs a manager (root): a job cannot requeue itself on PBS Pro as it can on SLURM.
 """
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ...errors import InputError
 from ...records import env as env_names
-from ..base import JobEnvironment, expand_array_ids
+from ..base import JobEnvironment, is_listed
 from .dialect import parse_job_id
 
 
@@ -39,7 +39,6 @@ def subjob_of(job_id: str) -> tuple[str, int, dict[str, str]] | None:
         variables = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
     except Exception:  # noqa: BLE001 - qstat unavailable: the caller falls back to the records
         pass
-    listed = variables.get(env_names.ARRAY_INDICES)
-    if listed and jid.index not in set(expand_array_ids(listed)):
-        return None
+    if not is_listed(jid.index, variables.get(env_names.ARRAY_INDICES)):
+        return None  # a covering-range filler subjob
     return jid.seq, jid.index, variables

@@ -8,7 +8,7 @@ import typing as tp
 
 from ...errors import InputError
 from ...records.states import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TIMEOUT
-from ..base import expand_array_ids
+from ..base import is_listed
 from .dialect import PBSPRO_WALLTIME_EXIT, TORQUE_WALLTIME_EXIT, parse_job_id
 
 
@@ -80,11 +80,15 @@ def normalize_pbs_state(attrs: dict[str, tp.Any], flavor: str) -> str:
     """One qstat job record -> PENDING | RUNNING | COMPLETED | FAILED | TIMEOUT | CANCELLED.
 
     Q/H/W/T/M: not started. R/E/B/S/U: started, not final (E is "exiting", B an array with a running
-    subjob, S suspended). F (PBS Pro finished), X (PBS Pro subjob expired) and C (Torque
-    completed) are final; then the exit status decides: none (deleted before it ran) -> CANCELLED;
-    0 -> COMPLETED; the dialect's walltime code -> TIMEOUT; 256+signal (271 = SIGTERM) -> TIMEOUT
-    when the job used its whole walltime, else CANCELLED (qdel of a running job; Torque documents
-    271 for cancelled running jobs); anything else -> FAILED.
+    subjob, S suspended). F (PBS Pro finished), X (PBS Pro subjob finished while its array runs)
+    and C (Torque completed) are final; then, as a real OpenPBS 23.06 records them:
+    - never started (PBS Pro: no `exec_host`; qdel of a queued subjob gives Exit_status 1) or no
+      exit status at all -> CANCELLED;
+    - 0 -> COMPLETED; the dialect's walltime code (PBS Pro -29, Torque -11) -> TIMEOUT;
+    - 256 + signal (271: the job's shell died of qdel's SIGTERM) -> CANCELLED, except on Torque when
+      the job used its whole walltime (Torque documents 271 for both);
+    - anything else -> FAILED (a killed element runner shows 128 + signal: the login shell that
+      runs the job script reports its child's death).
     """
     state = str(attrs.get("job_state", "")).strip().upper()[:1]
     if state in ("R", "E", "B", "S", "U"):
@@ -92,7 +96,7 @@ def normalize_pbs_state(attrs: dict[str, tp.Any], flavor: str) -> str:
     if state not in ("F", "X", "C"):
         return PENDING
     raw = attrs.get("Exit_status", attrs.get("exit_status"))
-    if raw is None or str(raw).strip() == "":
+    if raw is None or str(raw).strip() == "" or (flavor == "pbspro" and not attrs.get("exec_host")):
         return CANCELLED
     try:
         code = int(str(raw).strip())
@@ -103,10 +107,11 @@ def normalize_pbs_state(attrs: dict[str, tp.Any], flavor: str) -> str:
     if code == (PBSPRO_WALLTIME_EXIT if flavor == "pbspro" else TORQUE_WALLTIME_EXIT):
         return TIMEOUT
     if code > 256:
-        used = _seconds((attrs.get("resources_used") or {}).get("walltime"))
-        limit = _seconds((attrs.get("Resource_List") or {}).get("walltime"))
-        if used is not None and limit is not None and used >= limit:
-            return TIMEOUT
+        if flavor == "torque":
+            used = _seconds((attrs.get("resources_used") or {}).get("walltime"))
+            limit = _seconds((attrs.get("Resource_List") or {}).get("walltime"))
+            if used is not None and limit is not None and used >= limit:
+                return TIMEOUT
         return CANCELLED
     return FAILED
 
@@ -147,8 +152,7 @@ def element_states(records: dict[str, dict[str, tp.Any]], flavor: str,
         if index is None:
             continue
         variables = _variables(attrs)
-        listed = variables.get("MACE_ARRAY_INDICES")
-        if listed and index not in set(expand_array_ids(listed)):
+        if not is_listed(index, variables.get("MACE_ARRAY_INDICES")):
             continue  # a covering-range filler, never an element
         offset = (offsets or {}).get(jid.seq)
         if offset is None:
