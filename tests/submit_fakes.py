@@ -46,6 +46,14 @@ def simple_plan(name: str, n: int, **extra: Any) -> dict[str, Any]:
     }
 
 
+def marker_plan(name: str, marker: Path) -> dict[str, Any]:
+    """One isolated element `e0` (material `m`) whose one step appends 'x' to `marker`, so a test
+    can tell whether (and how often) the step ran."""
+    return {"name": name, "isolation_mode": "isolated", "elements": [
+        {"id": "e0", "materials": [{"material_id": "m", "formula": "Al"}],
+         "steps": [{"name": "s", "command": [PY, "-c", f"open({str(marker)!r}, 'a').write('x')"]}]}]}
+
+
 def seen(context_dir: str | Path, step: str = "probe") -> dict[str, Any]:
     return json.loads((Path(context_dir) / "calculations" / step / "seen.json").read_text())
 

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from epilogue_helpers import shared_rows
 from submit_fakes import (
     ENV_STEP,
     PY,
     FakeBackend,
     context_dirs,
+    marker_plan,
     seen,
     simple_plan,
     write_plan,
@@ -29,6 +31,7 @@ from submit_fakes import cli as _cli
 from mace_hpc.cli.main import run
 from mace_hpc.config import load_config
 from mace_hpc.errors import ConfigError, InputError, SchedulerError
+from mace_hpc.records import read_state
 from mace_hpc.submission.submit import submit_plan
 from mace_hpc.util.atomic import read_json
 
@@ -90,6 +93,54 @@ def test_local_failure_exit_code_and_state(tmp_path: Path, mace_env: dict[str, P
     assert "element 1 (failp-bad)" in err and "exit code 3" in err
     bad = read_json(mace_env["scratch_root"] / "failp-bad" / "state.json")
     assert bad["run_state"] == "FAILED" and bad["steps"][0]["exit_code"] == 3
+
+
+# ---------------------------------------------------------------------------- cleaned-up contexts run again
+def _calcs_and_props(db: Path) -> tuple[int, int]:
+    rows = shared_rows(db)
+    return rows["calculations"], rows["properties"]
+
+
+def test_resubmitted_failed_element_whose_context_was_cleaned_is_merged(tmp_path, mace_env, monkeypatch):
+    """Invariant 1: a FAILED element archived and cleaned up (tombstone, removed=True) that is
+    resubmitted and then succeeds used to stay COMPLETED forever: the epilogue (and `mace merge`)
+    skipped it as 'data already removed', so its new results never reached the shared DB."""
+    from mace_hpc.submission.control import resubmit
+
+    monkeypatch.setenv("MACE_AUTO_CLEANUP", "true")
+    flag = tmp_path / "allow"
+    step = [PY, "-c", "import json, os, sys; json.dump({'e': 2.5}, open('results.json', 'w')); "
+            f"sys.exit(0 if os.path.exists({str(flag)!r}) else 3)"]
+    plan = {"name": "again", "isolation_mode": "isolated", "on_failure": "archive", "elements": [
+        {"id": "e0", "materials": [{"material_id": "m", "formula": "Al"}], "steps": [{"name": "s", "command": step}]}]}
+    submit_plan(plan, backend="local")  # the local backend records the failure; it does not raise
+    ctx = mace_env["scratch_root"] / "again-e0"
+    first = read_state(ctx)
+    assert first.state == "ARCHIVED" and first.run_state == "FAILED" and first.removed
+    flag.touch()
+    resubmit("again")
+    state = read_state(ctx)
+    assert state.run_state == "COMPLETED"
+    assert state.state == "MERGED", state
+    assert _calcs_and_props(mace_env["shared_database"]) == (1, 1)
+
+
+def test_submitting_a_finished_cleaned_plan_again_adds_nothing(tmp_path, mace_env, monkeypatch):
+    """Invariant 2: re-running a finished plan whose contexts were merged and cleaned up reran
+    every step from scratch (the context's record of completed steps was gone) and left the
+    element COMPLETED, unmerged; its results are home already, so nothing must run again."""
+    monkeypatch.setenv("MACE_AUTO_CLEANUP", "true")
+    marker = tmp_path / "ran"
+    plan = marker_plan("twice", marker)
+    submit_plan(plan, backend="local")
+    ctx = mace_env["scratch_root"] / "twice-e0"
+    assert read_state(ctx).state == "MERGED" and read_state(ctx).removed
+    counts = _calcs_and_props(mace_env["shared_database"])
+    submit_plan(plan, backend="local")
+    assert marker.read_text() == "x"  # the step did not run again
+    state = read_state(ctx)
+    assert state.state == "MERGED" and state.run_state == "COMPLETED"
+    assert _calcs_and_props(mace_env["shared_database"]) == counts
 
 
 # ---------------------------------------------------------------------------- dry run
