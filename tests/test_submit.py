@@ -29,7 +29,6 @@ from submit_fakes import (
 from submit_fakes import cli as _cli
 
 from mace_hpc.cli.main import run
-from mace_hpc.config import load_config
 from mace_hpc.errors import ConfigError, InputError, SchedulerError
 from mace_hpc.records import read_state
 from mace_hpc.submission.submit import submit_plan
@@ -355,36 +354,6 @@ def test_missing_program_on_local_backend(tmp_path: Path, mace_env: dict[str, Pa
     with pytest.raises(InputError, match=r"elements\[0\].steps\[0\].command: program 'no-such-prog-xyz' not found"):
         submit_plan(plan, backend="local")
     assert not mace_env["scratch_root"].exists()
-
-
-# ---------------------------------------------------------------------------- site configs
-@pytest.mark.parametrize(
-    ("site", "expected"),
-    [
-        ("local", {"backend": "local", "max_parallel": 2, "scheduler.time": 60}),
-        ("slurm-generic", {"backend": "slurm", "scheduler.requeue": True, "scheduler.signal_margin": 300,
-                           "scheduler.mem": "2G", "scheduler.partition": None}),
-        ("ci-slurm", {"backend": "slurm", "scheduler.partition": "debug", "scheduler.time": 5, "max_parallel": 4}),
-    ],
-)
-def test_site_configs_load(site: str, expected: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SCRATCH", "/scratch/u")
-    monkeypatch.delenv("MACE_SCRATCH_ROOT")
-    cfg = load_config(site=site)
-    assert cfg.site_name == site
-    for key, value in expected.items():
-        assert cfg[key] == value, key
-        if key != "scheduler.partition":
-            assert cfg.sources[key].startswith("site config"), key
-    assert "$" not in str(cfg.path("scratch_root"))
-    if site == "slurm-generic":
-        assert cfg.path("scratch_root") == Path("/scratch/u/mace/contexts")
-
-
-def test_site_config_unknown_key_refused(tmp_path: Path) -> None:
-    (tmp_path / "typo.yaml").write_text("backend: slurm\nscheduler:\n  partiton: debug\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'scheduler.partiton'"):
-        load_config(site=str(tmp_path / "typo.yaml"))
 
 
 def test_user_jobscript_is_valid_bash_and_documents_itself() -> None:
