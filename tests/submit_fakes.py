@@ -164,3 +164,24 @@ def signal_when_started(argv: list[str], flag: Path, sig: int, env: dict[str, st
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """Wait until every pid has exited (a zombie counts: its parent was killed and nobody reaps
+    it here); the pids still running after `timeout` seconds."""
+    import time
+
+    import psutil
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    end = time.monotonic() + timeout
+    while True:
+        alive = [pid for pid in pids if running(pid)]
+        if not alive or time.monotonic() > end:
+            return alive
+        time.sleep(0.05)
