@@ -409,30 +409,3 @@ def test_resubmitting_a_changed_plan_under_the_same_name_is_refused(tmp_path, ma
         submit_plan(plan(["x", "a", "b"]), backend="local")
     result = submit_plan(plan(["a", "b", "c"]), backend="local")  # appending is fine
     assert [e.workflow_id for e in result.submission.entries] == ["same-a", "same-b", "same-c"]
-
-
-def test_local_hard_kill_stops_the_steps_of_a_hung_runner(tmp_path, mace_env):
-    """Past the time limit the local backend kills the runner and the steps it started."""
-    import signal as _signal
-    import subprocess as _sp
-    import sys as _sys
-
-    import psutil
-
-    from mace_hpc.schedulers.local.backend import _signal as send
-
-    runner = _sp.Popen([_sys.executable, "-c",
-                        "import subprocess, time; subprocess.Popen(['sleep', '300'], start_new_session=True); time.sleep(300)"])
-    try:
-        for _ in range(100):
-            kids = psutil.Process(runner.pid).children(recursive=True)
-            if kids:
-                break
-            time.sleep(0.05)
-        assert kids, "the fake runner did not start its step"
-        send(runner, _signal.SIGKILL, group=True)
-        runner.wait(10)
-        gone, alive = psutil.wait_procs(kids, timeout=10)
-        assert alive == []
-    finally:
-        runner.kill()
