@@ -136,6 +136,20 @@ def install_fake_backend(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
     return fake
 
 
+def submitted_to_fake(tmp_path: Path, name: str, n: int, **kw: Any) -> list[str]:
+    """`simple_plan(name, n)` submitted to the fake SLURM backend (the `fake_backend` fixture); its job ids."""
+    from mace_hpc.submission.submit import submit_plan
+
+    return submit_plan(write_plan(tmp_path, simple_plan(name, n), f"{name}.json"), backend="slurm", **kw).job_ids
+
+
+def set_state_file(scratch: Path, workflow_id: str, state: str, **kw: Any) -> None:
+    """Write an element's state file as its runner/epilogue would (`run_state` defaults to `state`)."""
+    from mace_hpc.records import write_state
+
+    write_state(Path(scratch) / workflow_id, state=state, run_state=kw.pop("run_state", state), **kw)
+
+
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """Run `mace ARGV...` in-process: (exit code, stdout, stderr)."""
     from mace_hpc.cli.main import run
