@@ -1,4 +1,4 @@
-"""The element runner: env injection, {context_dir} everywhere, resume, step records."""
+"""The element runner: env injection, {context_dir} everywhere, resume, step records, signals, requeue."""
 
 from __future__ import annotations
 
