@@ -8,7 +8,6 @@ only when it completed. Stopping a step must stop its whole process group.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -97,14 +96,12 @@ def test_missing_program_fails_the_step_with_127(db, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- function steps
 @pytest.fixture
-def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
-    """A user's module `<name>.py` in its own directory: (module name, directory)."""
-    monkeypatch.setattr(sys, "path", list(sys.path))  # load_callable adds the plan dir; undo it
-    name = f"user_steps_{tmp_path.name}".replace("-", "_")
+def user_module(tmp_path: Path) -> tuple[str, str]:
+    """A user's module `user_steps.py` in its own directory (the plan dir): (module name, directory)."""
     lib = tmp_path / "lib"
     lib.mkdir()
-    (lib / f"{name}.py").write_text(
-        "import json\n"
+    (lib / "user_steps.py").write_text(
+        "import json, sys\n"
         "def compute(a, b, scale=1):\n"
         "    print('computing')\n"
         "    open('side.txt', 'w').write('x')\n"
@@ -112,9 +109,11 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, s
         "    return {'sum': (a + b) * scale, 'note': 'ok', 'skip': None}\n"
         "def broken():\n"
         "    raise ValueError('bad input')\n"
+        "def quits():\n"
+        "    sys.exit(4)\n"
         "NOT_CALLABLE = 3\n"
     )
-    return name, str(lib)
+    return "user_steps", str(lib)
 
 
 def test_function_step_gets_its_kwargs_and_its_return_value_becomes_properties(db, tmp_path, user_module) -> None:
@@ -133,10 +132,14 @@ def test_function_step_gets_its_kwargs_and_its_return_value_becomes_properties(d
 @pytest.mark.parametrize(
     ("function", "exit_code", "message"),
     [
-        ("{name}:broken", 1, "ValueError: bad input"),
-        ("no_such_module_xyz:f", 127, "function 'no_such_module_xyz:f': cannot import module 'no_such_module_xyz'"),
-        ("{name}:missing", 127, "function '{name}:missing': module '{name}' has no attribute 'missing'"),
-        ("{name}:NOT_CALLABLE", 127, "function '{name}:NOT_CALLABLE': 'NOT_CALLABLE' is not callable"),
+        ("{name}:broken", 1, "exit code 1"),
+        ("{name}:quits", 4, "exit code 4"),  # sys.exit ends the step's own process only
+        ("no_such_module_xyz:f", 127,
+         "mace function step: function 'no_such_module_xyz:f': cannot import module 'no_such_module_xyz'"),
+        ("{name}:missing", 127, "mace function step: function '{name}:missing': module '{name}' has no attribute "
+         "'missing'"),
+        ("{name}:NOT_CALLABLE", 127, "mace function step: function '{name}:NOT_CALLABLE': 'NOT_CALLABLE' is not "
+         "callable"),
     ],
 )
 def test_a_failing_function_step_fails_only_its_step(db, tmp_path, user_module, function, exit_code, message) -> None:
@@ -144,8 +147,10 @@ def test_a_failing_function_step_fails_only_its_step(db, tmp_path, user_module, 
     outcome = _run(db, tmp_path, {"name": "f", "function": function.format(name=name)}, search_path=[lib])
     assert (outcome.status, outcome.exit_code) == ("failed", exit_code)
     assert outcome.message.startswith(message.format(name=name))
+    assert db.get_calculation(outcome.calc_id)["error_message"] == outcome.message
     if exit_code == 1:  # the user's traceback is kept for them
-        assert "Traceback" in (tmp_path / "calculations" / "f" / "stderr.txt").read_text()
+        stderr = (tmp_path / "calculations" / "f" / "stderr.txt").read_text()
+        assert "Traceback" in stderr and "ValueError: bad input" in stderr
 
 
 # ---------------------------------------------------------------------------- stopping a step
@@ -160,7 +165,8 @@ def test_step_timeout_stops_the_whole_process_group(db, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("block", [True, False], ids=["blocking", "from-a-signal-handler"])
 def test_terminate_current_stops_a_running_steps_group(db, tmp_path: Path, block: bool) -> None:
-    """The time-limit path: SIGTERM to the group; a group that ignores it is SIGKILLed after the grace."""
+    """Blocking: SIGTERM to the group, the step fails by that signal. From the time-limit signal's
+    handler: SIGTERM now, SIGKILL after the grace to a group that ignores it; the step timed out."""
     command = GROUP_STEP if block else ["sh", "-c", "trap '' TERM; sleep 300 & echo $! > child.pid; wait"]
     steps.terminate_current()  # nothing running: a no-op
     result: list[StepOutcome] = []
@@ -175,7 +181,7 @@ def test_terminate_current_stops_a_running_steps_group(db, tmp_path: Path, block
         if runner.is_alive() and steps._current_proc is not None:
             steps._current_proc.kill()
     [outcome] = result
-    signum = 15 if block else 9
-    assert (outcome.status, outcome.exit_code, outcome.message) == ("failed", -signum, f"killed by signal {signum}")
+    expected = ("failed", -15, "killed by signal 15") if block else ("timeout", -9, "interrupted by the time-limit signal")
+    assert (outcome.status, outcome.exit_code, outcome.message) == expected
     assert gone([child]) == []
     assert steps._current_proc is None
