@@ -46,6 +46,14 @@ def simple_plan(name: str, n: int, **extra: Any) -> dict[str, Any]:
     }
 
 
+def marker_plan(name: str, marker: Path) -> dict[str, Any]:
+    """One isolated element `e0` (material `m`) whose one step appends 'x' to `marker`, so a test
+    can tell whether (and how often) the step ran."""
+    return {"name": name, "isolation_mode": "isolated", "elements": [
+        {"id": "e0", "materials": [{"material_id": "m", "formula": "Al"}],
+         "steps": [{"name": "s", "command": [PY, "-c", f"open({str(marker)!r}, 'a').write('x')"]}]}]}
+
+
 def seen(context_dir: str | Path, step: str = "probe") -> dict[str, Any]:
     return json.loads((Path(context_dir) / "calculations" / step / "seen.json").read_text())
 
@@ -128,6 +136,20 @@ def install_fake_backend(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
     return fake
 
 
+def submitted_to_fake(tmp_path: Path, name: str, n: int, **kw: Any) -> list[str]:
+    """`simple_plan(name, n)` submitted to the fake SLURM backend (the `fake_backend` fixture); its job ids."""
+    from mace_hpc.submission.submit import submit_plan
+
+    return submit_plan(write_plan(tmp_path, simple_plan(name, n), f"{name}.json"), backend="slurm", **kw).job_ids
+
+
+def set_state_file(scratch: Path, workflow_id: str, state: str, **kw: Any) -> None:
+    """Write an element's state file as its runner/epilogue would (`run_state` defaults to `state`)."""
+    from mace_hpc.records import write_state
+
+    write_state(Path(scratch) / workflow_id, state=state, run_state=kw.pop("run_state", state), **kw)
+
+
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """Run `mace ARGV...` in-process: (exit code, stdout, stderr)."""
     from mace_hpc.cli.main import run
@@ -156,3 +178,24 @@ def signal_when_started(argv: list[str], flag: Path, sig: int, env: dict[str, st
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """Wait until every pid has exited (a zombie counts: its parent was killed and nobody reaps
+    it here); the pids still running after `timeout` seconds."""
+    import time
+
+    import psutil
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    end = time.monotonic() + timeout
+    while True:
+        alive = [pid for pid in pids if running(pid)]
+        if not alive or time.monotonic() > end:
+            return alive
+        time.sleep(0.05)

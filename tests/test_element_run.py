@@ -1,11 +1,19 @@
-"""The element runner: env injection, {context_dir} everywhere, resume, step records."""
+"""The element runner: env injection, {context_dir} everywhere, resume, step records, signals, requeue."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
+
+from submit_fakes import PY, marker_plan
 
 from mace_hpc.records import read_state
+from mace_hpc.submission.submit import submit_plan
 
 
 def _plan(tmp_path, steps, env=None):
@@ -72,11 +80,7 @@ def test_failed_step_stops_the_element_and_resume_skips_completed(tmp_path, mace
 
 def test_time_limit_interrupts_a_function_step_that_catches_exception(tmp_path, mace_env):
     """`except Exception:` in user code must not turn a time-limit stop into a completed step."""
-    import signal
-
     from submit_fakes import signal_when_started
-
-    from mace_hpc.submission.submit import submit_plan
 
     (tmp_path / "stubborn.py").write_text(
         "import time\n"
@@ -100,3 +104,134 @@ def test_time_limit_interrupts_a_function_step_that_catches_exception(tmp_path, 
     state = read_state(mace_env["scratch_root"] / "stub-e0")
     assert state.run_state == "TIMEOUT"
     assert [s["status"] for s in state.steps] == ["timeout"]
+
+
+# ------------------------------------------------------------------ signals at awkward moments
+# Runs one element in its own process (the runner installs signal handlers for good), with a
+# hook that sends the runner a signal at a chosen point: `where` is "module:Class.attr" or
+# "module:attr" of a function that gets wrapped.
+_DRIVER = r"""
+import importlib, os, signal, sys
+manifest, index, where, signame = sys.argv[1:5]
+module_name, _, attr = where.partition(":")
+owner = importlib.import_module(module_name)
+parts = attr.split(".")
+for part in parts[:-1]:
+    owner = getattr(owner, part)
+original = getattr(owner, parts[-1])
+fired = []
+
+def wrapped(*args, **kwargs):
+    if not fired:
+        fired.append(1)
+        os.kill(os.getpid(), getattr(signal, signame))
+    return original(*args, **kwargs)
+
+setattr(owner, parts[-1], wrapped)
+from mace_hpc.element import run
+sys.exit(run.main([manifest, "--index", index]))
+"""
+
+
+def _run_with_signal_at(manifest: Path, where: str, signame: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-c", _DRIVER, str(manifest), "0", where, signame],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_time_limit_signal_before_the_first_step_records_timeout_and_runs_the_epilogue(tmp_path, mace_env):
+    """Invariant 1: a signal while the runner sets up (before any step) used to escape as a
+    traceback (StepInterrupted), leaving state.json RUNNING and no epilogue."""
+    marker = tmp_path / "ran"
+    result = submit_plan(marker_plan("early", marker), backend="local", prepare_only=True)
+    proc = _run_with_signal_at(result.submission.manifest_path,
+                               "mace_hpc.workflow.context:WorkflowContext.ensure_directory", "SIGUSR2")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 124
+    state = read_state(mace_env["scratch_root"] / "early-e0")
+    assert state.run_state == "TIMEOUT" and "time limit" in state.message
+    assert state.state == "KEPT"  # on_failure default: the epilogue ran
+    assert not marker.exists()  # no step started after the signal
+
+
+def test_cancel_signal_during_the_epilogue_does_not_abort_the_merge(tmp_path, mace_env):
+    """Invariant 1/4: SIGTERM while the epilogue runs used to raise StepInterrupted inside it, so
+    an element whose steps all completed was left PENDING_MERGE ('epilogue failed')."""
+    marker = tmp_path / "ran"
+    result = submit_plan(marker_plan("late", marker), backend="local", prepare_only=True)
+    proc = _run_with_signal_at(result.submission.manifest_path, "mace_hpc.epilogue.hook:build_target", "SIGTERM")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    state = read_state(mace_env["scratch_root"] / "late-e0")
+    assert state.run_state == "COMPLETED" and marker.read_text() == "x"
+    assert state.state == "MERGED", state.pending_reason
+    assert proc.returncode == 0
+
+
+def test_signal_between_steps_still_stops_the_element():
+    """The armed window keeps the old behaviour: SIGUSR2 raised while armed and idle interrupts."""
+    from mace_hpc.element import run as run_mod
+    from mace_hpc.element import steps as step_runner
+
+    interrupt = run_mod._Interrupt()
+    interrupt.signum = None
+    interrupt.armed = True
+    try:
+        interrupt._handle(signal.SIGUSR2, None)
+    except step_runner.StepInterrupted:
+        pass
+    else:
+        raise AssertionError("armed handler did not interrupt")
+    assert interrupt.signum == signal.SIGUSR2
+    idle = run_mod._Interrupt()
+    idle._handle(signal.SIGTERM, None)  # not armed (setup, epilogue): only recorded
+    assert idle.signum == signal.SIGTERM
+
+
+# ------------------------------------------------------------------ requeue vs mace cancel
+def _run_requeue_element(tmp_path, mace_env, fake, sig, cancel_first):
+    """An element of a requeue-on SLURM plan (FakeBackend) run by hand with a fake `scontrol`
+    that records its calls; `sig` reaches the runner once its step has started."""
+    from mace_hpc.submission import control
+
+    started = tmp_path / "started"
+    step = [PY, "-c", f"open({str(started)!r}, 'w').close(); import time; time.sleep(120)"]
+    plan = {"name": "rq", "isolation_mode": "isolated", "resources": {"requeue": True},
+            "elements": [{"id": "e0", "steps": [{"name": "s", "command": step}]}]}
+    result = submit_plan(plan, backend="slurm")
+    [job_id] = result.job_ids
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "scontrol-calls"
+    (bindir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexit 0\n")
+    (bindir / "scontrol").chmod(0o755)
+    env = {**os.environ, **result.record.env, "PATH": f"{bindir}:{os.environ['PATH']}",
+           "SLURM_ARRAY_JOB_ID": job_id, "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "5000"}
+    proc = subprocess.Popen([PY, "-m", "mace_hpc.element", str(result.submission.manifest_path)], env=env)
+    try:
+        for _ in range(600):
+            if started.exists():
+                break
+            time.sleep(0.05)
+        fake.set_state(job_id, "RUNNING")
+        if cancel_first:
+            control.cancel("rq")  # `mace cancel`: scancel, whose SIGTERM reaches the runner
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return rc, read_state(mace_env["scratch_root"] / "rq-e0"), calls.read_text() if calls.exists() else ""
+
+
+def test_mace_cancel_is_not_undone_by_the_elements_own_requeue(tmp_path, mace_env, fake_backend):
+    """With requeue on, an element terminated by `mace cancel` (scancel's SIGTERM) asked SLURM to
+    requeue itself, and SLURM does requeue a cancelled job: the cancelled plan came back."""
+    rc, state, calls = _run_requeue_element(tmp_path, mace_env, fake_backend, signal.SIGTERM, cancel_first=True)
+    assert "requeue" not in calls
+    assert state.run_state == "CANCELLED" and not state.requeued
+    assert rc == 1
+
+
+def test_time_limit_signal_still_requeues(tmp_path, mace_env, fake_backend):
+    rc, state, calls = _run_requeue_element(tmp_path, mace_env, fake_backend, signal.SIGUSR2, cancel_first=False)
+    assert calls.split() == ["requeue", f"{state.scheduler['SLURM_ARRAY_JOB_ID']}_0"]
+    assert state.state == "PENDING" and state.requeued is True and rc == 124

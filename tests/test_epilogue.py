@@ -185,6 +185,60 @@ def test_child_that_ignores_the_stop_signal_is_killed() -> None:
     assert run_with_deadline(lambda: {"ok": 1}, 30) == (True, {"ok": 1})
 
 
+def test_epilogue_child_that_fails_leaves_pending_merge(sub, mace_env, monkeypatch) -> None:
+    """Invariant 1: the forked epilogue child dying without a result (an exception, OOM kill,
+    a crash in SQLite) was taken as 'finished': the element stayed COMPLETED with no
+    PENDING_MERGE record and no reason, instead of saying the merge is still to do."""
+    from mace_hpc.epilogue import hook
+
+    manifest = sub(1, plan="crash")
+    ctx = _ctx(mace_env, 0, plan="crash")
+    assert hook._can_fork()
+
+    def dies(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)  # like the OOM killer
+
+    with monkeypatch.context() as patch:  # (undo only this: mace_env's variables stay)
+        patch.setattr(hook, "finalize", dies)
+        result = run_epilogue(ctx, manifest=manifest, deadline=30)
+    assert result.state.state == st.PENDING_MERGE
+    assert st.read_state(ctx).state == st.PENDING_MERGE and st.read_state(ctx).pending_reason
+    assert run_with_deadline(lambda: 1 / 0, 30) == (False, None)
+    assert run_epilogue(ctx, manifest=manifest, deadline=30).state.state == st.MERGED  # retried later
+
+
+_HANGING_ARCHIVE_DRIVER = r"""
+import sys, time
+import mace_hpc.epilogue.finalize as archive_mod  # where finalize looks archive_context up
+archive_mod.archive_context = lambda *a, **k: time.sleep(3600)
+from mace_hpc.element import run
+sys.exit(run.main([sys.argv[1], "--index", "0"]))
+"""
+
+
+def test_epilogue_after_the_time_limit_signal_still_has_its_deadline(tmp_path, mace_env) -> None:
+    """Invariant 4: the time-limit signal starts a SIGKILL timer thread for the step's group; while
+    it was alive the epilogue could not fork and ran in a thread instead, which cannot be stopped
+    at the deadline: the runner then exited with the thread still holding the context's lock, and
+    the step's processes could still be writing into the context being archived."""
+    from submit_fakes import signal_when_started
+
+    from mace_hpc.submission.submit import submit_plan
+
+    started = tmp_path / "started"
+    step = [sys.executable, "-c", f"open({str(started)!r}, 'w').close(); import time; time.sleep(120)"]
+    plan = {"name": "tl", "isolation_mode": "isolated", "on_failure": "archive",
+            "elements": [{"id": "e0", "steps": [{"name": "s", "command": step}]}]}
+    result = submit_plan(plan, backend="local", prepare_only=True)
+    argv = [sys.executable, "-c", _HANGING_ARCHIVE_DRIVER, str(result.submission.manifest_path)]
+    assert signal_when_started(argv, started, signal.SIGUSR2, {"MACE_EPILOGUE_DEADLINE": "2"}) == 124
+    ctx = mace_env["scratch_root"] / "tl-e0"
+    state = st.read_state(ctx)
+    assert state.run_state == "TIMEOUT" and state.state == "PENDING_MERGE"
+    assert "deadline" in state.pending_reason
+    assert not (ctx / ".epilogue.lock").exists()  # the stopped child released it
+
+
 def test_epilogue_never_raises_on_garbage(tmp_path: Path) -> None:
     assert run_epilogue(tmp_path / "does-not-exist").state.state in (st.PENDING, st.PENDING_MERGE)
     weird = tmp_path / "bad id!"

@@ -19,7 +19,8 @@ import pytest
 from submit_fakes import (
     PY,
     FakeBackend,
-    simple_plan,
+    set_state_file,
+    submitted_to_fake,
     write_plan,
 )
 from submit_fakes import cli as _cli
@@ -28,16 +29,11 @@ from mace_hpc import records as st
 from mace_hpc.cli.main import run
 from mace_hpc.records import ElementState, JobEntry, Manifest, SubmissionRecord
 from mace_hpc.status.reconcile import collect, query_per_job, reconcile_one
-from mace_hpc.submission.submit import submit_plan
 from mace_hpc.util.atomic import read_json
 
 
 def _ctx(scratch: Path, wid: str) -> Path:
     return scratch / wid
-
-
-def _set_file(scratch: Path, wid: str, state: str, **kw: Any) -> None:
-    st.write_state(_ctx(scratch, wid), state=state, run_state=kw.pop("run_state", state), **kw)
 
 
 def _record(scratch: Path, plan: str) -> dict[str, Any]:
@@ -142,19 +138,14 @@ def test_status_with_real_slurm_backend_makes_one_squeue_and_one_sacct(
 
 
 # ---------------------------------------------------------------------------- status over a submission
-def _submitted(tmp_path: Path, fake: FakeBackend, name: str, n: int, **kw: Any) -> list[str]:
-    result = submit_plan(write_plan(tmp_path, simple_plan(name, n), f"{name}.json"), backend="slurm", **kw)
-    return result.job_ids
-
-
 def test_status_table_json_and_lookup_by_job_id(tmp_path: Path, mace_env: dict[str, Path],
                                                  fake_backend: FakeBackend, capsys) -> None:
     scratch = mace_env["scratch_root"]
     fake_backend.max_size = 2
-    ids = _submitted(tmp_path, fake_backend, "sp", 3)
+    ids = submitted_to_fake(tmp_path, "sp", 3)
     assert ids == ["1001", "1002"]
-    _set_file(scratch, "sp-e0", "MERGED", run_state="COMPLETED", attempts=1)
-    _set_file(scratch, "sp-e1", "RUNNING", attempts=1)
+    set_state_file(scratch, "sp-e0", "MERGED", run_state="COMPLETED", attempts=1)
+    set_state_file(scratch, "sp-e1", "RUNNING", attempts=1)
     fake_backend.set_state("1001", "COMPLETED", [0])
     fake_backend.set_state("1001", "TIMEOUT", [1])  # killed at the limit before it could record it
     fake_backend.set_state("1002", "PENDING")
@@ -185,7 +176,7 @@ def test_status_table_json_and_lookup_by_job_id(tmp_path: Path, mace_env: dict[s
 def test_watch_polls_until_everything_settles(tmp_path: Path, mace_env: dict[str, Path],
                                                fake_backend: FakeBackend, capsys) -> None:
     scratch = mace_env["scratch_root"]
-    [job] = _submitted(tmp_path, fake_backend, "w", 2)
+    [job] = submitted_to_fake(tmp_path, "w", 2)
     fake_backend.set_state(job, "RUNNING")
     real_query = fake_backend.query
 
@@ -193,9 +184,9 @@ def test_watch_polls_until_everything_settles(tmp_path: Path, mace_env: dict[str
         answer = real_query(job_ids, offsets)
         n = len(fake_backend.queries)
         if n == 2:  # element 0 finishes (file first, as the runner does)
-            _set_file(scratch, "w-e0", "MERGED", run_state="COMPLETED")
+            set_state_file(scratch, "w-e0", "MERGED", run_state="COMPLETED")
         if n == 3:
-            _set_file(scratch, "w-e1", "KEPT", run_state="FAILED", message="step s: exit code 3")
+            set_state_file(scratch, "w-e1", "KEPT", run_state="FAILED", message="step s: exit code 3")
             fake_backend.set_state(job, "COMPLETED", [0])
             fake_backend.set_state(job, "FAILED", [1])
         return answer
@@ -214,9 +205,9 @@ def test_cancel_one_call_marks_queued_elements(tmp_path: Path, mace_env: dict[st
                                                fake_backend: FakeBackend, capsys) -> None:
     scratch = mace_env["scratch_root"]
     fake_backend.max_size = 2
-    ids = _submitted(tmp_path, fake_backend, "c", 4)
-    _set_file(scratch, "c-e0", "MERGED", run_state="COMPLETED")
-    _set_file(scratch, "c-e1", "RUNNING")
+    ids = submitted_to_fake(tmp_path, "c", 4)
+    set_state_file(scratch, "c-e0", "MERGED", run_state="COMPLETED")
+    set_state_file(scratch, "c-e1", "RUNNING")
     fake_backend.set_state(ids[0], "COMPLETED", [0])
     fake_backend.set_state(ids[0], "RUNNING", [1])
     fake_backend.set_state(ids[1], "PENDING")
@@ -234,15 +225,15 @@ def test_cancel_one_call_marks_queued_elements(tmp_path: Path, mace_env: dict[st
 def test_resubmit_failed_only_as_a_sparse_array(tmp_path: Path, mace_env: dict[str, Path],
                                                fake_backend: FakeBackend, capsys) -> None:
     scratch = mace_env["scratch_root"]
-    [job] = _submitted(tmp_path, fake_backend, "r", 6, max_parallel=3)
+    [job] = submitted_to_fake(tmp_path, "r", 6, max_parallel=3)
     fake_backend.set_state(job, "COMPLETED")
     for i in range(6):
         if i in (1, 4):
-            _set_file(scratch, f"r-e{i}", "KEPT", run_state="FAILED", attempts=1)
+            set_state_file(scratch, f"r-e{i}", "KEPT", run_state="FAILED", attempts=1)
         else:
-            _set_file(scratch, f"r-e{i}", "MERGED", run_state="COMPLETED", attempts=1)
+            set_state_file(scratch, f"r-e{i}", "MERGED", run_state="COMPLETED", attempts=1)
     fake_backend.set_state(job, "FAILED", [1])
-    _set_file(scratch, "r-e5", "RUNNING", attempts=1)  # died hard: the scheduler says TIMEOUT
+    set_state_file(scratch, "r-e5", "RUNNING", attempts=1)  # died hard: the scheduler says TIMEOUT
     fake_backend.set_state(job, "TIMEOUT", [5])
 
     rc, out, err = _cli(capsys, "resubmit", "r", "--failed")
@@ -279,9 +270,9 @@ def test_resubmit_failed_only_as_a_sparse_array(tmp_path: Path, mace_env: dict[s
 
 
 def test_resubmit_nothing_failed(tmp_path: Path, mace_env: dict[str, Path], fake_backend: FakeBackend, capsys) -> None:
-    [job] = _submitted(tmp_path, fake_backend, "fine", 2)
+    [job] = submitted_to_fake(tmp_path, "fine", 2)
     for i in range(2):
-        _set_file(mace_env["scratch_root"], f"fine-e{i}", "MERGED", run_state="COMPLETED")
+        set_state_file(mace_env["scratch_root"], f"fine-e{i}", "MERGED", run_state="COMPLETED")
     fake_backend.set_state(job, "COMPLETED")
     rc, out, _ = _cli(capsys, "resubmit", "fine")
     assert rc == 0 and "nothing to resubmit" in out and len(fake_backend.submitted) == 2

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from epilogue_helpers import shared_rows
 from submit_fakes import (
     ENV_STEP,
     PY,
     FakeBackend,
     context_dirs,
+    marker_plan,
     seen,
     simple_plan,
     write_plan,
@@ -27,8 +29,8 @@ from submit_fakes import (
 from submit_fakes import cli as _cli
 
 from mace_hpc.cli.main import run
-from mace_hpc.config import load_config
 from mace_hpc.errors import ConfigError, InputError, SchedulerError
+from mace_hpc.records import read_state
 from mace_hpc.submission.submit import submit_plan
 from mace_hpc.util.atomic import read_json
 
@@ -90,6 +92,54 @@ def test_local_failure_exit_code_and_state(tmp_path: Path, mace_env: dict[str, P
     assert "element 1 (failp-bad)" in err and "exit code 3" in err
     bad = read_json(mace_env["scratch_root"] / "failp-bad" / "state.json")
     assert bad["run_state"] == "FAILED" and bad["steps"][0]["exit_code"] == 3
+
+
+# ---------------------------------------------------------------------------- cleaned-up contexts run again
+def _calcs_and_props(db: Path) -> tuple[int, int]:
+    rows = shared_rows(db)
+    return rows["calculations"], rows["properties"]
+
+
+def test_resubmitted_failed_element_whose_context_was_cleaned_is_merged(tmp_path, mace_env, monkeypatch):
+    """Invariant 1: a FAILED element archived and cleaned up (tombstone, removed=True) that is
+    resubmitted and then succeeds used to stay COMPLETED forever: the epilogue (and `mace merge`)
+    skipped it as 'data already removed', so its new results never reached the shared DB."""
+    from mace_hpc.submission.control import resubmit
+
+    monkeypatch.setenv("MACE_AUTO_CLEANUP", "true")
+    flag = tmp_path / "allow"
+    step = [PY, "-c", "import json, os, sys; json.dump({'e': 2.5}, open('results.json', 'w')); "
+            f"sys.exit(0 if os.path.exists({str(flag)!r}) else 3)"]
+    plan = {"name": "again", "isolation_mode": "isolated", "on_failure": "archive", "elements": [
+        {"id": "e0", "materials": [{"material_id": "m", "formula": "Al"}], "steps": [{"name": "s", "command": step}]}]}
+    submit_plan(plan, backend="local")  # the local backend records the failure; it does not raise
+    ctx = mace_env["scratch_root"] / "again-e0"
+    first = read_state(ctx)
+    assert first.state == "ARCHIVED" and first.run_state == "FAILED" and first.removed
+    flag.touch()
+    resubmit("again")
+    state = read_state(ctx)
+    assert state.run_state == "COMPLETED"
+    assert state.state == "MERGED", state
+    assert _calcs_and_props(mace_env["shared_database"]) == (1, 1)
+
+
+def test_submitting_a_finished_cleaned_plan_again_adds_nothing(tmp_path, mace_env, monkeypatch):
+    """Invariant 2: re-running a finished plan whose contexts were merged and cleaned up reran
+    every step from scratch (the context's record of completed steps was gone) and left the
+    element COMPLETED, unmerged; its results are home already, so nothing must run again."""
+    monkeypatch.setenv("MACE_AUTO_CLEANUP", "true")
+    marker = tmp_path / "ran"
+    plan = marker_plan("twice", marker)
+    submit_plan(plan, backend="local")
+    ctx = mace_env["scratch_root"] / "twice-e0"
+    assert read_state(ctx).state == "MERGED" and read_state(ctx).removed
+    counts = _calcs_and_props(mace_env["shared_database"])
+    submit_plan(plan, backend="local")
+    assert marker.read_text() == "x"  # the step did not run again
+    state = read_state(ctx)
+    assert state.state == "MERGED" and state.run_state == "COMPLETED"
+    assert _calcs_and_props(mace_env["shared_database"]) == counts
 
 
 # ---------------------------------------------------------------------------- dry run
@@ -306,36 +356,6 @@ def test_missing_program_on_local_backend(tmp_path: Path, mace_env: dict[str, Pa
     assert not mace_env["scratch_root"].exists()
 
 
-# ---------------------------------------------------------------------------- site configs
-@pytest.mark.parametrize(
-    ("site", "expected"),
-    [
-        ("local", {"backend": "local", "max_parallel": 2, "scheduler.time": 60}),
-        ("slurm-generic", {"backend": "slurm", "scheduler.requeue": True, "scheduler.signal_margin": 300,
-                           "scheduler.mem": "2G", "scheduler.partition": None}),
-        ("ci-slurm", {"backend": "slurm", "scheduler.partition": "debug", "scheduler.time": 5, "max_parallel": 4}),
-    ],
-)
-def test_site_configs_load(site: str, expected: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SCRATCH", "/scratch/u")
-    monkeypatch.delenv("MACE_SCRATCH_ROOT")
-    cfg = load_config(site=site)
-    assert cfg.site_name == site
-    for key, value in expected.items():
-        assert cfg[key] == value, key
-        if key != "scheduler.partition":
-            assert cfg.sources[key].startswith("site config"), key
-    assert "$" not in str(cfg.path("scratch_root"))
-    if site == "slurm-generic":
-        assert cfg.path("scratch_root") == Path("/scratch/u/mace/contexts")
-
-
-def test_site_config_unknown_key_refused(tmp_path: Path) -> None:
-    (tmp_path / "typo.yaml").write_text("backend: slurm\nscheduler:\n  partiton: debug\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'scheduler.partiton'"):
-        load_config(site=str(tmp_path / "typo.yaml"))
-
-
 def test_user_jobscript_is_valid_bash_and_documents_itself() -> None:
     script = REPO / "jobscripts" / "slurm-array.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
@@ -389,30 +409,3 @@ def test_resubmitting_a_changed_plan_under_the_same_name_is_refused(tmp_path, ma
         submit_plan(plan(["x", "a", "b"]), backend="local")
     result = submit_plan(plan(["a", "b", "c"]), backend="local")  # appending is fine
     assert [e.workflow_id for e in result.submission.entries] == ["same-a", "same-b", "same-c"]
-
-
-def test_local_hard_kill_stops_the_steps_of_a_hung_runner(tmp_path, mace_env):
-    """Past the time limit the local backend kills the runner and the steps it started."""
-    import signal as _signal
-    import subprocess as _sp
-    import sys as _sys
-
-    import psutil
-
-    from mace_hpc.schedulers.local.backend import _signal as send
-
-    runner = _sp.Popen([_sys.executable, "-c",
-                        "import subprocess, time; subprocess.Popen(['sleep', '300'], start_new_session=True); time.sleep(300)"])
-    try:
-        for _ in range(100):
-            kids = psutil.Process(runner.pid).children(recursive=True)
-            if kids:
-                break
-            time.sleep(0.05)
-        assert kids, "the fake runner did not start its step"
-        send(runner, _signal.SIGKILL, group=True)
-        runner.wait(10)
-        gone, alive = psutil.wait_procs(kids, timeout=10)
-        assert alive == []
-    finally:
-        runner.kill()
