@@ -188,13 +188,9 @@ def test_state_prints_as_its_name_in_f_strings_and_json() -> None:
 
 
 # ---------------------------------------------------------------------------- MACE_* environment
-DRY_RUN_BUG = "dry_run_data (cli/commands/submit.py) passes the element's env to step_env without " \
-    "resolve_context_dir, which the runner applies: --dry-run shows '{context_dir}' literally"
-
-
 @pytest.mark.parametrize("value", [
     "plain value",
-    pytest.param("{context_dir}/x", marks=pytest.mark.xfail(strict=True, reason=DRY_RUN_BUG)),
+    "{context_dir}/x",
 ])
 def test_element_env_is_what_dry_run_shows(tmp_path: Path, mace_env: dict[str, Path], capsys, value: str) -> None:
     """The runner exports element_env (test_element_run.py checks what a step sees); --dry-run must

@@ -111,8 +111,6 @@ def test_max_parallel_is_never_exceeded_and_every_element_runs(tmp_path: Path) -
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [f"{job_id}_{i}.out" for i in range(5)]
 
 
-@pytest.mark.xfail(strict=True, reason="LocalBackend._argv adds req.index_offset to req.indices, which are "
-                   "element indices already (task id + offset): a chunk with offset k runs index + k")
 def test_a_chunk_with_an_index_offset_runs_its_own_elements(tmp_path: Path) -> None:
     """Chunks get offsets when `scheduler.max_array_size` is set (e.g. from a site config) even
     locally; `mace-submit --backend local` then ran elements 4, 5 for the chunk [2, 3] and

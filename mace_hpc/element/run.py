@@ -57,8 +57,10 @@ class _Interrupt:
 
 
 def step_env(isolation_mode: str, workflow_id: str, context_dir: Path, element: dict[str, Any]) -> dict[str, str]:
-    """What the element's steps see from mace-hpc (the same function `mace-submit --dry-run` shows)."""
-    return env_names.element_env(workflow_id, isolation_mode, str(context_dir), element.get("env") or {})
+    """What the element's steps see from mace-hpc (the same function `mace-submit --dry-run` shows),
+    with `{context_dir}` in the plan's values resolved as the steps see them."""
+    env = resolve_context_dir(element.get("env") or {}, context_dir)
+    return env_names.element_env(workflow_id, isolation_mode, str(context_dir), env)
 
 
 def _close_interrupted(db: Any, workflow_id: str, attempt: int) -> None:

@@ -46,8 +46,9 @@ class LocalBackend:
         self.poll_interval = poll_interval
         self.returncodes: dict[int, int] = {}
 
-    def _argv(self, req: ArrayRequest, task_id: int) -> list[str]:
-        return [*req.command, "--index", str(task_id + req.index_offset)]
+    def _argv(self, req: ArrayRequest, index: int) -> list[str]:
+        """The runner for element `index` (`req.indices` are element indices: no offset to add)."""
+        return [*req.command, "--index", str(index)]
 
     def render(self, req: ArrayRequest) -> tuple[str, list[str]]:
         tasks = req.indices if req.indices is not None else [0]
