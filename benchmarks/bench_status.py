@@ -51,16 +51,16 @@ def main() -> None:
         plan_path = root / "plan.json"
         plan_path.write_text(json.dumps(plan_data(args.elements)))
         result = submit_plan(plan_path, config=load_config(environ=environ), backend="slurm")
-        ids = [str(j["job_id"]) for j in result.record["jobs"]]
+        ids = [j.job_id for j in result.record.jobs]
         subprocess.run(["scontrol", "hold", ",".join(ids)], capture_output=True)
         try:
             for e in result.submission.entries:
-                i = e["index"]
+                i = e.index
                 if i % 10 == 9:
                     continue  # never started
                 state = "MERGED" if i % 10 < 8 else ("FAILED" if i % 20 == 8 else "RUNNING")
-                st.write_state(Path(e["context_dir"]), state=state, run_state=state if state != "MERGED" else "COMPLETED",
-                               attempts=1, index=i, workflow_id=e["workflow_id"])
+                st.write_state(Path(e.context_dir), state=state, run_state=state if state != "MERGED" else "COMPLETED",
+                               attempts=1, index=i, workflow_id=e.workflow_id)
             env = {**os.environ, **environ}
             cli: dict[str, list[float]] = {"json": [], "table": []}
             for _ in range(args.repeat):
@@ -79,10 +79,8 @@ def main() -> None:
                 return real_run(self, argv, cwd)
 
             slurm.SlurmBackend._run = counting  # type: ignore[method-assign]
-            from mace_hpc.submission.contexts import load_manifest, load_record
-
-            directory, record = load_record(root / "scratch", "bench-submit")
-            manifest = load_manifest(directory)
+            paths, record = st.find_record(root / "scratch", "bench-submit")
+            manifest = st.load_manifest(paths.manifest)
             inproc = []
             for _ in range(args.repeat):
                 calls.clear()

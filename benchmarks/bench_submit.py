@@ -81,7 +81,7 @@ def bench_mace(plan_path: Path, root: Path, partition: str | None, run: int = 0)
         total = time.perf_counter() - t0
     finally:
         slurm.SlurmBackend.submit = real_submit  # type: ignore[method-assign]
-    ids = [str(j["job_id"]) for j in result.record["jobs"]]
+    ids = [j.job_id for j in result.record.jobs]
     t1 = time.perf_counter()
     scancel(ids)
     cancel_s = time.perf_counter() - t1
