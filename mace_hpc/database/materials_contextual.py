@@ -9,14 +9,21 @@ MACE_WORKFLOW_ID under the scratch root); else the shared database. Shared mode 
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..config import load_config
+from ..errors import InputError
 from ..records import env as env_names
 from ..records.layout import DATABASE_FILE
 from ..util.ids import path_inside, validate_workflow_id
 from . import materials
 from .materials import MaterialDatabase
+from .schema import COLUMNS
+
+if TYPE_CHECKING:
+    from ..workflow.context import WorkflowContext
 
 # the databases of the workflow contexts active in this process, innermost last; WorkflowContext
 # pushes on activation and pops on exit (the database layer never imports the context layer)
@@ -32,6 +39,9 @@ def pop_active_database(path: Path) -> None:
         if _active[i] == Path(path):
             del _active[i]
             return
+
+
+ASE_FILE = "structures.db"
 
 
 def contextual_database_path() -> Path:
@@ -50,11 +60,144 @@ def contextual_database_path() -> Path:
     return cfg.path("shared_database")
 
 
-class ContextualMaterialDatabase(MaterialDatabase):
-    """A MaterialDatabase whose default location follows the active workflow context."""
+def copy_rows(source: sqlite3.Connection, target: MaterialDatabase, table: str, material_id: str) -> int:
+    """Copy a material's rows of `table` as they are (same ids and uids; a row already there is
+    kept); returns how many were added."""
+    cols = ", ".join(COLUMNS[table])
+    rows = source.execute(f"SELECT {cols} FROM {table} WHERE material_id = ? ORDER BY rowid", (material_id,)).fetchall()
+    with target._tx() as conn:
+        before = conn.total_changes
+        conn.executemany(f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({', '.join('?' * len(COLUMNS[table]))})", rows)
+        return conn.total_changes - before
 
-    def __init__(self, db_path: str | os.PathLike[str] | None = None) -> None:
-        super().__init__(contextual_database_path() if db_path is None else db_path)
+
+class ContextualMaterialDatabase(MaterialDatabase):
+    """A MaterialDatabase whose default location follows the active workflow context.
+
+    Upstream's signature: an explicit `db_path` wins; else `workflow_context`'s database; else
+    (with `auto_detect_context`) the active context's or the job environment's; else the shared
+    database. `ase_db_path` defaults to `structures.db` in the context directory (or the cwd).
+    """
+
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str] | None = None,
+        ase_db_path: str | os.PathLike[str] | None = None,
+        workflow_context: WorkflowContext | None = None,
+        auto_detect_context: bool = True,
+        auto_initialize: bool = True,
+    ) -> None:
+        from ..workflow.context import WorkflowContext
+
+        if workflow_context is None and auto_detect_context:
+            workflow_context = WorkflowContext.current()
+        self.workflow_context = workflow_context
+        if db_path is None:
+            if workflow_context is not None:
+                db_path = workflow_context.database_path
+            else:
+                db_path = contextual_database_path() if auto_detect_context else load_config().path("shared_database")
+        if ase_db_path is None:
+            ase_db_path = workflow_context.directory / ASE_FILE if workflow_context is not None else ASE_FILE
+        super().__init__(db_path, ase_db_path, auto_initialize=auto_initialize)
+        self.resolved_db_path = str(self.db_path)
+        self.resolved_ase_db_path = str(self.ase_db_path)
+        env_isolated = os.environ.get("MACE_ISOLATION_MODE") == "isolated" and bool(os.environ.get("MACE_WORKFLOW_ID"))
+        self._isolated = (
+            workflow_context.is_isolated
+            if workflow_context is not None
+            else env_isolated and Path(db_path).name == DATABASE_FILE and auto_detect_context
+        )
+
+    @classmethod
+    def from_context(
+        cls, workflow_context: WorkflowContext | None = None, require: bool = False, **kwargs: Any
+    ) -> ContextualMaterialDatabase:
+        """The database of `workflow_context` (default: the active one); `require=True` makes
+        the absence of an active context an error instead of the shared database."""
+        from ..workflow.context import WorkflowContext
+
+        if workflow_context is None:
+            workflow_context = WorkflowContext.current()
+            if workflow_context is None and require:
+                raise InputError("no active workflow context: enter one with `with WorkflowContext(...)` first")
+        return cls(workflow_context=workflow_context, **kwargs)
+
+    def is_isolated(self) -> bool:
+        """True when this database is a workflow's private one (not the shared database)."""
+        return bool(self._isolated)
+
+    def get_context_info(self) -> dict[str, Any]:
+        ctx = self.workflow_context
+        return {
+            "has_context": ctx is not None,
+            "workflow_id": ctx.workflow_id if ctx is not None else os.environ.get("MACE_WORKFLOW_ID") if self._isolated else None,
+            "isolation_mode": ctx.isolation_mode if ctx is not None else "isolated" if self._isolated else "shared",
+            "db_path": self.resolved_db_path,
+            "ase_db_path": self.resolved_ase_db_path,
+            "context_dir": str(ctx.directory) if ctx is not None else None,
+            "is_active": ctx is not None and str(ctx.state).startswith("active"),
+        }
+
+    def copy_to_context(
+        self,
+        target_context: WorkflowContext,
+        material_ids: list[str] | None = None,
+        include_calculations: bool = True,
+        include_properties: bool = True,
+    ) -> dict[str, int]:
+        """Copy materials (and their calculations and properties) into another context's
+        database, keeping each row's identity: merging the copy back adds no duplicates.
+        Returns rows copied per table."""
+        wanted = None if material_ids is None else set(material_ids)
+        materials = [m for m in self.get_all_materials() if wanted is None or m["material_id"] in wanted]
+        copied = {"materials": 0, "calculations": 0, "properties": 0}
+        with ContextualMaterialDatabase(workflow_context=target_context) as target:
+            for m in reversed(materials):  # oldest first, as they were created
+                if target.get_material(m["material_id"]) is None:
+                    target.create_material(
+                        m["material_id"], m["formula"], m["space_group"], m["dimensionality"] or "CRYSTAL",
+                        m["source_type"], m["source_file"], m.get("metadata"),
+                    )
+                    copied["materials"] += 1
+                tables = (("calculations", include_calculations), ("properties", include_properties))
+                for table, wanted_table in tables:
+                    if wanted_table:
+                        copied[table] += copy_rows(self.connection, target, table, m["material_id"])
+        return copied
+
+    def _workflow_filter(self, workflow_id: str | None) -> str | None:
+        if workflow_id is None and self.workflow_context is not None:
+            workflow_id = self.workflow_context.workflow_id
+        return workflow_id
+
+    _BY_WORKFLOW = "(workflow_id = ? OR json_extract(settings_json, '$.workflow_id') = ?)"
+
+    def get_workflow_materials(self, workflow_id: str | None = None) -> list[dict[str, Any]]:
+        """Materials with a calculation of this workflow (default: the context's; none: all)."""
+        workflow_id = self._workflow_filter(workflow_id)
+        if not workflow_id:
+            return self.get_all_materials()
+        return self._query(
+            f"SELECT * FROM materials WHERE material_id IN (SELECT material_id FROM calculations WHERE "
+            f"{self._BY_WORKFLOW}) ORDER BY created_at DESC, rowid DESC",
+            (workflow_id, workflow_id),
+        )
+
+    def get_workflow_calculations(self, workflow_id: str | None = None) -> list[dict[str, Any]]:
+        """Calculations of this workflow, latest started first (no workflow: the 100 most recent)."""
+        workflow_id = self._workflow_filter(workflow_id)
+        if not workflow_id:
+            return self.get_recent_calculations(limit=100)
+        return self._query(
+            f"SELECT * FROM calculations WHERE {self._BY_WORKFLOW} ORDER BY started_at DESC, rowid DESC",
+            (workflow_id, workflow_id),
+        )
+
+
+def get_contextual_database(db_path: str | os.PathLike[str] | None = None, **kwargs: Any) -> ContextualMaterialDatabase:
+    """Upstream's convenience constructor."""
+    return ContextualMaterialDatabase(db_path=db_path, **kwargs)
 
 
 def enable_contextual_databases() -> None:
