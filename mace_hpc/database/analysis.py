@@ -36,30 +36,30 @@ class AnalysisMixin:
     get_material_calculations: Any
     get_calculations_by_status: Any
 
-    def _values_by_material(self) -> dict[str, dict[str, Any]]:
-        """material id -> its columns plus each property's latest value."""
-        values = {m["material_id"]: dict(m) for m in self.get_all_materials()}
-        latest: dict[tuple[str, str], tuple[int, Any]] = {}
+    def _latest_properties(self) -> dict[str, dict[str, Any]]:
+        """material id -> {property name: its latest value} (materials with properties only)."""
+        latest: dict[str, dict[str, tuple[int, Any]]] = {}
         for p in self.get_all_properties():
-            key = (p["material_id"], p["property_name"])
-            if key not in latest or p["property_id"] > latest[key][0]:
-                latest[key] = (p["property_id"], p["property_value"])
-        for (mid, name), (_, value) in latest.items():
-            if mid in values:
-                values[mid].setdefault(name, value)
-        return values
+            mine = latest.setdefault(p["material_id"], {})
+            if p["property_name"] not in mine or p["property_id"] > mine[p["property_name"]][0]:
+                mine[p["property_name"]] = (p["property_id"], p["property_value"])
+        return {mid: {name: value for name, (_, value) in props.items()} for mid, props in latest.items()}
 
     def filter_materials_by_properties(self, filter_strings: Sequence[str], logic: str = "AND") -> list[dict[str, Any]]:
-        """Materials whose property values pass `["band_gap > 3.0", ...]` combined with AND/OR."""
+        """Materials whose property values pass `["band_gap > 3.0", ...]` combined with AND/OR
+        (properties only, as upstream: a material without properties never matches)."""
         parsed = [filters.parse_simple(s) for s in filter_strings]
-        values = self._values_by_material()
-        return [m for m in self.get_all_materials() if filters.match_simple(values[m["material_id"]], parsed, logic)]
+        props = self._latest_properties()
+        return [
+            m for m in self.get_all_materials()
+            if m["material_id"] in props and filters.match_simple(props[m["material_id"]], parsed, logic)
+        ]  # fmt: skip
 
     def filter_materials_advanced(self, expression: str) -> list[dict[str, Any]]:
         """Materials matching an expression with AND/OR/NOT, parentheses, LIKE, IN, IS NULL."""
         predicate = filters.parse_advanced(expression)
-        values = self._values_by_material()
-        return [m for m in self.get_all_materials() if predicate(values[m["material_id"]])]
+        props = self._latest_properties()
+        return [m for m in self.get_all_materials() if predicate({**props.get(m["material_id"], {}), **m})]
 
     def filter_properties(self, filter_strings: Sequence[str], material_id: str | None = None) -> list[dict[str, Any]]:
         """Property rows passing any of the filters whose name is theirs (OR, as upstream)."""

@@ -14,6 +14,7 @@ exactly once. Deliberate differences from upstream are listed in docs/migration.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -113,6 +114,13 @@ _CALC_FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "workflow_id": opt_text,
     "runtime_seconds": opt_float,
 }
+
+
+def _settings_from_text(text: Any) -> Any:
+    try:
+        return json.loads(text) if isinstance(text, str) else text
+    except ValueError:
+        raise InputError(f"settings_json: not valid JSON ({text!r:.60})") from None
 
 
 def _status_stamps(status: str, now: str) -> dict[str, str]:
@@ -360,6 +368,8 @@ class MaterialDatabase(WorkflowRecordsMixin, AnalysisMixin):
             "priority": opt_int(priority, "priority"),
         }
         fields.update(self._calc_fields(extra))
+        if "settings_json" in extra and settings is None:  # upstream's recovery passes the JSON text
+            settings = _settings_from_text(extra.pop("settings_json"))
         fields["settings_json"] = encode_json(settings, "settings", empty=None)
         fields["extra_json"] = encode_json(extra, "extra")
         now = local_now()
