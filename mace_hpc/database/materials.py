@@ -31,6 +31,7 @@ from ..errors import InputError
 from .analysis import AnalysisMixin
 from .compat import create_material_id_from_file, extract_formula_from_d12, find_material_by_similarity
 from .journal import BUSY_TIMEOUT_S, connect, write_transaction
+from .migrate import upgrade_file
 from .rows import (
     decode_row,
     encode_json,
@@ -170,6 +171,7 @@ class MaterialDatabase(WorkflowRecordsMixin, AnalysisMixin):
                 raise InputError(f"database {self.db_path} is closed")
             if self._conn is None:
                 self.db_path.parent.mkdir(parents=True, exist_ok=True)
+                upgrade_file(self.db_path)
                 conn = connect(self.db_path)
                 conn.row_factory = sqlite3.Row
                 try:

@@ -49,7 +49,7 @@ from ..errors import InputError
 from ..util.ids import validate_workflow_id
 from ..util.nfslock import NfsLock
 from .journal import BUSY_TIMEOUT_S, connect, write_transaction
-from .migrate import upgrade
+from .migrate import upgrade, upgrade_file
 from .schema import (
     COLUMNS,
     DATA_TABLES,
@@ -387,6 +387,7 @@ def merge_many(
     shared_db.parent.mkdir(parents=True, exist_ok=True)
     reports: list[MergeReport] = []
     with NfsLock(lock_path(shared_db), lifetime=lock_lifetime, timeout=lock_timeout) as lock:
+        upgrade_file(shared_db)  # an upstream shared database: migrated before we touch it
         conn = connect(shared_db)
         try:
             ensure_schema(conn)

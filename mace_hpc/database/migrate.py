@@ -27,7 +27,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import InputError
+from .journal import BUSY_TIMEOUT_S
 from .schema import (
+    ALL_COLUMNS,
     DATA_TABLES,
     EPOCH_UTC,
     INDEX_SQL,
@@ -121,8 +123,6 @@ def _table_columns(conn: sqlite3.Connection, table: str) -> list[str]:
 
 
 def _rebuild(conn: sqlite3.Connection, existing: set[str], seed: str) -> None:
-    from .schema import ALL_COLUMNS
-
     conn.execute("PRAGMA legacy_alter_table = ON")
     try:
         old: dict[str, set[str]] = {}
@@ -176,6 +176,21 @@ def write_backup(path: Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def upgrade_file(path: str | os.PathLike[str]) -> None:
+    """Migrate the database at `path` if it is older than SCHEMA_VERSION, through a plain
+    connection, before anything else (journal mode, pragmas) touches the file: a database that
+    cannot be migrated stays byte-for-byte as it was."""
+    if not os.path.exists(path):
+        return
+    conn = sqlite3.connect(os.fspath(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        if schema_version(conn) != SCHEMA_VERSION:
+            upgrade(conn)
+    finally:
+        conn.close()
 
 
 def _describe(version: int) -> str:
