@@ -40,6 +40,7 @@ from .rows import (
     opt_text,
     require_text,
     split_property_value,
+    unused_id,
 )
 from .schema import ALL_TABLES, MATERIAL_CONTENT_COLUMNS, ensure_schema, local_now, material_value, utc_now
 from .workflow_records import WorkflowRecordsMixin
@@ -361,15 +362,9 @@ class MaterialDatabase(WorkflowRecordsMixin, AnalysisMixin):
         """
         material_id = require_text(material_id, "material_id")
         status = require_text(status, "status")
-        fields = {
-            "calc_type": require_text(calc_type, "calc_type"),
-            "calc_subtype": opt_text(calc_subtype, "calc_subtype"),
-            "input_file": opt_text(input_file, "input_file"),
-            "work_dir": opt_text(work_dir, "work_dir"),
-            "prerequisite_calc_id": opt_text(prerequisite_calc_id, "prerequisite_calc_id"),
-            "priority": opt_int(priority, "priority"),
-        }
-        fields.update(self._calc_fields(extra))
+        extra = {"calc_type": calc_type, "calc_subtype": calc_subtype, "input_file": input_file, "work_dir": work_dir,
+                 "prerequisite_calc_id": prerequisite_calc_id, "priority": priority, **extra}
+        fields = self._calc_fields(extra)
         if "settings_json" in extra and settings is None:  # upstream's recovery passes the JSON text
             settings = _settings_from_text(extra.pop("settings_json"))
         fields["settings_json"] = encode_json(settings, "settings", empty=None)
@@ -382,10 +377,7 @@ class MaterialDatabase(WorkflowRecordsMixin, AnalysisMixin):
             fields["submitted_at"] = now
         with self._tx() as conn:
             self._require_material(conn, material_id)
-            calc_id, n = base, 1
-            while conn.execute("SELECT 1 FROM calculations WHERE calc_id = ?", (calc_id,)).fetchone():
-                n += 1
-                calc_id = f"{base}-{n}"
+            calc_id = unused_id(conn, "calculations", "calc_id", base)
             columns = ("calc_id", "material_id", *fields)
             conn.execute(
                 f"INSERT INTO calculations ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",

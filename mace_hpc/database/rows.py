@@ -91,6 +91,16 @@ def split_property_value(value: Any, field: str = "property_value") -> tuple[Any
     raise InputError(f"{field}: must be a number, a string or None, got {type(value).__name__}")
 
 
+def unused_id(conn: sqlite3.Connection, table: str, column: str, base: str) -> str:
+    """`base`, or `base-2`, `base-3`... whichever is not yet used (call inside the write
+    transaction): upstream's time-stamped ids collide when two are made within one tick."""
+    candidate, n = base, 1
+    while conn.execute(f"SELECT 1 FROM {table} WHERE {column} = ?", (candidate,)).fetchone():
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
 def decode_row(row: sqlite3.Row) -> dict[str, Any]:
     """Row -> dict, as upstream returns it plus conveniences: a non-empty `*_json` column also
     appears decoded without the suffix (`metadata`, `settings`...; absent when NULL, as upstream),

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from .rows import encode_any_json, require_text
+from .rows import encode_any_json, require_text, unused_id
 from .schema import local_now
 
 
@@ -78,10 +78,7 @@ class WorkflowRecordsMixin:
         config = encode_any_json(dict(workflow_config), "workflow_config") if workflow_config else None
         scripts = encode_any_json(dict(workflow_scripts), "workflow_scripts") if workflow_scripts else None
         with self._tx() as conn:
-            instance_id, n = base, 1
-            while conn.execute("SELECT 1 FROM workflow_instances WHERE instance_id = ?", (instance_id,)).fetchone():
-                n += 1
-                instance_id = f"{base}-{n}"
+            instance_id = unused_id(conn, "workflow_instances", "instance_id", base)
             conn.execute(
                 "INSERT INTO workflow_instances (instance_id, material_id, template_id, status, current_step,"
                 " started_at, workflow_config_json, workflow_scripts_json) VALUES (?, ?, ?, 'active', 0, ?, ?, ?)",
