@@ -224,8 +224,6 @@ INDEX_SQL: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS idx_files_calc ON files (calc_id)",
     "CREATE INDEX IF NOT EXISTS idx_workflow_states_material ON workflow_states (material_id)",
     "CREATE INDEX IF NOT EXISTS idx_workflow_states_status ON workflow_states (status)",
-    "CREATE INDEX IF NOT EXISTS calculations_by_workflow ON calculations (workflow_id)",
-    "CREATE INDEX IF NOT EXISTS properties_by_calc ON properties (calc_id)",
 )
 
 #: An update that leaves `updated_at` alone (upstream code, raw SQL) still moves it forward.
