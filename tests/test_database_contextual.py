@@ -30,6 +30,8 @@ def test_upstream_constructor_arguments(tmp_path: Path, mace_env: dict[str, Path
     assert explicit.db_path == tmp_path / "x.db" and explicit.ase_db_path == tmp_path / "s.db"
     shared = ContextualMaterialDatabase(auto_detect_context=False)
     assert shared.db_path == mace_env["shared_database"] and not shared.is_isolated()
+    assert not shared.db_path.exists()  # as upstream: the default database is created on first use
+    assert shared.get_all_materials() == [] and shared.db_path.exists()
     assert shared.get_context_info()["isolation_mode"] == "shared" and not shared.get_context_info()["has_context"]
     assert get_contextual_database(str(tmp_path / "y.db")).db_path == tmp_path / "y.db"
 

@@ -77,6 +77,7 @@ class ContextualMaterialDatabase(MaterialDatabase):
     Upstream's signature: an explicit `db_path` wins; else `workflow_context`'s database; else
     (with `auto_detect_context`) the active context's or the job environment's; else the shared
     database. `ase_db_path` defaults to `structures.db` in the context directory (or the cwd).
+    A database found that way (no path, no context) is created on first use, not here.
     """
 
     def __init__(
@@ -85,13 +86,15 @@ class ContextualMaterialDatabase(MaterialDatabase):
         ase_db_path: str | os.PathLike[str] | None = None,
         workflow_context: WorkflowContext | None = None,
         auto_detect_context: bool = True,
-        auto_initialize: bool = True,
+        auto_initialize: bool | None = None,
     ) -> None:
         from ..workflow.context import WorkflowContext
 
         if workflow_context is None and auto_detect_context:
             workflow_context = WorkflowContext.current()
         self.workflow_context = workflow_context
+        if auto_initialize is None:  # upstream: a default database that does not exist yet is created on first use
+            auto_initialize = db_path is not None or workflow_context is not None
         if db_path is None:
             if workflow_context is not None:
                 db_path = workflow_context.database_path
