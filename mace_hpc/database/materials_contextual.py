@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config import load_config
 from ..errors import InputError
@@ -21,9 +21,6 @@ from ..util.ids import path_inside, validate_workflow_id
 from . import materials
 from .materials import MaterialDatabase
 from .schema import COLUMNS
-
-if TYPE_CHECKING:
-    from ..workflow.context import WorkflowContext
 
 # the databases of the workflow contexts active in this process, innermost last; WorkflowContext
 # pushes on activation and pops on exit (the database layer never imports the context layer)
@@ -44,8 +41,9 @@ def pop_active_database(path: Path) -> None:
 ASE_FILE = "structures.db"
 
 
-def contextual_database_path() -> Path:
-    """Where a database opened without an explicit path should live right now."""
+def _context_database() -> Path | None:
+    """The database of the innermost workflow context active in this process, else of the
+    isolated job environment this process runs in; None outside any context."""
     if _active:
         return _active[-1]
     cfg = load_config()
@@ -57,7 +55,12 @@ def contextual_database_path() -> Path:
             directory = path_inside(cfg.path("scratch_root").absolute(), wf)
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             return directory / DATABASE_FILE
-    return cfg.path("shared_database")
+    return None
+
+
+def contextual_database_path() -> Path:
+    """Where a database opened without an explicit path should live right now."""
+    return _context_database() or load_config().path("shared_database")
 
 
 def copy_rows(source: sqlite3.Connection, target: MaterialDatabase, table: str, material_id: str) -> int:
@@ -84,46 +87,42 @@ class ContextualMaterialDatabase(MaterialDatabase):
         self,
         db_path: str | os.PathLike[str] | None = None,
         ase_db_path: str | os.PathLike[str] | None = None,
-        workflow_context: WorkflowContext | None = None,
+        workflow_context: Any = None,
         auto_detect_context: bool = True,
         auto_initialize: bool | None = None,
     ) -> None:
-        from ..workflow.context import WorkflowContext
-
-        if workflow_context is None and auto_detect_context:
-            workflow_context = WorkflowContext.current()
+        """`workflow_context` is a WorkflowContext (anything with its `database_path`,
+        `directory`, `workflow_id`, `isolation_mode`); this layer does not import the context one."""
         self.workflow_context = workflow_context
+        detected = _context_database() if workflow_context is None and auto_detect_context else None
+        self._detected = detected is not None
         if auto_initialize is None:  # upstream: a default database that does not exist yet is created on first use
-            auto_initialize = db_path is not None or workflow_context is not None
+            auto_initialize = db_path is not None or workflow_context is not None or self._detected
         if db_path is None:
             if workflow_context is not None:
                 db_path = workflow_context.database_path
             else:
-                db_path = contextual_database_path() if auto_detect_context else load_config().path("shared_database")
+                db_path = detected or load_config().path("shared_database")
         if ase_db_path is None:
             ase_db_path = workflow_context.directory / ASE_FILE if workflow_context is not None else ASE_FILE
         super().__init__(db_path, ase_db_path, auto_initialize=auto_initialize)
         self.resolved_db_path = str(self.db_path)
         self.resolved_ase_db_path = str(self.ase_db_path)
-        env_isolated = os.environ.get("MACE_ISOLATION_MODE") == "isolated" and bool(os.environ.get("MACE_WORKFLOW_ID"))
+        shared = os.path.abspath(load_config().path("shared_database"))
         self._isolated = (
-            workflow_context.is_isolated
+            bool(workflow_context.is_isolated)
             if workflow_context is not None
-            else env_isolated and Path(db_path).name == DATABASE_FILE and auto_detect_context
+            else self._detected and os.path.abspath(self.db_path) != shared
         )
 
     @classmethod
     def from_context(
-        cls, workflow_context: WorkflowContext | None = None, require: bool = False, **kwargs: Any
+        cls, workflow_context: Any = None, require: bool = False, **kwargs: Any
     ) -> ContextualMaterialDatabase:
         """The database of `workflow_context` (default: the active one); `require=True` makes
         the absence of an active context an error instead of the shared database."""
-        from ..workflow.context import WorkflowContext
-
-        if workflow_context is None:
-            workflow_context = WorkflowContext.current()
-            if workflow_context is None and require:
-                raise InputError("no active workflow context: enter one with `with WorkflowContext(...)` first")
+        if workflow_context is None and require and _context_database() is None:
+            raise InputError("no active workflow context: enter one with `with WorkflowContext(...)` first")
         return cls(workflow_context=workflow_context, **kwargs)
 
     def is_isolated(self) -> bool:
@@ -131,20 +130,34 @@ class ContextualMaterialDatabase(MaterialDatabase):
         return bool(self._isolated)
 
     def get_context_info(self) -> dict[str, Any]:
+        """Upstream's summary; a context detected from this process or the job (no object) is
+        described by the identity it exported (MACE_WORKFLOW_ID, MACE_ISOLATION_MODE, MACE_CONTEXT_DIR)."""
         ctx = self.workflow_context
+        if ctx is not None:
+            identity = (ctx.workflow_id, ctx.isolation_mode, str(ctx.directory), str(ctx.state).startswith("active"))
+        elif self._detected:
+            identity = (
+                os.environ.get(env_names.WORKFLOW_ID),
+                os.environ.get(env_names.ISOLATION_MODE) or ("isolated" if self._isolated else "shared"),
+                os.environ.get(env_names.CONTEXT_DIR),
+                True,
+            )
+        else:
+            identity = (None, "shared", None, False)
+        workflow_id, mode, directory, active = identity
         return {
-            "has_context": ctx is not None,
-            "workflow_id": ctx.workflow_id if ctx is not None else os.environ.get("MACE_WORKFLOW_ID") if self._isolated else None,
-            "isolation_mode": ctx.isolation_mode if ctx is not None else "isolated" if self._isolated else "shared",
+            "has_context": ctx is not None or self._detected,
+            "workflow_id": workflow_id,
+            "isolation_mode": mode,
             "db_path": self.resolved_db_path,
             "ase_db_path": self.resolved_ase_db_path,
-            "context_dir": str(ctx.directory) if ctx is not None else None,
-            "is_active": ctx is not None and str(ctx.state).startswith("active"),
+            "context_dir": directory,
+            "is_active": active,
         }
 
     def copy_to_context(
         self,
-        target_context: WorkflowContext,
+        target_context: Any,
         material_ids: list[str] | None = None,
         include_calculations: bool = True,
         include_properties: bool = True,
@@ -170,8 +183,8 @@ class ContextualMaterialDatabase(MaterialDatabase):
         return copied
 
     def _workflow_filter(self, workflow_id: str | None) -> str | None:
-        if workflow_id is None and self.workflow_context is not None:
-            workflow_id = self.workflow_context.workflow_id
+        if workflow_id is None:
+            workflow_id = self.get_context_info()["workflow_id"]
         return workflow_id
 
     _BY_WORKFLOW = "(workflow_id = ? OR json_extract(settings_json, '$.workflow_id') = ?)"

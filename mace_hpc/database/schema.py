@@ -261,6 +261,6 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
     """
     if schema_version(conn) == SCHEMA_VERSION:
         return
-    from .migrate import upgrade
+    from .migrate import upgrade  # lazy: migrate builds on this module
 
     upgrade(conn)
