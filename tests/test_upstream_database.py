@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from test_upstream_compat import UPSTREAM_SRC, _upstream_module
 
 from mace_hpc.database.materials import MaterialDatabase
 from mace_hpc.database.merge import merge_database
@@ -280,3 +281,22 @@ def test_mace_hpc_1_database_migrates_and_keeps_merge_identity(tmp_path: Path) -
         assert (f["file_name"], f["checksum"]) == ("out.log", "h1")
     assert set(ALL_COLUMNS["calculations"]) == {r[1] for r in sqlite3.connect(shared).execute(
         "PRAGMA table_info(calculations)")}
+
+
+@pytest.mark.skipif(UPSTREAM_SRC is None, reason="set UPSTREAM_MACE_SRC to a checkout of upstream MACE to run it")
+def test_upstream_class_works_on_a_migrated_file(tmp_path: Path) -> None:
+    """Upstream's own MaterialDatabase opens the migrated file and keeps working on it; what it
+    writes is read by ours and merges."""
+    path = make_upstream_db(tmp_path / "materials.db")
+    MaterialDatabase(path).close()
+    up = _upstream_module("materials").MaterialDatabase(str(path), str(tmp_path / "structures.db"))
+    calc_id = up.create_calculation("ZnO", "SP", input_file="x.d12")
+    up.update_calculation_status(calc_id, "submitted", slurm_job_id="777")
+    up.update_calculation_settings(calc_id, {"a": 1}, merge=True)
+    up.add_file_record(calc_id, "output", "x.out", "/w/x.out")
+    assert [c["calc_id"] for c in up.get_calculations_by_status(material_id="ZnO")][0] == calc_id
+    assert up.get_database_stats()["total_materials"] == 2
+    with MaterialDatabase(path) as ours:
+        calc = ours.get_calculation(calc_id)
+        assert (calc["slurm_job_id"], calc["settings"], len(calc["uid"])) == ("777", {"a": 1}, 32)
+    assert merge_database(tmp_path / "shared.db", path, "legacy").counts["calculations"] == 4
