@@ -300,3 +300,21 @@ def test_upstream_class_works_on_a_migrated_file(tmp_path: Path) -> None:
         calc = ours.get_calculation(calc_id)
         assert (calc["slurm_job_id"], calc["settings"], len(calc["uid"])) == ("777", {"a": 1}, 32)
     assert merge_database(tmp_path / "shared.db", path, "legacy").counts["calculations"] == 4
+
+
+def test_merging_into_an_upstream_shared_database_migrates_it_first(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    shared = make_upstream_db(tmp_path / "shared" / "materials.db")
+    ctx = tmp_path / "ctx" / "materials.db"
+    with MaterialDatabase(ctx) as db:
+        db.create_material("Al2O3", "Al2O3", 167, source_type="cif", source_file="Al2O3.cif")  # same as shared's
+        calc_id = db.create_calculation("Al2O3", "OPT", workflow_id="wf-new")
+        db.store_material_property("Al2O3", "band_gap", 8.7, "electronic", calc_id, "eV")
+    report = merge_database(shared, ctx, "wf-new")
+    assert report.status == "merged" and report.conflicts == [] and report.counts["materials"] == 0
+    assert "from upstream MACE to schema 2" in capsys.readouterr().err
+    assert len(list(shared.parent.glob("materials.db.backup-*"))) == 1
+    conn = sqlite3.connect(shared)
+    assert [r[4] for r in conn.execute(UP_PROPERTIES_READ, ("Al2O3",))] == ["band_gap", "band_gap",
+                                                                          "space_group_symbol"]
+    assert conn.execute("SELECT workflow_id FROM calculations WHERE calc_id = ?", (calc_id,)).fetchone() == ("wf-new",)
