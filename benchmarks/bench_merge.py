@@ -22,9 +22,15 @@ from pathlib import Path
 
 from mace_hpc.database.journal import connect, journal_mode_for, write_transaction
 from mace_hpc.database.merge import merge_many
-from mace_hpc.database.schema import COLUMNS, DATA_TABLES, INSERT_SQL, ensure_schema, utc_now
+from mace_hpc.database.schema import COLUMNS, DATA_TABLES, ensure_schema, utc_now
 
 MATERIALS, CALCS, PROPS = 10, 10, 20
+
+
+def insert(conn: sqlite3.Connection, table: str, **values: object) -> None:
+    conn.execute(
+        f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})", tuple(values.values())
+    )
 
 
 def build_contexts(root: Path, n: int) -> list[tuple[str, Path]]:
@@ -34,7 +40,6 @@ def build_contexts(root: Path, n: int) -> list[tuple[str, Path]]:
     ensure_schema(conn)
     conn.execute("PRAGMA journal_mode = DELETE")
     conn.close()
-    ins = INSERT_SQL
     now = utc_now()
     out = []
     for i in range(n):
@@ -47,39 +52,22 @@ def build_contexts(root: Path, n: int) -> list[tuple[str, Path]]:
         conn.execute("BEGIN")
         for m in range(MATERIALS):
             mid = f"{wid}-m{m}"
-            conn.execute(
-                ins["materials"],
-                (mid, f"Al{m + 1}O{i % 7}", 225, "CRYSTAL", "cif", f"{mid}.cif", "{}", now, now),
-            )
-            cid = f"calc_{i:05d}{m:03d}"
-            conn.execute(
-                ins["calculations"],
-                (
-                    cid,
-                    mid,
-                    "SP",
-                    "completed",
-                    wid,
-                    "in.d12",
-                    "out",
-                    f"/s/{wid}",
-                    "{}",
-                    "{}",
-                    None,
-                    0,
-                    12.5,
-                    now,
-                    now,
-                    now,
-                    now,
-                ),
-            )
+            insert(conn, "materials", material_id=mid, formula=f"Al{m + 1}O{i % 7}", space_group=225,
+                   dimensionality="CRYSTAL", source_type="cif", source_file=f"{mid}.cif", metadata_json="{}",
+                   created_at=now, updated_at=now)
+            # upstream-style calc ids repeat across contexts (they are local); uids do not
+            cid = f"m{m}_SP_20260101_000000000"
+            uid = f"{i:05d}{m:03d}".ljust(32, "0")
+            insert(conn, "calculations", calc_id=cid, material_id=mid, calc_type="SP", status="completed",
+                   workflow_id=wid, input_file="in.d12", output_file="out", work_dir=f"/s/{wid}", settings_json="{}",
+                   extra_json="{}", exit_code=0, runtime_seconds=12.5, created_at=now, started_at=now,
+                   completed_at=now, uid=uid, updated_at=now)
             for p in range(PROPS // MATERIALS):
                 value = -100.0 - i - m / 10 if p == 0 else "Fm-3m"
-                conn.execute(
-                    ins["properties"],
-                    (f"prop_{cid}_{p}", mid, cid, f"p{p}", value, "eV", "energy", "{}", now),
-                )
+                text = value if isinstance(value, str) else None
+                insert(conn, "properties", material_id=mid, calc_id=cid, property_category="energy",
+                       property_name=f"p{p}", property_value=None if text else value, property_value_text=text,
+                       property_unit="eV", extracted_at=now, uid=f"{uid[:-1]}{p}", updated_at=now)
         conn.execute("COMMIT")
         conn.close()
         out.append((wid, path))

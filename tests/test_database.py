@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections import namedtuple
 from pathlib import Path
@@ -48,7 +49,7 @@ def test_material_roundtrip_and_idempotent_create(db: MaterialDatabase) -> None:
 def test_get_all_and_update_material(db: MaterialDatabase) -> None:
     db.create_material("a", "A")
     db.create_material("b", "B", metadata={"k": 1})
-    assert [m["material_id"] for m in db.get_all_materials()] == ["a", "b"]
+    assert [m["material_id"] for m in db.get_all_materials()] == ["b", "a"]  # newest first, as upstream
     db.update_material("b", formula="B2", metadata={"k": 2}, space_group=12)
     b = db.get_material("b")
     assert (b["formula"], b["metadata"], b["space_group"]) == ("B2", {"k": 2}, 12)
@@ -70,11 +71,11 @@ def test_calculation_lifecycle(db: MaterialDatabase) -> None:
         workflow_id="wf-1",
         slurm_job_id="123",
     )
-    assert cid.startswith("calc_") and len(cid) == len("calc_") + 32
+    assert re.fullmatch(r"m_SP_\d{8}_\d{9}", cid)  # upstream's {material}_{type}_{timestamp}
     calc = db.get_calculation(cid)
     assert calc["status"] == "pending" and calc["started_at"] is None and calc["completed_at"] is None
     assert calc["settings"] == {"kpts": [4, 4, 4]} and calc["work_dir"] == "/w/m"
-    assert calc["slurm_job_id"] == "123" and calc["extra"] == {"slurm_job_id": "123"}
+    assert calc["slurm_job_id"] == "123" and calc["extra"] == {} and re.fullmatch(r"[0-9a-f]{32}", calc["uid"])
     assert calc["workflow_id"] == "wf-1" and calc["input_file"] == "m.d12"
 
     db.update_calculation_status(cid, "running")
@@ -92,17 +93,18 @@ def test_calculation_lifecycle(db: MaterialDatabase) -> None:
     calc = db.get_calculation(cid)
     assert calc["status"] == "completed" and calc["completed_at"] >= calc["started_at"]
     assert (calc["output_file"], calc["exit_code"], calc["runtime_seconds"]) == ("m.out", 0, 12.5)
-    assert calc["extra"] == {"slurm_job_id": "123", "node": "n01"} and calc["settings"] == {"k": 1}
+    assert calc["extra"] == {"node": "n01"} and calc["settings"] == {"k": 1}
 
     other = db.create_calculation("m", "OPT")
     db.update_calculation_status(other, "failed", error_message="SCF did not converge", exit_code=1)
     assert db.get_calculation(other)["error_message"] == "SCF did not converge"
-    assert [c["calc_id"] for c in db.get_calculations_by_material("m")] == [cid, other]
+    assert [c["calc_id"] for c in db.get_calculations_by_material("m")] == [other, cid]  # newest first
     assert [c["calc_id"] for c in db.get_calculations_by_status("failed")] == [other]
     assert db.get_calculations_by_status("pending") == []
     assert db.get_calculation("calc_nope") is None
-    with pytest.raises(InputError, match="unknown calculation"):
-        db.update_calculation_status("calc_nope", "running")
+    before = db.counts()
+    db.update_calculation_status("calc_nope", "running")  # upstream: an unknown id changes nothing
+    assert db.counts() == before and db.get_calculation("calc_nope") is None
 
 
 def test_properties_numbers_and_strings(db: MaterialDatabase) -> None:
@@ -114,15 +116,18 @@ def test_properties_numbers_and_strings(db: MaterialDatabase) -> None:
     u2 = db.store_material_property("m", "space_group_symbol", "Fd-3m")
     u3 = db.store_material_property("m", "n_atoms", 2, source="parser")
     db.store_material_property("m", "is_metal", False)
-    assert len({u1, u2, u3}) == 3 and all(u.startswith("prop_") for u in (u1, u2, u3))
+    assert len({u1, u2, u3}) == 3 and all(re.fullmatch(r"[0-9a-f]{32}", u) for u in (u1, u2, u3))
     props = db.get_material_properties("m")
-    assert [(p["property_name"], p["property_value"]) for p in props] == [
-        ("band_gap", 1.12),
-        ("space_group_symbol", "Fd-3m"),
-        ("n_atoms", 2),
-        ("is_metal", 0),
+    # upstream's order: category ('General' by default), then name
+    assert [(p["property_category"], p["property_name"], p["property_value"]) for p in props] == [
+        ("General", "is_metal", 0),
+        ("General", "n_atoms", 2),
+        ("General", "space_group_symbol", "Fd-3m"),
+        ("electronic", "band_gap", 1.12),
     ]
-    assert type(props[2]["property_value"]) is int and props[2]["source"] == "parser"
+    assert type(props[1]["property_value"]) is int and props[1]["source"] == "parser"
+    assert (props[2]["property_value_text"], props[3]["property_value_text"]) == ("Fd-3m", None)
+    assert [type(p["property_id"]) for p in props] == [int] * 4
     gap = db.get_material_properties("m", "band_gap")
     assert len(gap) == 1 and gap[0]["calc_id"] == cid and gap[0]["property_unit"] == "eV"
     assert gap[0]["property_category"] == "electronic"
@@ -131,17 +136,18 @@ def test_properties_numbers_and_strings(db: MaterialDatabase) -> None:
 def test_files(db: MaterialDatabase) -> None:
     db.create_material("m", "Si")
     cid = db.create_calculation("m", "SP")
-    uid = db.add_file_record(cid, "output", Path("/w/m.out"), file_hash="ab12", file_size=2048)
-    assert uid.startswith("file_")
+    uid = db.add_file_record(cid, "output", "m.out", Path("/w/m.out"), "ab12", file_size=2048)
+    assert re.fullmatch(r"[0-9a-f]{32}", uid)
     (rec,) = db.get_calculation_files(cid)
-    assert (rec["file_type"], rec["file_path"], rec["file_hash"], rec["file_size"]) == (
+    assert (rec["file_type"], rec["file_name"], rec["file_path"], rec["checksum"], rec["file_size"]) == (
         "output",
+        "m.out",
         "/w/m.out",
         "ab12",
         2048,
     )
     with pytest.raises(InputError, match="unknown calculation"):
-        db.add_file_record("calc_missing", "output", "/x")
+        db.add_file_record("calc_missing", "output", "x", "/x")
 
 
 @pytest.mark.parametrize(
@@ -190,7 +196,7 @@ def test_schema_version_and_idempotent_schema(tmp_path: Path) -> None:
     path = tmp_path / "v.db"
     MaterialDatabase(path).close()
     conn = connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     ensure_schema(conn)  # no-op
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert set(ALL_TABLES) <= tables

@@ -23,7 +23,7 @@ from mace_hpc.database.merge import (
     merge_status,
     merged_workflow_ids,
 )
-from mace_hpc.database.schema import COLUMNS, DATA_TABLES, INSERT_SQL, ensure_schema
+from mace_hpc.database.schema import COLUMNS, DATA_TABLES, ensure_schema
 from mace_hpc.errors import InputError
 from mace_hpc.util.nfslock import LockTimeout, NfsLock
 
@@ -46,55 +46,52 @@ def build_context(
     conn.execute("PRAGMA synchronous = OFF")
     ensure_schema(conn)
     conn.execute("BEGIN")
-    ins = INSERT_SQL
-    conn.execute(ins["materials"], ("Si", "Si2", 227, "CRYSTAL", None, None, "{}", T0, T0))
+    def ins(table: str, **values: object) -> None:
+        conn.execute(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                     tuple(values.values()))
+
+    def material(material_id: str, formula: str, space_group: int, source_type, source_file, metadata) -> None:
+        ins("materials", material_id=material_id, formula=formula, space_group=space_group, dimensionality="CRYSTAL",
+            source_type=source_type, source_file=source_file, metadata_json=metadata, created_at=T0, updated_at=T0)
+
+    material("Si", "Si2", 227, None, None, "{}")
     for m in range(n_materials):
         mid = f"ctx{i:04d}-m{m}"
-        conn.execute(
-            ins["materials"],
-            (mid, f"A{m}B{i}", 1 + (i + m) % 230, "CRYSTAL", "cif", f"{mid}.cif", f'{{"i":{i}}}', T0, T0),
-        )
+        material(mid, f"A{m}B{i}", 1 + (i + m) % 230, "cif", f"{mid}.cif", f'{{"i":{i}}}')
         for c in range(calcs_per_material):
-            cid = f"calc_{i:04d}{m:03d}{c:03d}"
-            conn.execute(
-                ins["calculations"],
-                (
-                    cid,
-                    mid,
-                    "SP",
-                    "completed",
-                    f"wf-{i}",
-                    "in.d12",
-                    "out.log",
-                    f"/w/{i}",
-                    "{}",
-                    "{}",
-                    None,
-                    0,
-                    1.5 * c,
-                    T0,
-                    T0,
-                    T0,
-                    T0,
-                ),
-            )
+            # upstream-style ids are only unique per database: every context reuses the same ones
+            cid = f"m{m}_SP_20240101_000000000_{c}"
+            key = f"{i:04d}{m:03d}{c:03d}"
+            uid = f"c{key}".ljust(32, "0")
+            ins("calculations", calc_id=cid, material_id=mid, calc_type="SP", status="completed",
+                workflow_id=f"wf-{i}", input_file="in.d12", output_file="out.log", work_dir=f"/w/{i}",
+                settings_json="{}", extra_json="{}", exit_code=0, runtime_seconds=1.5 * c, created_at=T0,
+                started_at=T0, completed_at=T0, uid=uid, updated_at=T0)
             for p in range(props_per_calc):
                 value = f"text-{i}-{p}" if p % 2 else -1.0 * i - p / 7
-                conn.execute(
-                    ins["properties"], (f"prop_{cid}_{p}", mid, cid, f"p{p}", value, "eV", "energy", "{}", T0)
-                )
-            conn.execute(ins["files"], (f"file_{cid}", cid, "output", f"/w/{i}/out.log", "abc", 100 + i, T0))
+                text = value if isinstance(value, str) else None
+                ins("properties", material_id=mid, calc_id=cid, property_category="energy", property_name=f"p{p}",
+                    property_value=None if text else value, property_value_text=text, property_unit="eV",
+                    extracted_at=T0, uid=f"p{key}{p}".ljust(32, "0"), updated_at=T0)
+            ins("files", calc_id=cid, file_type="output", file_name="out.log", file_path=f"/w/{i}/out.log",
+                file_size=100 + i, created_at=T0, checksum="abc", uid=f"f{key}".ljust(32, "0"), updated_at=T0)
     conn.execute("COMMIT")
     conn.close()
 
 
-def rows_of(db: Path) -> dict[str, list[tuple]]:
+def rows_of(db: Path, by_identity: bool = True) -> dict[str, list[tuple]]:
+    """Each table's merged columns; `by_identity` names a calculation by its uid, not by its id
+    (which is local: the shared database may have renamed it)."""
     conn = sqlite3.connect(db)
+    calc_uid = "(SELECT c.uid FROM calculations c WHERE c.calc_id = {t}.calc_id)"
     try:
-        return {
-            t: conn.execute(f"SELECT {', '.join(COLUMNS[t])} FROM {t} ORDER BY {pk}").fetchall()
-            for t, pk in DATA_TABLES.items()
-        }
+        out = {}
+        for t, pk in DATA_TABLES.items():
+            cols = [c for c in COLUMNS[t] if not (by_identity and t == "calculations" and c == "calc_id")]
+            if by_identity and t in ("properties", "files"):
+                cols = [calc_uid.format(t=t) if c == "calc_id" else c for c in cols]
+            out[t] = conn.execute(f"SELECT {', '.join(cols)} FROM {t} ORDER BY {pk}").fetchall()
+        return out
     finally:
         conn.close()
 
@@ -152,8 +149,10 @@ def test_merge_once_then_again_is_a_noop(tmp_path: Path, contexts) -> None:
         "properties": 6,
         "files": 3,
         "calculations_updated": 0,
+        "properties_updated": 0,
+        "files_updated": 0,
     }
-    assert report.content_hash == content_hash(rows_of(src)) and len(report.content_hash) == 64
+    assert report.content_hash == content_hash(rows_of(src, by_identity=False)) and len(report.content_hash) == 64
     assert report.conflicts == []
     assert_rows_equal(shared, expected_rows([src]))
     snapshot = rows_of(shared)
@@ -225,7 +224,7 @@ def test_corrupt_sources_are_reported_and_the_rest_merge(tmp_path: Path, context
     build_context(dangling, 8888)
     conn = sqlite3.connect(dangling)
     conn.execute(
-        "INSERT INTO properties (uid, material_id, property_name, property_value, created_at) VALUES ('prop_x', 'ghost', 'p', 1, ?)",
+        "INSERT INTO properties (uid, material_id, property_name, property_value, extracted_at) VALUES ('prop_x', 'ghost', 'p', 1, ?)",
         (T0,),
     )
     conn.commit()

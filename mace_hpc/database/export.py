@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..util.atomic import atomic_write_json
-from .materials import decode_row
+from .rows import decode_row
 
 TABLES = ("materials", "calculations", "properties", "files")
 

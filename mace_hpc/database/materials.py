@@ -1,32 +1,65 @@
-"""`MaterialDatabase`: the legacy MACE API that existing scripts call, over a safe SQLite connection.
+"""`MaterialDatabase`: upstream MACE's API (DjokicMa/MACE, `mace/database/materials.py`) over a
+safe SQLite connection.
 
-Method names and tables are the upstream contract (see DESIGN.md). What changed underneath:
-ids are globally unique text so context databases merge without clashes, every write is one
-`BEGIN IMMEDIATE` transaction (all or nothing, no "database is locked" half-way), the journal
-mode suits the filesystem, and bad input is an `InputError` that leaves no partial row.
-Records come back as plain dicts with their JSON columns decoded.
+The contract is upstream's callers (queue manager, workflow engine and executor, monitor,
+recovery, file manager, database utilities, analysis): the same methods and module functions,
+the same parameters in the same order, the same keys and orderings in what comes back (newest
+first where upstream sorts by `created_at DESC`), and a schema that is a superset of upstream's
+(`schema.py`), so `_get_connection()` with upstream's raw SQL works too. What changed underneath:
+every write of ours is one `BEGIN IMMEDIATE` transaction (all or nothing, no "database is
+locked" half-way), the journal mode suits the filesystem, bad input is an `InputError` that leaves
+no partial row, and each row carries a global `uid` so thousands of context databases merge
+exactly once. Deliberate differences from upstream are listed in docs/migration.md.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import os
+import shutil
 import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from ..config import load_config
 from ..errors import InputError
-from .journal import connect, write_transaction
-from .schema import ALL_TABLES, MATERIAL_CONTENT_COLUMNS, ensure_schema, utc_now
+from .analysis import AnalysisMixin
+from .compat import create_material_id_from_file, extract_formula_from_d12, find_material_by_similarity
+from .journal import BUSY_TIMEOUT_S, connect, write_transaction
+from .migrate import upgrade_file
+from .rows import (
+    decode_row,
+    encode_json,
+    opt_float,
+    opt_int,
+    opt_text,
+    require_text,
+    split_property_value,
+    unused_id,
+)
+from .schema import ALL_TABLES, MATERIAL_CONTENT_COLUMNS, ensure_schema, local_now, material_value, utc_now
+from .workflow_records import WorkflowRecordsMixin
+
+__all__ = [
+    "MaterialConflictError",
+    "MaterialDatabase",
+    "create_material_id_from_file",
+    "decode_row",
+    "default_database_path",
+    "extract_formula_from_d12",
+    "find_material_by_similarity",
+    "new_uid",
+    "set_default_path_resolver",
+]
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "timeout", "cancelled"})
+#: The standard sequence `get_next_calculation_in_workflow` walks (upstream's).
+STANDARD_SEQUENCE = ("OPT", "SP", "BAND", "DOSS")
 
 _resolver: Callable[[], Path] | None = None
 
@@ -47,134 +80,134 @@ def set_default_path_resolver(fn: Callable[[], Path] | None) -> None:
 
 def default_database_path() -> Path:
     """The database used when no path is given: the installed resolver's, else config's
-    `shared_database`."""
+    `shared_database` (`materials.db` in the working directory unless configured, as upstream)."""
     resolver = _resolver or _builtin_resolver
     return Path(resolver())
 
 
-def new_id(prefix: str) -> str:
-    """A globally unique text id (`calc_<32 hex>`): rows from many databases never collide."""
-    return f"{prefix}_{uuid.uuid4().hex}"
+def new_uid() -> str:
+    """A globally unique row identity (32 hex digits): rows from many databases never collide."""
+    return uuid.uuid4().hex
 
 
-# --------------------------------------------------------------------------- validation helpers
+class MaterialConflictError(InputError, sqlite3.IntegrityError):
+    """A material id already exists with a different definition (upstream raised IntegrityError
+    for any existing id; an identical re-creation is a no-op here)."""
 
 
-def _require_text(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InputError(f"{field}: must be a non-empty string, got {value!r}")
-    return value
+#: Calculation columns a caller may set through `create_calculation(**extra)` or
+#: `update_calculation_status(**extra)`, with their validators; other keywords go to `extra_json`.
+_CALC_FIELDS: dict[str, Callable[[Any, str], Any]] = {
+    "calc_type": require_text,
+    "calc_subtype": opt_text,
+    "priority": opt_int,
+    "slurm_job_id": lambda v, f: None if v is None else str(v),
+    "slurm_state": opt_text,
+    "input_file": opt_text,
+    "output_file": opt_text,
+    "job_script": opt_text,
+    "work_dir": opt_text,
+    "exit_code": opt_int,
+    "error_type": opt_text,
+    "error_message": opt_text,
+    "recovery_attempts": opt_int,
+    "completion_type": opt_text,
+    "prerequisite_calc_id": opt_text,
+    "workflow_id": opt_text,
+    "runtime_seconds": opt_float,
+}
 
 
-def _opt_text(value: Any, field: str) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)  # type: ignore[return-value]
-    if not isinstance(value, str):
-        raise InputError(f"{field}: must be a string or None, got {type(value).__name__}")
-    return value
-
-
-def _opt_int(value: Any, field: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InputError(f"{field}: must be an integer or None, got {value!r}")
-    return int(value)
-
-
-def _opt_float(value: Any, field: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InputError(f"{field}: must be a number or None, got {value!r}")
-    return float(value)
-
-
-def _encode_json(value: Any, field: str) -> str:
-    """Canonical JSON (sorted keys, compact): equal content gives equal text, so merge can compare."""
-    if value is None:
-        value = {}
-    if not isinstance(value, Mapping):
-        raise InputError(f"{field}: must be a dict (JSON object), got {type(value).__name__}")
+def _settings_from_text(text: Any) -> Any:
     try:
-        return json.dumps(dict(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{field}: not JSON-serialisable ({exc})") from None
+        return json.loads(text) if isinstance(text, str) else text
+    except ValueError:
+        raise InputError(f"settings_json: not valid JSON ({text!r:.60})") from None
 
 
-def _property_value(value: Any, field: str = "property_value") -> Any:
-    """Numbers and strings are stored as themselves (the column has no type affinity)."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, numbers.Integral):
-        value = int(value)
-        if not -(2**63) <= value < 2**63:
-            raise InputError(f"{field}: integer {value} does not fit in 64 bits; store it as a string")
-        return value
-    if isinstance(value, numbers.Real):
-        value = float(value)
-        if math.isnan(value):
-            raise InputError(f"{field}: NaN cannot be stored (SQLite turns it into NULL); use None")
-        return value
-    raise InputError(f"{field}: must be a number, a string or None, got {type(value).__name__}")
+def _status_stamps(status: str, now: str) -> dict[str, str]:
+    lowered = status.lower()
+    if lowered == "running":
+        return {"started_at": now}
+    if lowered in TERMINAL_STATUSES:
+        return {"completed_at": now}
+    return {}
 
 
-def decode_row(row: sqlite3.Row) -> dict[str, Any]:
-    """Row -> dict; `*_json` columns also appear decoded without the suffix; `extra` is flattened."""
-    record = {key: row[key] for key in row.keys()}
-    for key in [k for k in record if k.endswith("_json")]:
-        try:
-            decoded = json.loads(record[key]) if record[key] else {}
-        except ValueError:
-            decoded = {}
-        name = key[: -len("_json")]
-        if name == "extra":
-            record["extra"] = decoded
-            for k, v in decoded.items():
-                record.setdefault(k, v)
-        else:
-            record[name] = decoded
-    return record
+class MaterialDatabase(WorkflowRecordsMixin, AnalysisMixin):
+    """Materials, calculations, properties and files of one SQLite database (a context's or the
+    shared one). Thread-safe; one connection per instance; use as a context manager.
 
-
-# --------------------------------------------------------------------------- the database
-
-
-class MaterialDatabase:
-    """Materials, calculations, properties and files of one SQLite database (a context's or
-    the shared one). Thread-safe; one connection per instance; use as a context manager."""
+    `ase_db_path` is kept for upstream's signature; no ASE structure database is opened (`ase_db`
+    is None). With `auto_initialize=False` nothing is created until the first use.
+    """
 
     _MATERIAL_FIELDS = frozenset(
-        {"formula", "space_group", "dimensionality", "source_type", "source_file", "metadata"}
+        {"formula", "space_group", "dimensionality", "source_type", "source_file", "metadata", "status", "notes"}
     )
-    _CALC_COLUMN_EXTRAS = frozenset({"input_file", "work_dir", "workflow_id", "calc_type"})
 
-    def __init__(self, db_path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str] | None = None,
+        ase_db_path: str | os.PathLike[str] = "structures.db",
+        auto_initialize: bool = True,
+    ) -> None:
         if db_path is None:
             db_path = default_database_path()
         self.db_path = Path(os.path.expanduser(os.fspath(db_path)))
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.ase_db_path = Path(os.path.expanduser(os.fspath(ase_db_path)))
+        self.ase_db: Any = None
         self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = connect(self.db_path)
-        self._conn.row_factory = sqlite3.Row
-        try:
-            ensure_schema(self._conn)
-        except BaseException:
-            self.close()
-            raise
+        self.lock = self._lock  # upstream's attribute name
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        if auto_initialize:
+            self._open()
 
     # ----------------------------------------------------------------- plumbing
+
+    def _open(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._closed:
+                raise InputError(f"database {self.db_path} is closed")
+            if self._conn is None:
+                self.db_path.parent.mkdir(parents=True, exist_ok=True)
+                upgrade_file(self.db_path)
+                conn = connect(self.db_path)
+                conn.row_factory = sqlite3.Row
+                try:
+                    ensure_schema(conn)
+                except BaseException:
+                    conn.close()
+                    raise
+                self._conn = conn
+            return self._conn
+
+    @property
+    def _initialized(self) -> bool:
+        return self._conn is not None
 
     @property
     def connection(self) -> sqlite3.Connection:
         """The underlying connection (autocommit; wrap writes in `write_transaction`)."""
-        if self._conn is None:
-            raise InputError(f"database {self.db_path} is closed")
-        return self._conn
+        return self._open()
+
+    @contextmanager
+    def _get_connection(self) -> Iterator[sqlite3.Connection]:
+        """Upstream's raw-SQL door: a fresh connection (rows by name) committed on success and
+        rolled back on error. Upstream's column names all exist here (schema.py)."""
+        self._open()
+        conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            yield conn
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            conn.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -192,6 +225,7 @@ class MaterialDatabase:
     def close(self) -> None:
         """Close the connection (idempotent)."""
         with self._lock:
+            self._closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -203,7 +237,17 @@ class MaterialDatabase:
         self.close()
 
     def __repr__(self) -> str:
-        return f"MaterialDatabase({str(self.db_path)!r})"
+        return f"{type(self).__name__}({str(self.db_path)!r})"
+
+    @staticmethod
+    def _require_material(conn: sqlite3.Connection, material_id: Any) -> None:
+        if conn.execute("SELECT 1 FROM materials WHERE material_id = ?", (material_id,)).fetchone() is None:
+            raise InputError(f"unknown material {material_id!r}: create_material it first")
+
+    @staticmethod
+    def _require_calculation(conn: sqlite3.Connection, calc_id: Any) -> None:
+        if conn.execute("SELECT 1 FROM calculations WHERE calc_id = ?", (calc_id,)).fetchone() is None:
+            raise InputError(f"unknown calculation {calc_id!r}")
 
     # ----------------------------------------------------------------- materials
 
@@ -218,15 +262,15 @@ class MaterialDatabase:
         metadata: Mapping[str, Any] | None = None,
     ) -> str:
         """Add a material; re-creating it with identical content is a no-op (reruns are safe),
-        with different content an InputError (silently overwriting would lose data)."""
-        material_id = _require_text(material_id, "material_id")
+        with different content a MaterialConflictError (silently overwriting would lose data)."""
+        material_id = require_text(material_id, "material_id")
         content = {
-            "formula": _require_text(formula, "formula"),
-            "space_group": _opt_int(space_group, "space_group"),
-            "dimensionality": _require_text(dimensionality, "dimensionality"),
-            "source_type": _opt_text(source_type, "source_type"),
-            "source_file": _opt_text(source_file, "source_file"),
-            "metadata_json": _encode_json(metadata, "metadata"),
+            "formula": require_text(formula, "formula"),
+            "space_group": opt_int(space_group, "space_group"),
+            "dimensionality": require_text(dimensionality, "dimensionality"),
+            "source_type": opt_text(source_type, "source_type"),
+            "source_file": opt_text(source_file, "source_file"),
+            "metadata_json": encode_json(metadata, "metadata"),
         }
         with self._tx() as conn:
             existing = conn.execute(
@@ -234,18 +278,18 @@ class MaterialDatabase:
                 (material_id,),
             ).fetchone()
             if existing is not None:
-                differing = [c for c in MATERIAL_CONTENT_COLUMNS if existing[c] != content[c]]
+                differing = [c for c in MATERIAL_CONTENT_COLUMNS if material_value(existing[c]) != material_value(content[c])]
                 if differing:
-                    raise InputError(
+                    raise MaterialConflictError(
                         f"material {material_id!r} already exists with different "
                         f"{', '.join(differing)}; use update_material to change it"
                     )
                 return material_id
-            now = utc_now()
+            now = local_now()
+            columns = ("material_id", *MATERIAL_CONTENT_COLUMNS, "created_at", "updated_at")
             conn.execute(
-                "INSERT INTO materials (material_id, formula, space_group, dimensionality, source_type,"
-                " source_file, metadata_json, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (material_id, *(content[c] for c in MATERIAL_CONTENT_COLUMNS), now, now),
+                f"INSERT INTO materials ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                (material_id, *content.values(), now, now),
             )
         return material_id
 
@@ -253,10 +297,17 @@ class MaterialDatabase:
         return self._one("SELECT * FROM materials WHERE material_id = ?", (material_id,))
 
     def get_all_materials(self) -> list[dict[str, Any]]:
-        return self._query("SELECT * FROM materials ORDER BY created_at, material_id")
+        """All materials, newest first (upstream's order)."""
+        return self._query("SELECT * FROM materials ORDER BY created_at DESC, rowid DESC")
+
+    def get_materials_by_status(self, status: str = "active") -> list[dict[str, Any]]:
+        return self._query(
+            "SELECT * FROM materials WHERE status = ? ORDER BY created_at DESC, rowid DESC", (status,)
+        )
 
     def update_material(self, material_id: str, **fields: Any) -> None:
-        """Change some of formula, space_group, dimensionality, source_type, source_file, metadata."""
+        """Change some of formula, space_group, dimensionality, source_type, source_file,
+        metadata, status, notes."""
         unknown = sorted(set(fields) - self._MATERIAL_FIELDS)
         if unknown:
             raise InputError(
@@ -264,69 +315,73 @@ class MaterialDatabase:
                 f"allowed: {', '.join(sorted(self._MATERIAL_FIELDS))}"
             )
         converters: dict[str, Callable[[Any], Any]] = {
-            "formula": lambda v: _require_text(v, "formula"),
-            "space_group": lambda v: _opt_int(v, "space_group"),
-            "dimensionality": lambda v: _require_text(v, "dimensionality"),
-            "source_type": lambda v: _opt_text(v, "source_type"),
-            "source_file": lambda v: _opt_text(v, "source_file"),
-            "metadata": lambda v: _encode_json(v, "metadata"),
+            "formula": lambda v: require_text(v, "formula"),
+            "space_group": lambda v: opt_int(v, "space_group"),
+            "dimensionality": lambda v: require_text(v, "dimensionality"),
+            "metadata": lambda v: encode_json(v, "metadata"),
         }
-        values = {("metadata_json" if k == "metadata" else k): converters[k](v) for k, v in fields.items()}
+        values = {
+            ("metadata_json" if k == "metadata" else k): converters.get(k, lambda v, k=k: opt_text(v, k))(v)
+            for k, v in fields.items()
+        }
         with self._tx() as conn:
             self._require_material(conn, material_id)
             if values:
                 assignments = ", ".join(f"{col} = ?" for col in values)
                 conn.execute(
                     f"UPDATE materials SET {assignments}, updated_at = ? WHERE material_id = ?",
-                    (*values.values(), utc_now(), material_id),
+                    (*values.values(), local_now(), material_id),
                 )
 
-    @staticmethod
-    def _require_material(conn: sqlite3.Connection, material_id: Any) -> None:
-        if conn.execute("SELECT 1 FROM materials WHERE material_id = ?", (material_id,)).fetchone() is None:
-            raise InputError(f"unknown material {material_id!r}: create_material it first")
-
-    @staticmethod
-    def _require_calculation(conn: sqlite3.Connection, calc_id: Any) -> None:
-        if conn.execute("SELECT 1 FROM calculations WHERE calc_id = ?", (calc_id,)).fetchone() is None:
-            raise InputError(f"unknown calculation {calc_id!r}")
-
     # ----------------------------------------------------------------- calculations
+
+    @staticmethod
+    def _calc_fields(extra: dict[str, Any]) -> dict[str, Any]:
+        """Pop the keywords that are calculation columns out of `extra` (validated)."""
+        return {key: _CALC_FIELDS[key](extra.pop(key), key) for key in [k for k in extra if k in _CALC_FIELDS]}
 
     def create_calculation(
         self,
         material_id: str,
         calc_type: str,
+        calc_subtype: str | None = None,
         input_file: str | None = None,
         work_dir: str | None = None,
         settings: Mapping[str, Any] | None = None,
+        prerequisite_calc_id: str | None = None,
+        priority: int = 0,
+        *,
         status: str = "pending",
-        workflow_id: str | None = None,
         **extra: Any,
     ) -> str:
-        """Record a calculation of an existing material; returns its new `calc_<hex>` id.
-        Unknown keyword arguments (e.g. `slurm_job_id`, `priority`) are kept in `extra`."""
-        material_id = _require_text(material_id, "material_id")
-        row = (
-            _require_text(calc_type, "calc_type"),
-            _require_text(status, "status"),
-            _opt_text(workflow_id, "workflow_id"),
-            _opt_text(input_file, "input_file"),
-            _opt_text(work_dir, "work_dir"),
-            _encode_json(settings, "settings"),
-            _encode_json(extra, "extra"),
-        )
-        calc_id = new_id("calc")
-        now = utc_now()
-        started = now if status.lower() == "running" else None
-        completed = now if status.lower() in TERMINAL_STATUSES else None
+        """Record a calculation of an existing material; returns its id, upstream-style
+        `{material}_{type}_{YYYYmmdd_HHMMSSmmm}[_{subtype}]` (unique in this database).
+
+        Keywords naming calculation columns (`workflow_id`, `slurm_job_id`, `job_script`...)
+        fill them; any other keyword is kept in `extra`.
+        """
+        material_id = require_text(material_id, "material_id")
+        status = require_text(status, "status")
+        extra = {"calc_type": calc_type, "calc_subtype": calc_subtype, "input_file": input_file, "work_dir": work_dir,
+                 "prerequisite_calc_id": prerequisite_calc_id, "priority": priority, **extra}
+        fields = self._calc_fields(extra)
+        if "settings_json" in extra and settings is None:  # upstream's recovery passes the JSON text
+            settings = _settings_from_text(extra.pop("settings_json"))
+        fields["settings_json"] = encode_json(settings, "settings", empty=None)
+        fields["extra_json"] = encode_json(extra, "extra")
+        now = local_now()
+        stamp = datetime.fromisoformat(now).strftime("%Y%m%d_%H%M%S%f")[:-3]
+        base = f"{material_id}_{fields['calc_type']}_{stamp}" + (f"_{calc_subtype}" if calc_subtype else "")
+        fields.update(status=status, created_at=now, uid=new_uid(), updated_at=utc_now(), **_status_stamps(status, now))
+        if status.lower() == "submitted":
+            fields["submitted_at"] = now
         with self._tx() as conn:
             self._require_material(conn, material_id)
+            calc_id = unused_id(conn, "calculations", "calc_id", base)
+            columns = ("calc_id", "material_id", *fields)
             conn.execute(
-                "INSERT INTO calculations (calc_id, material_id, calc_type, status, workflow_id, input_file,"
-                " work_dir, settings_json, extra_json, created_at, started_at, completed_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (calc_id, material_id, *row, now, started, completed, now),
+                f"INSERT INTO calculations ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                (calc_id, material_id, *fields.values()),
             )
         return calc_id
 
@@ -337,64 +392,123 @@ class MaterialDatabase:
         self,
         calc_id: str,
         status: str,
-        error_message: str | None = None,
+        slurm_job_id: str | None = None,
+        slurm_state: str | None = None,
         output_file: str | None = None,
         exit_code: int | None = None,
-        runtime_seconds: float | None = None,
+        error_type: str | None = None,
+        error_message: str | None = None,
         **extra: Any,
     ) -> None:
-        """Set a calculation's status (and whichever outcome fields are given).
+        """Set a calculation's status and whichever outcome fields are given (None or empty
+        leaves a field as it is, as upstream). An unknown `calc_id` changes nothing, as upstream.
 
-        `started_at` is stamped when the status becomes running, `completed_at` when it becomes
-        completed/failed/timeout/cancelled. `input_file`, `work_dir`, `workflow_id`, `calc_type`
-        and `settings` update their columns; other keywords are merged into `extra`.
+        `slurm_job_id` is recorded only while none is set. `submitted_at` is stamped when the
+        status becomes submitted with a job id, `started_at` when it becomes running,
+        `completed_at` when it becomes completed/failed/timeout/cancelled. Keywords naming other
+        calculation columns (`runtime_seconds`, `work_dir`, `settings`...) update them; any
+        other keyword is merged into `extra`.
         """
-        status = _require_text(status, "status")
+        status = require_text(status, "status")
+        given = {
+            "slurm_state": slurm_state,
+            "output_file": output_file,
+            "exit_code": exit_code,
+            "error_type": error_type,
+            "error_message": error_message,
+        }
         sets: dict[str, Any] = {"status": status}
-        if error_message is not None:
-            sets["error_message"] = _opt_text(error_message, "error_message")
-        if output_file is not None:
-            sets["output_file"] = _opt_text(output_file, "output_file")
-        if exit_code is not None:
-            sets["exit_code"] = _opt_int(exit_code, "exit_code")
-        if runtime_seconds is not None:
-            sets["runtime_seconds"] = _opt_float(runtime_seconds, "runtime_seconds")
-        for key in [k for k in extra if k in self._CALC_COLUMN_EXTRAS]:
-            value = extra.pop(key)
-            sets[key] = _require_text(value, key) if key == "calc_type" else _opt_text(value, key)
+        sets.update(self._calc_fields({k: v for k, v in given.items() if v is not None and v != ""}))
+        sets.update({k: v for k, v in self._calc_fields(extra).items() if v is not None})
         if "settings" in extra:
-            sets["settings_json"] = _encode_json(extra.pop("settings"), "settings")
-        extra_json = _encode_json(extra, "extra") if extra else None
-        now = utc_now()
+            sets["settings_json"] = encode_json(extra.pop("settings"), "settings", empty=None)
+        job_id = _CALC_FIELDS["slurm_job_id"](slurm_job_id or None, "slurm_job_id")
+        now = local_now()
         with self._tx() as conn:
             current = conn.execute(
-                "SELECT status, extra_json FROM calculations WHERE calc_id = ?", (calc_id,)
+                "SELECT status, slurm_job_id, extra_json FROM calculations WHERE calc_id = ?", (calc_id,)
             ).fetchone()
             if current is None:
-                raise InputError(f"unknown calculation {calc_id!r}")
-            if status.lower() == "running" and str(current["status"]).lower() != "running":
-                sets["started_at"] = now
-            if status.lower() in TERMINAL_STATUSES:
-                sets["completed_at"] = now
-            if extra_json is not None:
-                merged = json.loads(current["extra_json"] or "{}")
-                merged.update(json.loads(extra_json))
-                sets["extra_json"] = _encode_json(merged, "extra")
-            sets["updated_at"] = now
+                return
+            if job_id and not current["slurm_job_id"]:
+                sets["slurm_job_id"] = job_id
+            if status == "submitted" and job_id:
+                sets["submitted_at"] = now
+            if not (status.lower() == "running" and str(current["status"]).lower() == "running"):
+                sets.update(_status_stamps(status, now))
+            if extra:
+                merged = decode_row(current)["extra"]
+                merged.update(extra)
+                sets["extra_json"] = encode_json(merged, "extra")
+            sets["updated_at"] = utc_now()
             assignments = ", ".join(f"{col} = ?" for col in sets)
+            conn.execute(f"UPDATE calculations SET {assignments} WHERE calc_id = ?", (*sets.values(), calc_id))
+
+    def update_calculation_settings(self, calc_id: str, settings: Mapping[str, Any], merge: bool = False) -> None:
+        """Replace a calculation's settings, or with `merge=True` update the existing ones."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT settings_json FROM calculations WHERE calc_id = ?", (calc_id,)).fetchone()
+            if row is None:
+                return
+            new = dict(settings)
+            if merge:
+                new = {**(decode_row(row).get("settings") or {}), **new}
             conn.execute(
-                f"UPDATE calculations SET {assignments} WHERE calc_id = ?", (*sets.values(), calc_id)
+                "UPDATE calculations SET settings_json = ?, updated_at = ? WHERE calc_id = ?",
+                (encode_json(new, "settings"), utc_now(), calc_id),
             )
 
-    def get_calculations_by_material(self, material_id: str) -> list[dict[str, Any]]:
-        return self._query(
-            "SELECT * FROM calculations WHERE material_id = ? ORDER BY created_at, calc_id", (material_id,)
-        )
+    _NEWEST = "ORDER BY created_at DESC, rowid DESC"
 
-    def get_calculations_by_status(self, status: str) -> list[dict[str, Any]]:
-        return self._query(
-            "SELECT * FROM calculations WHERE status = ? ORDER BY created_at, calc_id", (status,)
-        )
+    def get_calculation_by_slurm_id(self, slurm_job_id: str) -> dict[str, Any] | None:
+        return self._one(f"SELECT * FROM calculations WHERE slurm_job_id = ? {self._NEWEST}", (str(slurm_job_id),))
+
+    def get_calculations_by_status(
+        self, status: str | None = None, calc_type: str | None = None, material_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Calculations matching every filter given (none: all), newest first."""
+        filters = {"status": status, "calc_type": calc_type, "material_id": material_id}
+        used = {k: v for k, v in filters.items() if v}
+        where = (" WHERE " + " AND ".join(f"{k} = ?" for k in used)) if used else ""
+        return self._query(f"SELECT * FROM calculations{where} {self._NEWEST}", tuple(used.values()))
+
+    def get_calculations_by_material(self, material_id: str) -> list[dict[str, Any]]:
+        return self.get_calculations_by_status(material_id=material_id)
+
+    def get_material_calculations(self, material_id: str) -> list[dict[str, Any]]:
+        return self.get_calculations_by_status(material_id=material_id)
+
+    def get_all_calculations(self) -> list[dict[str, Any]]:
+        return self.get_calculations_by_status()
+
+    def get_recent_calculations(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self._query(f"SELECT * FROM calculations {self._NEWEST} LIMIT ?", (int(limit),))
+
+    def get_next_calculation_in_workflow(self, material_id: str) -> str | None:
+        """The first of OPT, SP, BAND, DOSS not yet completed for this material (None: all done)."""
+        with self._lock:
+            done = {
+                r[0]
+                for r in self.connection.execute(
+                    "SELECT calc_type FROM calculations WHERE material_id = ? AND status = 'completed'",
+                    (material_id,),
+                )
+            }
+        return next((t for t in STANDARD_SEQUENCE if t not in done), None)
+
+    def cleanup_old_records(self, days_old: int = 30) -> int:
+        """Delete failed/cancelled calculations created more than `days_old` days ago, and file
+        records left without a calculation; returns the number of calculations deleted.
+        (Upstream computed the cutoff with `replace(day=day - days_old)`, which raises.)"""
+        cutoff = (datetime.now() - timedelta(days=days_old)).isoformat(timespec="microseconds")
+        with self._tx() as conn:
+            doomed = "SELECT calc_id FROM calculations WHERE status IN ('failed', 'cancelled') AND created_at < ?"
+            conn.execute(f"DELETE FROM files WHERE calc_id IN ({doomed})", (cutoff,))
+            conn.execute(f"UPDATE properties SET calc_id = NULL WHERE calc_id IN ({doomed})", (cutoff,))
+            deleted = conn.execute(
+                "DELETE FROM calculations WHERE status IN ('failed', 'cancelled') AND created_at < ?", (cutoff,)
+            ).rowcount
+        return int(deleted)
 
     # ----------------------------------------------------------------- properties
 
@@ -403,42 +517,64 @@ class MaterialDatabase:
         material_id: str,
         property_name: str,
         property_value: Any,
+        property_category: str | None = "General",
         calc_id: str | None = None,
         property_unit: str | None = None,
-        property_category: str | None = None,
+        confidence: float | None = None,
+        extractor_script: str | None = None,
         **extra: Any,
     ) -> str:
-        """Store one property value (number or string, kept as given); returns its `prop_<hex>` uid.
+        """Store one property value (a number, kept exactly, or text); returns its global uid.
         Values are appended, never overwritten: the history of a property is data too."""
-        row = (
-            _require_text(property_name, "property_name"),
-            _property_value(property_value),
-            _opt_text(property_unit, "property_unit"),
-            _opt_text(property_category, "property_category"),
-            _encode_json(extra, "extra"),
-        )
-        uid = new_id("prop")
+        value, text = split_property_value(property_value)
+        row = {
+            "material_id": require_text(material_id, "material_id"),
+            "calc_id": calc_id,
+            "property_category": opt_text(property_category, "property_category") or "General",
+            "property_name": require_text(property_name, "property_name"),
+            "property_value": value,
+            "property_value_text": text,
+            "property_unit": opt_text(property_unit, "property_unit"),
+            "confidence": opt_float(confidence, "confidence"),
+            "extracted_at": local_now(),
+            "extractor_script": opt_text(extractor_script, "extractor_script"),
+            "uid": new_uid(),
+            "extra_json": encode_json(extra, "extra"),
+            "updated_at": utc_now(),
+        }
         with self._tx() as conn:
             self._require_material(conn, material_id)
             if calc_id is not None:
                 self._require_calculation(conn, calc_id)
             conn.execute(
-                "INSERT INTO properties (uid, material_id, calc_id, property_name, property_value,"
-                " property_unit, property_category, extra_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (uid, material_id, calc_id, *row, utc_now()),
+                f"INSERT INTO properties ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                tuple(row.values()),
             )
-        return uid
+        return row["uid"]
 
-    def get_material_properties(
-        self, material_id: str, property_name: str | None = None
-    ) -> list[dict[str, Any]]:
+    _PROPERTY_ORDER = "ORDER BY property_category, property_name, property_id"
+
+    def get_material_properties(self, material_id: str, property_name: str | None = None) -> list[dict[str, Any]]:
+        """A material's properties (upstream's order: category, name; then oldest first)."""
         if property_name is None:
-            return self._query(
-                "SELECT * FROM properties WHERE material_id = ? ORDER BY created_at, uid", (material_id,)
-            )
+            return self._query(f"SELECT * FROM properties WHERE material_id = ? {self._PROPERTY_ORDER}", (material_id,))
         return self._query(
-            "SELECT * FROM properties WHERE material_id = ? AND property_name = ? ORDER BY created_at, uid",
+            f"SELECT * FROM properties WHERE material_id = ? AND property_name = ? {self._PROPERTY_ORDER}",
             (material_id, property_name),
+        )
+
+    def get_all_properties(self) -> list[dict[str, Any]]:
+        return self._query(
+            "SELECT * FROM properties ORDER BY material_id, property_category, property_name, property_id"
+        )
+
+    def get_properties_by_name(self, property_name: str) -> list[dict[str, Any]]:
+        """One property across materials, with each material's formula, by value."""
+        return self._query(
+            "SELECT m.material_id, m.formula, p.property_value, p.property_value_text, p.property_unit,"
+            " p.calc_id, p.extracted_at FROM properties p JOIN materials m ON p.material_id = m.material_id"
+            " WHERE p.property_name = ? ORDER BY p.property_value, p.property_id",
+            (property_name,),
         )
 
     # ----------------------------------------------------------------- files
@@ -447,35 +583,81 @@ class MaterialDatabase:
         self,
         calc_id: str,
         file_type: str,
-        file_path: str | os.PathLike[str],
-        file_hash: str | None = None,
+        file_name: str | os.PathLike[str],
+        file_path: str | os.PathLike[str] | None = None,
+        checksum: str | None = None,
+        *,
         file_size: int | None = None,
     ) -> str:
-        """Record a file produced by a calculation; returns its `file_<hex>` uid."""
-        row = (
-            _require_text(file_type, "file_type"),
-            _require_text(_opt_text(file_path, "file_path"), "file_path"),
-            _opt_text(file_hash, "file_hash"),
-            _opt_int(file_size, "file_size"),
-        )
-        uid = new_id("file")
+        """Record a file produced by a calculation (size read from disk when not given); returns
+        its global uid. Upstream's form is `(calc_id, file_type, file_name, file_path, checksum)`;
+        given only three, the third is the path and the name is its last part. An unknown
+        calculation is an InputError."""
+        if file_path is None:
+            file_path, file_name = file_name, os.path.basename(os.fspath(file_name))
+        path = require_text(opt_text(file_path, "file_path"), "file_path")
+        if file_size is None and os.path.isfile(path):
+            file_size = os.path.getsize(path)
+        row = {
+            "calc_id": calc_id,
+            "file_type": require_text(file_type, "file_type"),
+            "file_name": require_text(opt_text(file_name, "file_name"), "file_name"),
+            "file_path": path,
+            "file_size": opt_int(file_size, "file_size"),
+            "created_at": local_now(),
+            "checksum": opt_text(checksum, "checksum"),
+            "uid": new_uid(),
+            "updated_at": utc_now(),
+        }
         with self._tx() as conn:
             self._require_calculation(conn, calc_id)
             conn.execute(
-                "INSERT INTO files (uid, calc_id, file_type, file_path, file_hash, file_size, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (uid, calc_id, *row, utc_now()),
+                f"INSERT INTO files ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values())
             )
-        return uid
+        return row["uid"]
 
     def get_calculation_files(self, calc_id: str) -> list[dict[str, Any]]:
-        return self._query("SELECT * FROM files WHERE calc_id = ? ORDER BY created_at, uid", (calc_id,))
+        return self._query("SELECT * FROM files WHERE calc_id = ? ORDER BY file_id", (calc_id,))
 
     # ----------------------------------------------------------------- summary
 
-    def counts(self) -> dict[str, int]:
-        """Rows per table (data and merge bookkeeping), for status output and tests."""
+    def get_database_stats(self) -> dict[str, Any]:
+        """Upstream's summary: material count, calculations by status and by type, file size."""
         with self._lock:
-            return {
-                t: int(self.connection.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in ALL_TABLES
+            conn = self.connection
+            stats: dict[str, Any] = {
+                "total_materials": conn.execute("SELECT count(*) FROM materials").fetchone()[0],
+                "calculations_by_status": dict(
+                    conn.execute("SELECT status, count(*) FROM calculations GROUP BY status").fetchall()
+                ),
+                "calculations_by_type": dict(
+                    conn.execute("SELECT calc_type, count(*) FROM calculations GROUP BY calc_type").fetchall()
+                ),
+                "total_calculations": conn.execute("SELECT count(*) FROM calculations").fetchone()[0],
+                "total_properties": conn.execute("SELECT count(*) FROM properties").fetchone()[0],
             }
+        stats["db_size_mb"] = os.path.getsize(self.db_path) / (1024 * 1024)
+        return stats
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table (data, workflow records and merge bookkeeping), for status and tests."""
+        with self._lock:
+            return {t: int(self.connection.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in ALL_TABLES}
+
+    def backup_database(self, backup_dir: str | os.PathLike[str] | None = None) -> Path:
+        """A consistent copy (SQLite backup API) as `<dir>/materials_backup_<stamp>.db`
+        (default dir: ./backups); the ASE file too when there is one."""
+        target_dir = Path(backup_dir) if backup_dir is not None else Path.cwd() / "backups"
+        target_dir.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+        target = target_dir / f"materials_backup_{stamp}.db"
+        dest = sqlite3.connect(target)
+        try:
+            with self._lock:
+                self.connection.backup(dest)
+        finally:
+            dest.close()
+        if self.ase_db_path.is_file():
+            shutil.copy2(self.ase_db_path, target_dir / f"structures_backup_{stamp}.db")
+        return target
+

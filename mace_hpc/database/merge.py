@@ -17,13 +17,20 @@ Why sources are not ATTACHed: SQLite cannot DETACH inside a transaction and allo
 attached databases, which would force one transaction (one fsync) per source. Reading a source
 into memory costs about the same as ATTACH and keeps batches possible.
 
+Identity: a material is its `material_id` (a name the user chose); a calculation, property or
+file is its global `uid` (schema.py). Upstream's local ids are not identities: a property's or
+file's INTEGER id is assigned anew by the shared database, and a calculation keeps its
+`{material}_{type}_{timestamp}` id unless another calculation already has it there, in which case
+it becomes `<id>~<first 12 hex of its uid>` (references from its properties, files and
+`prerequisite_calc_id` follow). A source in an older schema (upstream's, or mace-hpc 1) is read
+through an in-memory migrated copy; the file itself is never written.
+
 Rules beyond plain insertion:
 - A material that already exists in the shared database with different content (formula,
   space group, dimensionality, source, metadata) is never overwritten: a `merge_conflicts` row
   records both versions (once per workflow and material) and the report lists it.
-- A calculation already present is updated only when the incoming row is newer (`updated_at`),
-  so re-merging a resubmitted context brings its final status home; properties and files are
-  append-only.
+- A calculation, property or file already present is updated only when the incoming row is
+  newer (`updated_at`), so re-merging a resubmitted context brings its final state home.
 """
 
 from __future__ import annotations
@@ -38,10 +45,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..errors import InputError
 from ..util.ids import validate_workflow_id
 from ..util.nfslock import NfsLock
 from .journal import BUSY_TIMEOUT_S, connect, write_transaction
-from .schema import COLUMNS, DATA_TABLES, MATERIAL_CONTENT_COLUMNS, SCHEMA_VERSION, ensure_schema, utc_now
+from .migrate import upgrade, upgrade_file
+from .schema import (
+    COLUMNS,
+    DATA_TABLES,
+    MATERIAL_CONTENT_COLUMNS,
+    SCHEMA_VERSION,
+    VERSIONED_TABLES,
+    ensure_schema,
+    material_value,
+    utc_now,
+)
 
 STATUSES = ("merged", "already_merged", "empty", "corrupt")
 DEFAULT_BATCH_SIZE = 256
@@ -53,7 +71,7 @@ class MergeReport:
     """What happened to one source: `status` is merged | already_merged | empty | corrupt.
 
     `counts` are rows inserted per table (for already_merged: what the original merge inserted),
-    plus `calculations_updated`. `conflicts` lists materials kept in their shared version.
+    plus `<table>_updated` for calculations, properties and files. `conflicts` lists materials kept in their shared version.
     """
 
     workflow_id: str
@@ -98,6 +116,33 @@ def content_hash(rows: dict[str, list[tuple[Any, ...]]]) -> str:
     return hashlib.sha256(json.dumps(tables, default=_jsonable, separators=(",", ":")).encode()).hexdigest()
 
 
+def _migrated_copy(conn: sqlite3.Connection, workflow_id: str) -> sqlite3.Connection:
+    """An in-memory copy of `conn`'s database migrated to the current schema (the source file is
+    never written). Rows without a uid get one derived from the workflow id and their local id,
+    so the same source always hashes and merges the same."""
+    copy = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        conn.backup(copy)
+        upgrade(copy, uid_seed=workflow_id, backup=False)
+    except BaseException:
+        copy.close()
+        raise
+    finally:
+        conn.close()
+    return copy
+
+
+def _read_rows(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
+    """Every data table's merged columns, in merge-key order (call inside one read snapshot)."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return {
+        table: conn.execute(f"SELECT {', '.join(COLUMNS[table])} FROM {table} ORDER BY {key}").fetchall()
+        if table in tables
+        else []
+        for table, key in DATA_TABLES.items()
+    }
+
+
 def _load_source(workflow_id: str, path: Path) -> _Source | MergeReport:
     """Read and check one source; a report (empty/corrupt) if it cannot be merged."""
     source = str(path)
@@ -125,16 +170,15 @@ def _load_source(workflow_id: str, path: Path) -> _Source | MergeReport:
                 source=source,
                 error=f"schema version {version} is newer than supported ({SCHEMA_VERSION}); upgrade mace-hpc",
             )
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        rows: dict[str, list[tuple[Any, ...]]] = {}
-        for table, pk in DATA_TABLES.items():
-            if table in tables:
-                rows[table] = conn.execute(
-                    f"SELECT {', '.join(COLUMNS[table])} FROM {table} ORDER BY {pk}"
-                ).fetchall()
-            else:
-                rows[table] = []
-        conn.execute("COMMIT")
+        if version == SCHEMA_VERSION:
+            rows = _read_rows(conn)
+            conn.execute("COMMIT")
+        else:  # an upstream or older mace-hpc file: read a migrated copy
+            conn.execute("COMMIT")
+            conn = _migrated_copy(conn, workflow_id)
+            rows = _read_rows(conn)
+    except InputError as exc:
+        return MergeReport(workflow_id, "corrupt", source=source, error=str(exc))
     except sqlite3.Error as exc:
         return MergeReport(workflow_id, "corrupt", source=source, error=f"unreadable: {exc}")
     finally:
@@ -150,21 +194,25 @@ def _load_batch(batch: list[tuple[str, Path]]) -> list[_Source | MergeReport]:
 
 _MAT_COLS = COLUMNS["materials"]
 _MAT_CONTENT_IDX = [_MAT_COLS.index(c) for c in MATERIAL_CONTENT_COLUMNS]
-_CALC_COLS = COLUMNS["calculations"]
-_CALC_UPDATED_IDX = _CALC_COLS.index("updated_at")
 _INSERT_SQL = {
     table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
     f" ON CONFLICT({DATA_TABLES[table]}) DO NOTHING"
     for table, cols in COLUMNS.items()
 }
-_UPDATE_CALC_SQL = (
-    f"UPDATE calculations SET {', '.join(f'{c} = ?' for c in _CALC_COLS[1:])}"
-    " WHERE calc_id = ? AND updated_at < ?"
-)
+#: Columns a newer incoming version overwrites: all but the identity (a calculation keeps the id
+#: it has in the shared database, which may differ from the context's).
+_UPDATED_COLS = {
+    t: [c for c in COLUMNS[t] if c not in ("uid", "calc_id" if t == "calculations" else "uid")]
+    for t in VERSIONED_TABLES
+}
+_UPDATE_SQL = {
+    t: f"UPDATE {t} SET {', '.join(f'{c} = ?' for c in cols)} WHERE uid = ? AND updated_at < ?"
+    for t, cols in _UPDATED_COLS.items()
+}
 
 
 def _material_content(row: tuple[Any, ...]) -> dict[str, Any]:
-    return {c: row[i] for c, i in zip(MATERIAL_CONTENT_COLUMNS, _MAT_CONTENT_IDX, strict=True)}
+    return {c: material_value(row[i]) for c, i in zip(MATERIAL_CONTENT_COLUMNS, _MAT_CONTENT_IDX, strict=True)}
 
 
 def _canonical(obj: Any) -> str:
@@ -182,17 +230,23 @@ def _recorded_conflicts(conn: sqlite3.Connection, workflow_id: str) -> list[dict
     ]
 
 
+def _lookup_rows(conn: sqlite3.Connection, sql: str, keys: list[Any]) -> list[tuple[Any, ...]]:
+    """Rows of `sql` (with `IN ({})` for the keys), queried in chunks of keys."""
+    rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(keys), _IN_CHUNK):
+        chunk = keys[start : start + _IN_CHUNK]
+        rows.extend(conn.execute(sql.format(", ".join("?" * len(chunk))), chunk).fetchall())
+    return rows
+
+
+def _lookup(conn: sqlite3.Connection, sql: str, keys: list[Any]) -> dict[Any, Any]:
+    return dict(_lookup_rows(conn, sql, keys))
+
+
 def _detect_conflicts(conn: sqlite3.Connection, src: _Source, now: str) -> list[dict[str, Any]]:
     incoming = src.rows["materials"]
-    shared: dict[str, dict[str, Any]] = {}
-    ids = [row[0] for row in incoming]
-    for start in range(0, len(ids), _IN_CHUNK):
-        chunk = ids[start : start + _IN_CHUNK]
-        for row in conn.execute(
-            f"SELECT {', '.join(_MAT_COLS)} FROM materials WHERE material_id IN ({', '.join('?' * len(chunk))})",
-            chunk,
-        ):
-            shared[row[0]] = _material_content(row)
+    sql = f"SELECT {', '.join(_MAT_COLS)} FROM materials WHERE material_id IN ({{}})"
+    shared = {row[0]: _material_content(row) for row in _lookup_rows(conn, sql, [row[0] for row in incoming])}
     conflicts = []
     for row in incoming:
         have = shared.get(row[0])
@@ -207,6 +261,50 @@ def _detect_conflicts(conn: sqlite3.Connection, src: _Source, now: str) -> list[
             )
             conflicts.append({"material_id": row[0], "shared": have, "incoming": new, "detected_at": now})
     return conflicts
+
+
+def _calc_id_map(conn: sqlite3.Connection, calcs: list[tuple[Any, ...]]) -> dict[str, str]:
+    """Context calc id -> the id the same calculation (same uid) has, or gets, in the shared
+    database. Upstream-style ids are only unique per database: one already taken by another
+    calculation gets its uid appended (deterministic, so a re-merge finds the same row)."""
+    cols = COLUMNS["calculations"]
+    i_id, i_uid = cols.index("calc_id"), cols.index("uid")
+    known = _lookup(conn, "SELECT uid, calc_id FROM calculations WHERE uid IN ({})", [r[i_uid] for r in calcs])
+    taken = set(_lookup(conn, "SELECT calc_id, 1 FROM calculations WHERE calc_id IN ({})", [r[i_id] for r in calcs]))
+    mapping: dict[str, str] = {}
+    for row in calcs:
+        calc_id, uid = row[i_id], row[i_uid]
+        if uid in known:
+            mapping[calc_id] = known[uid]
+            continue
+        new = calc_id if calc_id not in taken else f"{calc_id}~{uid[:12]}"
+        if new in taken:
+            new = f"{calc_id}~{uid}"
+        taken.add(new)
+        mapping[calc_id] = new
+    return mapping
+
+
+def _remapped(table: str, rows: list[tuple[Any, ...]], mapping: dict[str, str]) -> list[tuple[Any, ...]]:
+    refs = [i for i, c in enumerate(COLUMNS[table]) if c in ("calc_id", "prerequisite_calc_id")]
+    if not refs or not mapping:
+        return rows
+    out = []
+    for row in rows:
+        values = list(row)
+        for i in refs:
+            values[i] = mapping.get(values[i], values[i])
+        out.append(tuple(values))
+    return out
+
+
+def _update_newer(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> int:
+    cols = COLUMNS[table]
+    idx = [cols.index(c) for c in _UPDATED_COLS[table]]
+    i_uid, i_updated = cols.index("uid"), cols.index("updated_at")
+    before = conn.total_changes
+    conn.executemany(_UPDATE_SQL[table], [(*(r[i] for i in idx), r[i_uid], r[i_updated]) for r in rows])
+    return conn.total_changes - before
 
 
 def _merge_one(conn: sqlite3.Connection, src: _Source, now: str) -> MergeReport:
@@ -227,17 +325,19 @@ def _merge_one(conn: sqlite3.Connection, src: _Source, now: str) -> MergeReport:
     conn.execute("SAVEPOINT merge_source")
     try:
         conflicts = _detect_conflicts(conn, src, now)
+        mapping = _calc_id_map(conn, src.rows["calculations"])
         counts: dict[str, int] = {}
+        updated: dict[str, int] = {}
         for table in DATA_TABLES:
+            rows = _remapped(table, src.rows[table], mapping)
             before = conn.total_changes
-            if src.rows[table]:
-                conn.executemany(_INSERT_SQL[table], src.rows[table])
+            if rows:
+                conn.executemany(_INSERT_SQL[table], rows)
             counts[table] = conn.total_changes - before
-        before = conn.total_changes
-        calcs = src.rows["calculations"]
-        if counts["calculations"] < len(calcs):  # some were there already: bring newer versions home
-            conn.executemany(_UPDATE_CALC_SQL, [(*row[1:], row[0], row[_CALC_UPDATED_IDX]) for row in calcs])
-        counts["calculations_updated"] = conn.total_changes - before
+            if table in VERSIONED_TABLES:
+                # some were there already: bring newer versions home
+                updated[f"{table}_updated"] = _update_newer(conn, table, rows) if counts[table] < len(rows) else 0
+        counts.update(updated)
         conn.execute(
             "INSERT INTO merge_ledger (workflow_id, content_hash, merged_at, counts) VALUES (?, ?, ?, ?)",
             (src.workflow_id, src.content_hash, now, _canonical(counts)),
@@ -287,6 +387,7 @@ def merge_many(
     shared_db.parent.mkdir(parents=True, exist_ok=True)
     reports: list[MergeReport] = []
     with NfsLock(lock_path(shared_db), lifetime=lock_lifetime, timeout=lock_timeout) as lock:
+        upgrade_file(shared_db)  # an upstream shared database: migrated before we touch it
         conn = connect(shared_db)
         try:
             ensure_schema(conn)

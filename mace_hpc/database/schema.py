@@ -1,10 +1,23 @@
 """The materials database schema, in one place, versioned with `PRAGMA user_version`.
 
-Every database mace-hpc touches (a context's `materials.db`, the shared one, a merge target) is
-created from these statements, so merging is a plain column-for-column copy. Ids are globally
-unique text (`calc_<hex>`, `prop_<hex>`, `file_<hex>`) so rows from thousands of context
-databases merge without renumbering. Timestamps are fixed-width UTC ISO strings, so comparing
-them as text orders them in time (merge relies on this for calculation updates).
+It is a superset of upstream MACE's `materials.db` (DjokicMa/MACE, `mace/database/materials.py`):
+the same tables and columns with the same meanings, so upstream scripts and their raw SQL keep
+working on our files. What we add is what merging many context databases needs:
+
+- `uid` on calculations, properties and files: a globally unique merge identity. Upstream's own
+  ids stay local: calc ids are `{material}_{type}_{timestamp}` (two contexts can mint the same
+  one) and property/file ids are INTEGER autoincrements. A `DEFAULT` expression fills `uid` even
+  when upstream code inserts the row.
+- `updated_at` (fixed-width UTC text, compared as text) on the same tables: the newer version of a
+  row wins when a context is merged again. A trigger stamps it when upstream code updates a row.
+- `workflow_id`, `extra_json`, `runtime_seconds` on calculations; `extra_json` on properties.
+- `merge_ledger` and `merge_conflicts` (exactly-once bookkeeping).
+
+Relaxed against upstream, on purpose: `slurm_job_id` is indexed but not UNIQUE and
+`prerequisite_calc_id` has no foreign key, so rows from many contexts (or copies of the same
+calculation) merge instead of being rejected. Timestamps that upstream defines (`created_at`,
+`started_at`, ...) are naive local ISO strings with microseconds, as upstream's callers compare
+them with `datetime.now()`. Opening an older database migrates it (see `migrate.py`).
 """
 
 from __future__ import annotations
@@ -12,157 +25,227 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime, timezone
 
-from ..errors import InputError
+SCHEMA_VERSION = 2
 
-SCHEMA_VERSION = 1
+#: SQL expression for a new uid (32 hex digits, like `uuid4().hex`).
+UID_SQL = "lower(hex(randomblob(16)))"
+#: SQL expression for `utc_now()`'s format (SQLite has milliseconds; padded to microseconds).
+UTC_NOW_SQL = "strftime('%Y-%m-%dT%H:%M:%f000+00:00', 'now')"
+#: `updated_at` given to rows that predate it: older than any real update, so those win.
+EPOCH_UTC = "1970-01-01T00:00:00.000000+00:00"
 
-#: Data tables in foreign-key order (parents first), with their primary key.
+#: Data tables in foreign-key order (parents first), with their merge identity.
 DATA_TABLES: dict[str, str] = {
     "materials": "material_id",
-    "calculations": "calc_id",
+    "calculations": "uid",
     "properties": "uid",
     "files": "uid",
 }
 
-#: Columns of each data table, in declaration order (merge copies exactly these).
-COLUMNS: dict[str, tuple[str, ...]] = {
-    "materials": (
-        "material_id",
-        "formula",
-        "space_group",
-        "dimensionality",
-        "source_type",
-        "source_file",
-        "metadata_json",
-        "created_at",
-        "updated_at",
-    ),
-    "calculations": (
-        "calc_id",
-        "material_id",
-        "calc_type",
-        "status",
-        "workflow_id",
-        "input_file",
-        "output_file",
-        "work_dir",
-        "settings_json",
-        "extra_json",
-        "error_message",
-        "exit_code",
-        "runtime_seconds",
-        "created_at",
-        "started_at",
-        "completed_at",
-        "updated_at",
-    ),
-    "properties": (
-        "uid",
-        "material_id",
-        "calc_id",
-        "property_name",
-        "property_value",
-        "property_unit",
-        "property_category",
-        "extra_json",
-        "created_at",
-    ),
-    "files": ("uid", "calc_id", "file_type", "file_path", "file_hash", "file_size", "created_at"),
+#: Local surrogate ids (upstream's INTEGER keys): never copied by a merge, the target assigns its own.
+LOCAL_IDS: dict[str, str] = {"properties": "property_id", "files": "file_id"}
+
+#: Upstream's workflow bookkeeping tables (kept per database; not merged).
+WORKFLOW_TABLES: tuple[str, ...] = ("workflow_templates", "workflow_instances", "workflow_states")
+
+_TABLES: dict[str, str] = {
+    "materials": """
+        material_id    TEXT PRIMARY KEY NOT NULL,
+        formula        TEXT NOT NULL,
+        space_group    INTEGER,
+        dimensionality TEXT DEFAULT 'CRYSTAL',
+        created_at     TEXT NOT NULL,
+        updated_at     TEXT NOT NULL,
+        source_type    TEXT,
+        source_file    TEXT,
+        status         TEXT DEFAULT 'active',
+        metadata_json  TEXT,
+        notes          TEXT""",
+    "calculations": f"""
+        calc_id              TEXT PRIMARY KEY NOT NULL,
+        material_id          TEXT NOT NULL REFERENCES materials(material_id),
+        calc_type            TEXT NOT NULL,
+        calc_subtype         TEXT,
+        status               TEXT DEFAULT 'pending',
+        priority             INTEGER DEFAULT 0,
+        slurm_job_id         TEXT,
+        slurm_state          TEXT,
+        created_at           TEXT NOT NULL,
+        submitted_at         TEXT,
+        started_at           TEXT,
+        completed_at         TEXT,
+        input_file           TEXT,
+        output_file          TEXT,
+        job_script           TEXT,
+        work_dir             TEXT,
+        settings_json        TEXT,
+        exit_code            INTEGER,
+        error_type           TEXT,
+        error_message        TEXT,
+        recovery_attempts    INTEGER DEFAULT 0,
+        completion_type      TEXT DEFAULT 'first_try',
+        prerequisite_calc_id TEXT,
+        input_settings_json  TEXT,
+        uid                  TEXT NOT NULL UNIQUE DEFAULT ({UID_SQL}),
+        workflow_id          TEXT,
+        extra_json           TEXT DEFAULT '{{}}',
+        runtime_seconds      REAL,
+        updated_at           TEXT NOT NULL DEFAULT ({UTC_NOW_SQL})""",
+    # property_value has no declared type (upstream: REAL): no affinity, so an int and a float
+    # each come back exactly as stored. Text values go to property_value_text, as upstream does.
+    "properties": f"""
+        property_id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        material_id         TEXT NOT NULL REFERENCES materials(material_id),
+        calc_id             TEXT REFERENCES calculations(calc_id),
+        property_category   TEXT NOT NULL DEFAULT 'General',
+        property_name       TEXT NOT NULL,
+        property_value,
+        property_value_text TEXT,
+        property_unit       TEXT,
+        confidence          REAL,
+        extracted_at        TEXT NOT NULL,
+        extractor_script    TEXT,
+        uid                 TEXT NOT NULL UNIQUE DEFAULT ({UID_SQL}),
+        extra_json          TEXT DEFAULT '{{}}',
+        updated_at          TEXT NOT NULL DEFAULT ({UTC_NOW_SQL})""",
+    "files": f"""
+        file_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+        calc_id    TEXT NOT NULL REFERENCES calculations(calc_id),
+        file_type  TEXT NOT NULL,
+        file_name  TEXT NOT NULL,
+        file_path  TEXT NOT NULL,
+        file_size  INTEGER,
+        created_at TEXT NOT NULL,
+        checksum   TEXT,
+        uid        TEXT NOT NULL UNIQUE DEFAULT ({UID_SQL}),
+        updated_at TEXT NOT NULL DEFAULT ({UTC_NOW_SQL})""",
+    "workflow_templates": """
+        template_id         TEXT PRIMARY KEY,
+        template_name       TEXT NOT NULL,
+        description         TEXT,
+        workflow_steps_json TEXT NOT NULL,
+        created_at          TEXT NOT NULL""",
+    "workflow_instances": """
+        instance_id           TEXT PRIMARY KEY,
+        material_id           TEXT NOT NULL REFERENCES materials(material_id),
+        template_id           TEXT REFERENCES workflow_templates(template_id),
+        status                TEXT DEFAULT 'active',
+        current_step          INTEGER DEFAULT 0,
+        started_at            TEXT NOT NULL,
+        completed_at          TEXT,
+        workflow_config_json  TEXT,
+        workflow_scripts_json TEXT""",
+    "workflow_states": """
+        workflow_id      TEXT PRIMARY KEY,
+        material_id      TEXT NOT NULL REFERENCES materials(material_id),
+        planned_sequence TEXT NOT NULL,
+        completed_steps  TEXT NOT NULL,
+        failed_steps     TEXT,
+        current_step     INTEGER DEFAULT 0,
+        status           TEXT DEFAULT 'active',
+        last_updated     TEXT NOT NULL,
+        error_count      INTEGER DEFAULT 0,
+        recovery_count   INTEGER DEFAULT 0,
+        created_at       TEXT NOT NULL,
+        notes            TEXT""",
+    # Exactly-once bookkeeping: one row per (workflow, content) merged, written in the same
+    # transaction as the rows it accounts for.
+    "merge_ledger": """
+        workflow_id  TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        merged_at    TEXT NOT NULL,
+        counts       TEXT NOT NULL,
+        PRIMARY KEY (workflow_id, content_hash)""",
+    "merge_conflicts": """
+        workflow_id      TEXT NOT NULL,
+        material_id      TEXT NOT NULL,
+        shared_content   TEXT NOT NULL,
+        incoming_content TEXT NOT NULL,
+        detected_at      TEXT NOT NULL,
+        PRIMARY KEY (workflow_id, material_id)""",
 }
 
-#: Material columns that make up its identity-independent content (timestamps excluded), used to
-#: tell "the same material created twice" from "a conflicting definition".
-MATERIAL_CONTENT_COLUMNS: tuple[str, ...] = tuple(
-    c for c in COLUMNS["materials"] if c not in ("material_id", "created_at", "updated_at")
+ALL_TABLES: tuple[str, ...] = tuple(_TABLES)
+
+TABLE_SQL: dict[str, str] = {t: f"CREATE TABLE IF NOT EXISTS {t} ({body}\n    )" for t, body in _TABLES.items()}
+
+
+def _column_names(body: str) -> tuple[str, ...]:
+    return tuple(
+        line.split()[0].rstrip(",") for line in body.strip().splitlines() if line.split()[0] != "PRIMARY"
+    )
+
+
+#: Every column of every table, in declaration order.
+ALL_COLUMNS: dict[str, tuple[str, ...]] = {t: _column_names(body) for t, body in _TABLES.items()}
+
+#: Columns of each data table that a merge copies (all but the local surrogate ids), in order.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    t: tuple(c for c in ALL_COLUMNS[t] if c != LOCAL_IDS.get(t)) for t in DATA_TABLES
+}
+
+#: Material columns that define it (not timestamps or annotations such as status and notes):
+#: tells "the same material created twice" from "a conflicting definition".
+MATERIAL_CONTENT_COLUMNS: tuple[str, ...] = (
+    "formula",
+    "space_group",
+    "dimensionality",
+    "source_type",
+    "source_file",
+    "metadata_json",
 )
+
+
+
+def material_value(value: object) -> object:
+    """A material content value as compared for conflicts: no metadata (NULL, upstream) and
+    empty metadata ('{}', ours) are the same."""
+    return None if value == "{}" else value
+
 
 #: `INSERT INTO <table> (<COLUMNS>) VALUES (?, ...)` for each data table, in COLUMNS order.
 INSERT_SQL: dict[str, str] = {
     t: f"INSERT INTO {t} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})" for t, c in COLUMNS.items()
 }
 
-SCHEMA_STATEMENTS: tuple[str, ...] = (
-    """CREATE TABLE IF NOT EXISTS materials (
-        material_id    TEXT PRIMARY KEY NOT NULL CHECK (length(material_id) > 0),
-        formula        TEXT NOT NULL,
-        space_group    INTEGER,
-        dimensionality TEXT NOT NULL DEFAULT 'CRYSTAL',
-        source_type    TEXT,
-        source_file    TEXT,
-        metadata_json  TEXT NOT NULL DEFAULT '{}',
-        created_at     TEXT NOT NULL,
-        updated_at     TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS calculations (
-        calc_id         TEXT PRIMARY KEY NOT NULL,
-        material_id     TEXT NOT NULL REFERENCES materials(material_id),
-        calc_type       TEXT NOT NULL,
-        status          TEXT NOT NULL DEFAULT 'pending',
-        workflow_id     TEXT,
-        input_file      TEXT,
-        output_file     TEXT,
-        work_dir        TEXT,
-        settings_json   TEXT NOT NULL DEFAULT '{}',
-        extra_json      TEXT NOT NULL DEFAULT '{}',
-        error_message   TEXT,
-        exit_code       INTEGER,
-        runtime_seconds REAL,
-        created_at      TEXT NOT NULL,
-        started_at      TEXT,
-        completed_at    TEXT,
-        updated_at      TEXT NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS calculations_by_material ON calculations(material_id)",
-    "CREATE INDEX IF NOT EXISTS calculations_by_status ON calculations(status)",
-    # property_value has no declared type on purpose: no affinity, so an int, a float and a
-    # string each come back exactly as stored (a TEXT or REAL column would convert them).
-    """CREATE TABLE IF NOT EXISTS properties (
-        uid               TEXT PRIMARY KEY NOT NULL,
-        material_id       TEXT NOT NULL REFERENCES materials(material_id),
-        calc_id           TEXT REFERENCES calculations(calc_id),
-        property_name     TEXT NOT NULL,
-        property_value,
-        property_unit     TEXT,
-        property_category TEXT,
-        extra_json        TEXT NOT NULL DEFAULT '{}',
-        created_at        TEXT NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS properties_by_material ON properties(material_id, property_name)",
-    """CREATE TABLE IF NOT EXISTS files (
-        uid        TEXT PRIMARY KEY NOT NULL,
-        calc_id    TEXT NOT NULL REFERENCES calculations(calc_id),
-        file_type  TEXT NOT NULL,
-        file_path  TEXT NOT NULL,
-        file_hash  TEXT,
-        file_size  INTEGER,
-        created_at TEXT NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS files_by_calc ON files(calc_id)",
-    # Exactly-once bookkeeping: one row per (workflow, content) merged; written in the same
-    # transaction as the rows it accounts for.
-    """CREATE TABLE IF NOT EXISTS merge_ledger (
-        workflow_id  TEXT NOT NULL,
-        content_hash TEXT NOT NULL,
-        merged_at    TEXT NOT NULL,
-        counts       TEXT NOT NULL,
-        PRIMARY KEY (workflow_id, content_hash)
-    )""",
-    """CREATE TABLE IF NOT EXISTS merge_conflicts (
-        workflow_id      TEXT NOT NULL,
-        material_id      TEXT NOT NULL,
-        shared_content   TEXT NOT NULL,
-        incoming_content TEXT NOT NULL,
-        detected_at      TEXT NOT NULL,
-        PRIMARY KEY (workflow_id, material_id)
-    )""",
+#: Tables whose rows carry `uid` and `updated_at` (merged by uid, newer version wins).
+VERSIONED_TABLES: tuple[str, ...] = ("calculations", "properties", "files")
+
+INDEX_SQL: tuple[str, ...] = (
+    # Upstream's index names, so its own `CREATE INDEX IF NOT EXISTS` finds them.
+    "CREATE INDEX IF NOT EXISTS idx_materials_formula ON materials (formula)",
+    "CREATE INDEX IF NOT EXISTS idx_materials_status ON materials (status)",
+    "CREATE INDEX IF NOT EXISTS idx_calculations_material ON calculations (material_id)",
+    "CREATE INDEX IF NOT EXISTS idx_calculations_status ON calculations (status)",
+    "CREATE INDEX IF NOT EXISTS idx_calculations_type ON calculations (calc_type)",
+    "CREATE INDEX IF NOT EXISTS idx_calculations_slurm ON calculations (slurm_job_id)",
+    "CREATE INDEX IF NOT EXISTS idx_properties_material ON properties (material_id)",
+    "CREATE INDEX IF NOT EXISTS idx_properties_name ON properties (property_name)",
+    "CREATE INDEX IF NOT EXISTS idx_files_calc ON files (calc_id)",
+    "CREATE INDEX IF NOT EXISTS idx_workflow_states_material ON workflow_states (material_id)",
+    "CREATE INDEX IF NOT EXISTS idx_workflow_states_status ON workflow_states (status)",
 )
 
-ALL_TABLES: tuple[str, ...] = (*DATA_TABLES, "merge_ledger", "merge_conflicts")
+#: An update that leaves `updated_at` alone (upstream code, raw SQL) still moves it forward.
+TRIGGER_SQL: tuple[str, ...] = tuple(
+    f"""CREATE TRIGGER IF NOT EXISTS {t}_touch AFTER UPDATE ON {t} FOR EACH ROW
+        WHEN NEW.updated_at IS OLD.updated_at
+        BEGIN UPDATE {t} SET updated_at = {UTC_NOW_SQL} WHERE rowid = NEW.rowid; END"""
+    for t in VERSIONED_TABLES
+)
+
+SCHEMA_STATEMENTS: tuple[str, ...] = (*TABLE_SQL.values(), *INDEX_SQL, *TRIGGER_SQL)
 
 
 def utc_now() -> str:
-    """Fixed-width UTC timestamp (microseconds): sorts as text in time order."""
+    """Fixed-width UTC timestamp (microseconds): sorts as text in time order (merge versions)."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def local_now() -> str:
+    """Naive local timestamp with microseconds, upstream's format for `created_at`, `started_at`...:
+    `datetime.fromisoformat` of it compares with `datetime.now()`."""
+    return datetime.now().isoformat(timespec="microseconds")
 
 
 def schema_version(conn: sqlite3.Connection, schema: str = "main") -> int:
@@ -170,28 +253,14 @@ def schema_version(conn: sqlite3.Connection, schema: str = "main") -> int:
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create the schema if this database does not have it yet; idempotent and race-safe.
+    """Create or migrate this database's schema to SCHEMA_VERSION; idempotent and race-safe.
 
-    The fast path is one PRAGMA read. Creation runs in a `BEGIN IMMEDIATE` transaction and
-    re-checks the version inside it, so two processes opening a new database at once are fine.
-    A database from a newer mace-hpc is refused rather than silently misread.
+    The fast path is one PRAGMA read. A new database gets the schema; an older one (upstream
+    MACE's, or an earlier mace-hpc's) is migrated in one transaction after a backup copy
+    (`migrate.upgrade`); a database from a newer mace-hpc is refused rather than misread.
     """
-    version = schema_version(conn)
-    if version == SCHEMA_VERSION:
+    if schema_version(conn) == SCHEMA_VERSION:
         return
-    if version > SCHEMA_VERSION:
-        raise InputError(
-            f"database schema version {version} is newer than this mace-hpc supports "
-            f"({SCHEMA_VERSION}); upgrade mace-hpc"
-        )
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if schema_version(conn) < SCHEMA_VERSION:
-            for statement in SCHEMA_STATEMENTS:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+    from .migrate import upgrade  # lazy: migrate builds on this module
+
+    upgrade(conn)
