@@ -92,7 +92,7 @@ def parse_scontrol(text: str) -> dict[str, str]:
 
 
 def scontrol_job(job_id: str) -> dict[str, str]:
-    if not _SLURM_ID.match(job_id):
+    if not _SLURM_ID.fullmatch(job_id):
         return {}
     try:
         proc = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,

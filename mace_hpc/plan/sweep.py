@@ -69,7 +69,7 @@ def _compile_str(text: str, path: str, names: Collection[str]) -> Render:
         if token in ("{{", "}}"):
             fmt.append(token)
             literal.append(token[0])
-        elif token in ("{", "}") or not PARAM_NAME_RE.match(m.group(1)):
+        elif token in ("{", "}") or not PARAM_NAME_RE.fullmatch(m.group(1)):
             # not a placeholder (code such as `{k: v}` or a lone brace): kept literally
             fmt.append(token.replace("{", "{{").replace("}", "}}"))
             literal.append(token)
@@ -180,7 +180,7 @@ def _parameters(raw: Any, path: str) -> tuple[list[str], list[list[Any]]]:
     columns: list[list[Any]] = []
     for name, vals in data.items():
         at = join(path, str(name))
-        if not isinstance(name, str) or not PARAM_NAME_RE.match(name):
+        if not isinstance(name, str) or not PARAM_NAME_RE.fullmatch(name):
             fail(at, "parameter names must be identifiers (letters, digits, '_', not starting with a digit)")
         if name in RESERVED:
             fail(at, f"'{name}' is a built-in placeholder; choose another parameter name")

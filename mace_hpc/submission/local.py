@@ -118,7 +118,7 @@ class LocalBackend:
         Only a live process whose command line is a mace one is signalled: a recycled pid is left alone.
         """
         for job_id in job_ids:
-            m = _LOCAL_JOB.match(str(job_id))
+            m = _LOCAL_JOB.fullmatch(str(job_id))
             if not m:
                 continue
             try:
