@@ -181,6 +181,27 @@ def expand_path(value: str) -> Path:
     return Path(os.path.expanduser(_VAR_RE.sub(var, value)))
 
 
+def resolve_scratch_root(cfg: Config, override: str | os.PathLike[str] | None = None) -> Path:
+    """The scratch root: `override` (a `--scratch-root` flag) or the configured one, checked.
+
+    Absolute, `~` expanded, a directory we can write to (or can create); a `$VAR` left
+    unexpanded in the configured value is a ConfigError: `$SCRATCH/mace` on a machine without
+    `$SCRATCH` would otherwise create a directory literally named `$SCRATCH`.
+    """
+    from .util.paths import usable_directory
+
+    if override:
+        return usable_directory(Path(override).expanduser(), "--scratch-root")
+    path = cfg.path("scratch_root")
+    source = cfg.sources.get("scratch_root", "default")
+    if "$" in str(path):
+        raise ConfigError(
+            f"scratch_root: {cfg['scratch_root']!r} (from {source}) names an unset environment variable; "
+            "set it or choose another scratch root (MACE_SCRATCH_ROOT)"
+        )
+    return usable_directory(path, "scratch_root", source)
+
+
 def convert(key: str, value: Any, source: str) -> Any:
     spec = KEYS.get(key)
     if spec is None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +14,8 @@ import pytest
 
 from mace_hpc.errors import InputError, PlanError
 from mace_hpc.plan import load_plan_data
+
+MACE = str(Path(sys.executable).parent / "mace")
 
 
 def _plan(**kw: Any) -> dict[str, Any]:
@@ -62,3 +69,108 @@ def test_scheduler_ids_with_a_newline_are_refused() -> None:
         check_env({"FOO\n": "1"})
     with pytest.raises(InputError, match="not a PBS job id"):
         parse_job_id("123.server\n\n x")
+
+
+# ------------------------------------------------------------------ CLI helpers
+def _run(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([MACE, *argv], capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})})
+
+
+def _one_line_exit_2(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def _write_plan(directory: Path, name: str = "p", **kw: Any) -> Path:
+    data = {
+        "name": name,
+        "elements": [{"id": "a", "materials": [{"material_id": "m1", "formula": "Al"}],
+                      "steps": [{"name": "s", "command": ["true"], "material_id": "m1"}]}],
+        **kw,
+    }
+    path = directory / "plan.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+# ------------------------------------------------------------------ item 11: URIs built from paths
+@pytest.mark.parametrize("odd", ["we#ird", "what?mode=rw", "pct%41", "all#?%"])
+def test_paths_with_uri_characters_merge_export_and_report(tmp_path: Path, odd: str) -> None:
+    """`#`, `?`, `%` in the scratch root and the shared database name are part of the name."""
+    root = tmp_path / f"scratch-{odd}"
+    shared = tmp_path / f"shared-{odd}.db"
+    plan = _write_plan(tmp_path, shared_database=str(shared), isolation_mode="isolated")
+    env = {"MACE_SCRATCH_ROOT": str(root)}
+    before = set(os.listdir(tmp_path))
+    proc = _run("submit", str(plan), cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 MERGED" in proc.stdout
+    conn = sqlite3.connect(shared)
+    assert conn.execute("SELECT material_id FROM materials").fetchall() == [("m1",)]
+    conn.close()
+    out = tmp_path / "export.json"
+    proc = _run("contexts", "export", "p-a", "--to", str(out), cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert [m["material_id"] for m in json.loads(out.read_text())["materials"]] == ["m1"]
+    # nothing written under a truncated name (`scratch-we` for `scratch-we#ird`, ...)
+    new = set(os.listdir(tmp_path)) - before
+    assert new <= {root.name, shared.name, shared.name + ".lock", "export.json", "archives"}, new
+
+
+def test_scratch_root_with_a_leading_double_slash_is_not_a_uri_host(tmp_path: Path) -> None:
+    root = "/" + str(tmp_path / "scratch")  # //tmp/...: `file://tmp/...` would name the host "tmp"
+    plan = _write_plan(tmp_path, isolation_mode="isolated", shared_database=str(tmp_path / "s.db"))
+    proc = _run("submit", str(plan), cwd=tmp_path, env={"MACE_SCRATCH_ROOT": root})
+    assert proc.returncode == 0, proc.stderr
+    assert "1 MERGED" in proc.stdout and "QUARANTINED" not in proc.stdout
+    assert not (tmp_path / "scratch" / ".quarantine").exists()
+
+
+def test_sqlite_uri_quotes_and_normalises() -> None:
+    from mace_hpc.database.journal import file_uri
+
+    assert file_uri("//x/a#b?c%d.db", "ro") == "file:/x/a%23b%3Fc%25d.db?mode=ro"
+
+
+# ------------------------------------------------------------------ item 10: unusable scratch roots, databases
+def _scratch_roots(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    return {
+        "file": str(tmp_path / "a-file"),
+        "under-a-file": str(tmp_path / "a-file" / "sub"),
+        "dangling-symlink": str(tmp_path / "dangling"),
+        "dev-null": "/dev/null",
+        "proc": "/proc/1",
+    }
+
+
+@pytest.mark.parametrize("case", ["file", "under-a-file", "dangling-symlink", "dev-null", "proc"])
+def test_unusable_scratch_root_is_one_line_everywhere(tmp_path: Path, case: str) -> None:
+    root = _scratch_roots(tmp_path)[case]
+    plan = _write_plan(tmp_path)
+    env = {"MACE_SCRATCH_ROOT": root}
+    for argv in (["submit", str(plan)], ["merge", "--all"], ["contexts", "list"], ["cleanup"], ["status"]):
+        _one_line_exit_2(_run(*argv, cwd=tmp_path, env=env), "scratch_root", "MACE_SCRATCH_ROOT")
+    _one_line_exit_2(_run("contexts", "--scratch-root", root, "list", cwd=tmp_path), "--scratch-root")
+
+
+@pytest.mark.parametrize("case", ["directory", "text-file"])
+def test_shared_database_that_is_not_a_database(tmp_path: Path, case: str) -> None:
+    from mace_hpc.errors import ConfigError
+    from mace_hpc.status.results import results_table
+
+    db = tmp_path / "shared.db"
+    if case == "directory":
+        db.mkdir()
+    else:
+        db.write_text("these are my notes\n")
+    plan = _write_plan(tmp_path)
+    _one_line_exit_2(_run("submit", str(plan), cwd=tmp_path, env={"MACE_SHARED_DATABASE": str(db)}), "shared_database")
+    assert not (tmp_path / "scratch").exists()  # refused before anything ran
+    with pytest.raises(ConfigError, match="shared_database"):
+        results_table(db, ["m1"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..config import load_config
+from ..config import load_config, resolve_scratch_root
 from ..util.ids import path_inside, validate_workflow_id
 from . import materials
 from .materials import MaterialDatabase
@@ -32,7 +32,7 @@ def contextual_database_path() -> Path:
             return Path(os.environ["MACE_CONTEXT_DIR"]) / DATABASE_FILE
         if os.environ.get("MACE_WORKFLOW_ID"):
             wf = validate_workflow_id(os.environ["MACE_WORKFLOW_ID"], "MACE_WORKFLOW_ID")
-            directory = path_inside(cfg.path("scratch_root").absolute(), wf)
+            directory = path_inside(resolve_scratch_root(cfg), wf)
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             return directory / DATABASE_FILE
     return cfg.path("shared_database")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, load_config
+from ..config import Config, load_config, resolve_scratch_root
 from ..element import state as st
 from ..errors import InputError
 from ..util.atomic import read_json
@@ -125,7 +125,7 @@ def merge_pending(
 ) -> MergeSummary:
     """Finalize every ended-but-not-home element of `plans` (or of everything with `all_plans`)."""
     cfg = config or load_config()
-    root = Path(scratch_root).absolute() if scratch_root else cfg.path("scratch_root").absolute()
+    root = resolve_scratch_root(cfg, scratch_root)
     opts = options or Options()
     names = list(plans or [])
     if all_plans:
