@@ -8,7 +8,6 @@ ConfigError naming the source, the key and what is allowed.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -253,14 +252,33 @@ def find_site_config(site: str) -> Path:
     raise ConfigError(f"--site: unknown site '{site}'; known sites: {', '.join(known) or 'none found'}")
 
 
+def _read_config(path: Path, source: str) -> str:
+    from .util.inputs import InputProblem, read_text_bounded
+
+    try:
+        return read_text_bounded(path)
+    except InputProblem as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
+
+
 def load_site_config(path: Path) -> dict[str, Any]:
+    """A site YAML file (bounded, duplicate keys refused) -> dotted keys."""
     import yaml
 
+    from .util.inputs import InputProblem, loads_yaml
+
     source = f"site config {path}"
+    text = _read_config(path, source)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{source}: cannot read: {str(exc).splitlines()[0]}") from None
+        data = loads_yaml(text)
+    except InputProblem as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: malformed YAML: {str(exc).splitlines()[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -269,16 +287,35 @@ def load_site_config(path: Path) -> dict[str, Any]:
 
 
 def load_json_config(path: Path) -> dict[str, Any]:
+    """A `.mace_config.json` (bounded, duplicate keys refused) -> dotted keys."""
+    from .util.inputs import loads_json
+
     source = f"{path}"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+        data = loads_json(_read_config(path, source))
     except ValueError as exc:
         raise ConfigError(f"{source}: malformed JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: must be a JSON object")
     return flatten(data, source)
+
+
+def config_file(environ: Mapping[str, str], cwd: Path | None = None) -> Path | None:
+    """The JSON config file to read: `MACE_CONFIG` (which must exist), else `./.mace_config.json` if any.
+
+    A `MACE_CONFIG` naming no file was silently ignored, so a typo ran with other settings.
+    """
+    named = environ.get("MACE_CONFIG")
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            what = "is not a file" if path.exists() else "does not exist"
+            raise ConfigError(
+                f"environment MACE_CONFIG={named!r}: {what}; point it at a JSON config file or unset it"
+            )
+        return path
+    local = (cwd or Path.cwd()) / CONFIG_FILE_NAME
+    return local if local.is_file() else None
 
 
 def load_config(
@@ -301,8 +338,8 @@ def load_config(
         for key, value in load_site_config(path).items():
             cfg.set(key, value, f"site config {path}")
 
-    json_path = Path(environ["MACE_CONFIG"]) if environ.get("MACE_CONFIG") else (cwd or Path.cwd()) / CONFIG_FILE_NAME
-    if json_path.is_file():
+    json_path = config_file(environ, cwd)
+    if json_path is not None:
         for key, value in load_json_config(json_path).items():
             cfg.set(key, value, str(json_path))
 

@@ -174,3 +174,135 @@ def test_shared_database_that_is_not_a_database(tmp_path: Path, case: str) -> No
     assert not (tmp_path / "scratch").exists()  # refused before anything ran
     with pytest.raises(ConfigError, match="shared_database"):
         results_table(db, ["m1"])
+
+
+# ------------------------------------------------------------------ item 9: unbounded input
+def _laughs_yaml(levels: int = 9) -> str:
+    """~700 bytes of YAML whose aliases expand to 9**10 strings inside kwargs."""
+    anchors = ["          x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    anchors += [f"          x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return ("name: p\nelements:\n  - id: a\n    steps:\n      - name: s\n        function: m:f\n        kwargs:\n"
+            + "\n".join(anchors) + "\n")
+
+
+def test_yaml_aliases_are_bounded_before_anything_is_built(tmp_path: Path) -> None:
+    from mace_hpc.plan import load_plan
+
+    path = tmp_path / "laughs.yaml"
+    path.write_text(_laughs_yaml())
+    assert path.stat().st_size < 800
+    with pytest.raises(PlanError, match=r"laughs\.yaml: aliases expand to [\d,]+ more values; the limit is 1,000,000"):
+        load_plan(path)
+    path.write_text(_laughs_yaml(levels=2))  # a few aliases (729 values) are fine: anchors are a YAML feature
+    assert len(load_plan(path).elements[0].steps[0].kwargs["x2"]) == 9
+
+
+def test_recursive_yaml_alias_is_refused(tmp_path: Path) -> None:
+    from mace_hpc.plan import load_plan
+
+    path = tmp_path / "cycle.yaml"
+    path.write_text("name: p\nelements: &e\n  - id: a\n    steps: *e\n")
+    with pytest.raises(PlanError, match="cycle.yaml: an alias refers to a value that contains it"):
+        load_plan(path)
+
+
+def test_a_sweep_too_large_to_build_is_refused_from_its_estimate() -> None:
+    """1000 x 1000 elements with a 200-item templated list: ~3.7 GB, refused before expanding."""
+    import time
+
+    command = ["echo", *[f"{{a}}-{{b}}-{i}" for i in range(200)]]
+    sweep = {"parameters": {"a": list(range(1000)), "b": list(range(1000))},
+             "template": {"steps": [{"name": "s", "command": command}]}}
+    t0 = time.perf_counter()
+    with pytest.raises(PlanError, match=r"^sweep: expands to about [\d,]+ MiB of elements \(1,000,000 elements\); the limit is 256 MiB"):
+        load_plan_data({"name": "p", "sweep": sweep})
+    assert time.perf_counter() - t0 < 2.0  # nothing was built
+    sweep["parameters"] = {"a": list(range(10)), "b": list(range(10))}
+    assert len(load_plan_data({"name": "p", "sweep": sweep})) == 100
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "too-big"])
+def test_plan_files_must_be_bounded_regular_files(tmp_path: Path, kind: str) -> None:
+    from mace_hpc.util import inputs
+
+    if kind == "fifo":
+        path = tmp_path / "plan.json"
+        os.mkfifo(path)  # opening it for reading would wait for a writer forever
+        needle = "is a FIFO, not a regular file"
+    elif kind == "dev-zero":
+        path = Path("/dev/zero")  # would be read until memory runs out
+        needle = "is a device, not a regular file"
+    else:
+        path = tmp_path / "plan.json"
+        with open(path, "wb") as fh:
+            fh.truncate(inputs.MAX_FILE_BYTES + 1)  # sparse: costs no disk
+        needle = "bytes; the limit is 16 MiB"
+    for argv in (["submit", str(path)], ["workflow", "--execute", str(path)]):
+        proc = subprocess.run([MACE, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=30)
+        _one_line_exit_2(proc, str(path), needle)
+
+
+# ------------------------------------------------------------------ item 10: deep nesting
+def test_deeply_nested_plans_and_configs_are_one_line(tmp_path: Path) -> None:
+    kwargs: dict[str, Any] = {}
+    inner = kwargs
+    for _ in range(500):
+        inner["a"] = {}
+        inner = inner["a"]
+    data = _plan(elements=[{"id": "a", "steps": [{"name": "s", "function": "m:f", "kwargs": kwargs}]}])
+    with pytest.raises(PlanError, match=r"^elements\[0\]\.steps\[0\]\.kwargs\.a…: nested deeper than 100 levels$"):
+        load_plan_data(data)
+    (tmp_path / "deep.json").write_text(json.dumps(data))
+    _one_line_exit_2(_run("submit", "deep.json", cwd=tmp_path), "nested deeper than 100 levels")
+    (tmp_path / "deeper.json").write_text('{"name": "p", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    _one_line_exit_2(_run("submit", "deeper.json", cwd=tmp_path), "deeper.json: nested deeper than 100 levels")
+    (tmp_path / "deep.yaml").write_text("name: p\nx: " + "[" * 500 + "]" * 500 + "\n")
+    _one_line_exit_2(_run("submit", "deep.yaml", cwd=tmp_path), "deep.yaml: nested deeper than 100 levels at line 2")
+    config = tmp_path / "config.json"
+    config.write_text('{"scheduler": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    _one_line_exit_2(_run("config", "show", cwd=tmp_path, env={"MACE_CONFIG": str(config)}), "config.json", "nested deeper")
+    site = tmp_path / "deep-site.yaml"
+    site.write_text("scheduler: " + "[" * 500 + "]" * 500 + "\n")
+    _one_line_exit_2(_run("config", "show", "--site", str(site), cwd=tmp_path), "deep-site.yaml", "nested deeper")
+
+
+# ------------------------------------------------------------------ item 14: config and YAML keys
+def test_mace_config_naming_no_file_is_an_error_not_ignored(tmp_path: Path) -> None:
+    for named, what in ((str(tmp_path / "nonexistent.json"), "does not exist"), (str(tmp_path), "is not a file")):
+        _one_line_exit_2(_run("config", "show", cwd=tmp_path, env={"MACE_CONFIG": named}), "MACE_CONFIG", what)
+    _one_line_exit_2(_run("submit", str(_write_plan(tmp_path)), cwd=tmp_path,
+                          env={"MACE_CONFIG": "/nonexistent"}), "MACE_CONFIG", "does not exist")
+    assert not (tmp_path / "scratch").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("plan.yaml", "name: p\nelements: []\nname: q\n", "plan.yaml: malformed YAML: duplicate key 'name' at line 3"),
+        ("plan.yaml", "name: p\nelements:\n  - id: a\n    steps: []\n    steps: [{name: s, command: [x]}]\n",
+         "duplicate key 'steps' at line 5"),
+        ("site.yaml", "scheduler:\n  partition: a\n  partition: b\n", "duplicate key 'partition'"),
+        ("config.json", '{"max_parallel": 2, "max_parallel": 3}', "duplicate key 'max_parallel'"),
+    ],
+    ids=["plan-top", "plan-nested", "site-config", "json-config"],
+)
+def test_duplicate_keys_are_refused_in_yaml_and_json(tmp_path: Path, name: str, text: str, needle: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    if name.startswith("plan"):
+        argv, env = ["submit", str(path)], {}
+    elif name.startswith("site"):
+        argv, env = ["config", "show", "--site", str(path)], {}
+    else:
+        argv, env = ["config", "show"], {"MACE_CONFIG": str(path)}
+    _one_line_exit_2(_run(*argv, cwd=tmp_path, env=env), needle)
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    from mace_hpc.plan import load_plan
+
+    path = tmp_path / "plan.yaml"
+    path.write_text("name: p\nelements:\n  - id: a\n    steps:\n      - &d {name: s, command: [echo, a]}\n"
+                    "  - id: b\n    steps:\n      - <<: *d\n        command: [echo, b]\n")
+    plan = load_plan(path)
+    assert [e.steps[0].command for e in plan.elements] == [["echo", "a"], ["echo", "b"]]

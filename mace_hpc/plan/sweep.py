@@ -15,6 +15,7 @@ Keys of mappings are never substituted, only values.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -42,6 +43,8 @@ from .validate import (
 RESERVED = ("index", "workflow_id", "plan_dir", "context_dir")
 PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_ELEMENTS = 1_000_000
+# the expanded plan, estimated as JSON before it is built (in memory it takes about 7 times this)
+MAX_EXPANDED_BYTES = 256 << 20
 _TOKEN_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
 # A compiled template: (typed values, their text forms) -> rendered value.
@@ -205,6 +208,22 @@ def _sweep_parameters(raw: Any) -> tuple[Mapping[str, Any], list[str], list[list
     if count > MAX_ELEMENTS:
         fail("sweep.parameters", f"expands to {count} elements; the limit is {MAX_ELEMENTS}")
     return data, names, columns, count
+
+
+def expanded_bytes(raw: Any) -> int:
+    """Estimated JSON size of the elements `sweep` expands to, from the template and the values.
+
+    Each element is the template's text plus, for every use of `{param}`, that parameter's
+    longest value: cheap to compute and an upper bound of the right order.
+    """
+    data, names, columns, count = _sweep_parameters(raw)
+    text = json.dumps(data.get("template"), default=str, separators=(",", ":"))
+    per_element = len(text) + len(json.dumps(data.get("id")))
+    for name, col in zip(names, columns, strict=True):
+        uses = text.count("{" + name + "}")
+        if uses:
+            per_element += uses * max(len(json.dumps(v, separators=(",", ":"))) for v in col)
+    return count * per_element
 
 
 def sweep_size(raw: Any) -> int:
