@@ -22,7 +22,15 @@ from ..element import state as st
 from ..errors import InputError
 from ..util.atomic import read_json
 from ..util.ids import validate_workflow_id
-from .finalize import Options, Outcome, Target, finalize, target_from_context, target_from_manifest
+from .finalize import (
+    QUARANTINED,
+    Options,
+    Outcome,
+    Target,
+    finalize,
+    target_from_context,
+    target_from_manifest,
+)
 
 SUBMISSIONS_DIR = ".submissions"
 CHUNK = 512
@@ -39,7 +47,12 @@ class MergeSummary:
         return dict(Counter(o.action for o in self.outcomes))
 
     def problems(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.action in ("pending", "quarantined", "busy")]
+        """Elements that need a person: left pending or busy, quarantined by this run or an earlier one.
+
+        A quarantined element is never retried (it stays "skipped"), but it is not home either:
+        `mace merge` keeps exiting 1 while one is left, as its help says.
+        """
+        return [o for o in self.outcomes if o.action in ("pending", "quarantined", "busy") or o.state == QUARANTINED]
 
     def conflicts(self) -> int:
         return sum(o.conflicts for o in self.outcomes)
