@@ -306,3 +306,27 @@ def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
                     "  - id: b\n    steps:\n      - <<: *d\n        command: [echo, b]\n")
     plan = load_plan(path)
     assert [e.steps[0].command for e in plan.elements] == [["echo", "a"], ["echo", "b"]]
+
+
+# ------------------------------------------------------------------ item 14: resources.setup on the local backend
+def test_local_backend_runs_resources_setup_like_a_job_script(tmp_path: Path) -> None:
+    """`module load` / PATH changes in setup reach the steps locally, as they do on a cluster."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "only-after-setup"
+    tool.write_text('#!/bin/sh\necho "$SETUP_MARK" > "$1"\n')
+    tool.chmod(0o755)
+    setup = [f'export PATH="{bin_dir}:$PATH"', "export SETUP_MARK=from-setup"]
+    plan = _write_plan(
+        tmp_path, isolation_mode="isolated", resources={"setup": setup},
+        elements=[{"id": "a", "steps": [{"name": "s", "command": ["only-after-setup", "{context_dir}/mark"]}]}],
+    )
+    dry = _run("submit", "--dry-run", str(plan), cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    script = dry.stdout.splitlines()
+    assert "# setup: bash runs these before each element, as a cluster job script does" in script
+    assert setup[0] in script and setup[1] in script
+    proc = _run("submit", str(plan), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    context = Path(os.environ["MACE_SCRATCH_ROOT"]) / "p-a"
+    assert (context / "mark").read_text() == "from-setup\n"

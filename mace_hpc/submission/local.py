@@ -3,6 +3,12 @@
 submitit's LocalExecutor starts every job at once and kills after its own timeout, so (as
 DESIGN.md allows) this is a bounded process pool that runs the same element runner command a
 cluster would, with the same environment, time-limit signal and epilogue.
+
+`resources.setup` / `scheduler.setup` lines run here too, as in a cluster job script: bash runs
+them and then `exec`s the element runner, so `module load`, a venv activation or an exported
+variable reaches every step. A plan tried locally (on a login or interactive node) then behaves
+as it will on the cluster, instead of failing later with "program not found". Without setup
+lines no shell is involved at all.
 """
 
 from __future__ import annotations
@@ -39,20 +45,30 @@ class LocalBackend:
         self.poll_interval = poll_interval
         self.returncodes: dict[int, int] = {}
 
-    def _argv(self, req, task_id: int) -> list[str]:  # noqa: ANN001 - ArrayRequest
-        return [*req.command, "--index", str(task_id + req.index_offset)]
+    def _argv(self, req, task_id: int | str) -> list[str]:  # noqa: ANN001 - ArrayRequest
+        index = task_id if isinstance(task_id, str) else str(task_id + req.index_offset)
+        runner = [*req.command, "--index", index]
+        setup = setup_lines(req.scheduler)
+        if not setup:
+            return runner
+        return [_bash(), "-c", "\n".join([*setup, 'exec "$@"']), "mace-element", *runner]
 
     def render(self, req) -> tuple[str, list[str]]:  # noqa: ANN001
         tasks = req.indices if req.indices is not None else [0]
+        setup = setup_lines(req.scheduler)
         lines = [
             "# local backend: each element runs as a process on this machine",
             f"# at most {req.max_parallel} at once, time limit {req.scheduler.get('time')} min",
+        ]
+        if setup:
+            lines += ["# setup: bash runs these before each element, as a cluster job script does", *setup]
+        lines += [
             *(f"export {k}={shlex.quote(v)}" for k, v in sorted(req.env.items())),
-            *(shlex.join(self._argv(req, t)) for t in tasks[:3]),
+            *(shlex.join([*req.command, "--index", str(t + req.index_offset)]) for t in tasks[:3]),
         ]
         if len(tasks) > 3:
             lines.append(f"# … and {len(tasks) - 3} more elements")
-        return "\n".join(lines) + "\n", [*req.command, "--index", "N"]  # once per element, N = its index
+        return "\n".join(lines) + "\n", self._argv(req, "N")  # once per element, N = its index
 
     def submit(self, req) -> str:  # noqa: ANN001
         job_id = f"local-{os.getpid()}-{int(time.time())}"
@@ -132,6 +148,24 @@ class LocalBackend:
 
     def max_array_size(self) -> int:
         return 1 << 31
+
+
+def setup_lines(scheduler: dict[str, Any]) -> list[str]:
+    """The setup shell lines of a request, checked like a job script's (no newline, CR or NUL)."""
+    from .backend import check_script_value
+
+    return [check_script_value(line, f"scheduler.setup[{i}]") for i, line in enumerate(scheduler.get("setup") or [])]
+
+
+def _bash() -> str:
+    import shutil
+
+    from ..errors import InputError
+
+    bash = shutil.which("bash")
+    if bash is None:
+        raise InputError("resources.setup: the local backend runs setup lines with bash, which is not on PATH")
+    return bash
 
 
 def _signal(proc: subprocess.Popen[bytes], sig: int, group: bool = False) -> None:
