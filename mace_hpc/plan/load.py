@@ -21,6 +21,7 @@ from .sweep import (
     expand_sweep,
     expanded_bytes,
     explicit_element,
+    substitute,
     sweep_size,
 )
 from .validate import fail, type_name, validate_plan_fields
@@ -118,7 +119,8 @@ def load_plan_data(data: Mapping[str, Any], plan_dir: Path | None = None, source
             "(large inputs belong in files under {plan_dir})",
         )
 
-    base_env = fields["env"]
+    # the plan's env follows the element rules too, with the placeholders known at plan level
+    base_env = fields["env"] = substitute(fields["env"], "env", {"plan_dir": str(plan_dir)})
     elements: list[Element] = [
         explicit_element(raw, f"elements[{i}]", index=i, plan_name=name, plan_dir=plan_dir, base_env=base_env)
         for i, raw in enumerate(raw_elements)
