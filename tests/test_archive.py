@@ -290,3 +290,14 @@ def test_cli_contexts_restore(ctx: Path, tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().out.strip() == str(root / WID)
     assert main(["contexts", "--scratch-root", str(root), "restore", str(archive)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_a_deeply_nested_manifest_is_refused_in_one_line(tmp_path: Path) -> None:
+    blob = b"[" * 200_000 + b"]" * 200_000  # json.loads would raise RecursionError
+    archive = tmp_path / "deep.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo(f"{WID}/{MANIFEST_NAME}")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    with pytest.raises(InputError, match=f"unreadable {MANIFEST_NAME}"):
+        restore_archive(archive, tmp_path / "scratch")

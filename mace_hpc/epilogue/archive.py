@@ -309,7 +309,7 @@ def restore_archive(archive: Path, scratch_root: Path) -> Path:
         try:
             manifest = json.loads(tar.extractfile(manifest_member).read(1 << 24))  # type: ignore[union-attr]
             expected: dict[str, str] = dict(manifest["sha256"])
-        except (ValueError, KeyError, TypeError, AttributeError, tarfile.TarError, OSError, EOFError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, tarfile.TarError, OSError, EOFError):
             raise InputError(f"archive {archive}: unreadable {MANIFEST_NAME}") from None
         if manifest.get("workflow_id") != workflow_id:
             raise InputError(f"archive {archive}: manifest names {manifest.get('workflow_id')!r}, members {workflow_id!r}")
