@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_cli_errors import assert_one_line_error, run_mace
 
 from mace_hpc.errors import InputError, PlanError
 from mace_hpc.plan import load_plan_data
-
-MACE = str(Path(sys.executable).parent / "mace")
 
 
 def _plan(**kw: Any) -> dict[str, Any]:
@@ -72,19 +69,6 @@ def test_scheduler_ids_with_a_newline_are_refused() -> None:
 
 
 # ------------------------------------------------------------------ CLI helpers
-def _run(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([MACE, *argv], capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})})
-
-
-def _one_line_exit_2(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 def _write_plan(directory: Path, name: str = "p", **kw: Any) -> Path:
     data = {
         "name": name,
@@ -106,14 +90,14 @@ def test_paths_with_uri_characters_merge_export_and_report(tmp_path: Path, odd: 
     plan = _write_plan(tmp_path, shared_database=str(shared), isolation_mode="isolated")
     env = {"MACE_SCRATCH_ROOT": str(root)}
     before = set(os.listdir(tmp_path))
-    proc = _run("submit", str(plan), cwd=tmp_path, env=env)
+    proc = run_mace("submit", str(plan), cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "1 MERGED" in proc.stdout
     conn = sqlite3.connect(shared)
     assert conn.execute("SELECT material_id FROM materials").fetchall() == [("m1",)]
     conn.close()
     out = tmp_path / "export.json"
-    proc = _run("contexts", "export", "p-a", "--to", str(out), cwd=tmp_path, env=env)
+    proc = run_mace("contexts", "export", "p-a", "--to", str(out), cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert [m["material_id"] for m in json.loads(out.read_text())["materials"]] == ["m1"]
     # nothing written under a truncated name (`scratch-we` for `scratch-we#ird`, ...)
@@ -124,7 +108,7 @@ def test_paths_with_uri_characters_merge_export_and_report(tmp_path: Path, odd: 
 def test_scratch_root_with_a_leading_double_slash_is_not_a_uri_host(tmp_path: Path) -> None:
     root = "/" + str(tmp_path / "scratch")  # //tmp/...: `file://tmp/...` would name the host "tmp"
     plan = _write_plan(tmp_path, isolation_mode="isolated", shared_database=str(tmp_path / "s.db"))
-    proc = _run("submit", str(plan), cwd=tmp_path, env={"MACE_SCRATCH_ROOT": root})
+    proc = run_mace("submit", str(plan), cwd=tmp_path, env={"MACE_SCRATCH_ROOT": root})
     assert proc.returncode == 0, proc.stderr
     assert "1 MERGED" in proc.stdout and "QUARANTINED" not in proc.stdout
     assert not (tmp_path / "scratch" / ".quarantine").exists()
@@ -155,8 +139,8 @@ def test_unusable_scratch_root_is_one_line_everywhere(tmp_path: Path, case: str)
     plan = _write_plan(tmp_path)
     env = {"MACE_SCRATCH_ROOT": root}
     for argv in (["submit", str(plan)], ["merge", "--all"], ["contexts", "list"], ["cleanup"], ["status"]):
-        _one_line_exit_2(_run(*argv, cwd=tmp_path, env=env), "scratch_root", "MACE_SCRATCH_ROOT")
-    _one_line_exit_2(_run("contexts", "--scratch-root", root, "list", cwd=tmp_path), "--scratch-root")
+        assert_one_line_error(run_mace(*argv, cwd=tmp_path, env=env), "scratch_root", "MACE_SCRATCH_ROOT")
+    assert_one_line_error(run_mace("contexts", "--scratch-root", root, "list", cwd=tmp_path), "--scratch-root")
 
 
 @pytest.mark.parametrize("case", ["directory", "text-file"])
@@ -170,7 +154,7 @@ def test_shared_database_that_is_not_a_database(tmp_path: Path, case: str) -> No
     else:
         db.write_text("these are my notes\n")
     plan = _write_plan(tmp_path)
-    _one_line_exit_2(_run("submit", str(plan), cwd=tmp_path, env={"MACE_SHARED_DATABASE": str(db)}), "shared_database")
+    assert_one_line_error(run_mace("submit", str(plan), cwd=tmp_path, env={"MACE_SHARED_DATABASE": str(db)}), "shared_database")
     assert not (tmp_path / "scratch").exists()  # refused before anything ran
     with pytest.raises(ConfigError, match="shared_database"):
         results_table(db, ["m1"])
@@ -238,8 +222,7 @@ def test_plan_files_must_be_bounded_regular_files(tmp_path: Path, kind: str) -> 
             fh.truncate(inputs.MAX_FILE_BYTES + 1)  # sparse: costs no disk
         needle = "bytes; the limit is 16 MiB"
     for argv in (["submit", str(path)], ["workflow", "--execute", str(path)]):
-        proc = subprocess.run([MACE, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=30)
-        _one_line_exit_2(proc, str(path), needle)
+        assert_one_line_error(run_mace(*argv, cwd=tmp_path), str(path), needle)
 
 
 # ------------------------------------------------------------------ item 10: deep nesting
@@ -253,24 +236,24 @@ def test_deeply_nested_plans_and_configs_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match=r"^elements\[0\]\.steps\[0\]\.kwargs\.a…: nested deeper than 100 levels$"):
         load_plan_data(data)
     (tmp_path / "deep.json").write_text(json.dumps(data))
-    _one_line_exit_2(_run("submit", "deep.json", cwd=tmp_path), "nested deeper than 100 levels")
+    assert_one_line_error(run_mace("submit", "deep.json", cwd=tmp_path), "nested deeper than 100 levels")
     (tmp_path / "deeper.json").write_text('{"name": "p", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
-    _one_line_exit_2(_run("submit", "deeper.json", cwd=tmp_path), "deeper.json: nested deeper than 100 levels")
+    assert_one_line_error(run_mace("submit", "deeper.json", cwd=tmp_path), "deeper.json: nested deeper than 100 levels")
     (tmp_path / "deep.yaml").write_text("name: p\nx: " + "[" * 500 + "]" * 500 + "\n")
-    _one_line_exit_2(_run("submit", "deep.yaml", cwd=tmp_path), "deep.yaml: nested deeper than 100 levels at line 2")
+    assert_one_line_error(run_mace("submit", "deep.yaml", cwd=tmp_path), "deep.yaml: nested deeper than 100 levels at line 2")
     config = tmp_path / "config.json"
     config.write_text('{"scheduler": ' + "[" * 100_000 + "]" * 100_000 + "}")
-    _one_line_exit_2(_run("config", "show", cwd=tmp_path, env={"MACE_CONFIG": str(config)}), "config.json", "nested deeper")
+    assert_one_line_error(run_mace("config", "show", cwd=tmp_path, env={"MACE_CONFIG": str(config)}), "config.json", "nested deeper")
     site = tmp_path / "deep-site.yaml"
     site.write_text("scheduler: " + "[" * 500 + "]" * 500 + "\n")
-    _one_line_exit_2(_run("config", "show", "--site", str(site), cwd=tmp_path), "deep-site.yaml", "nested deeper")
+    assert_one_line_error(run_mace("config", "show", "--site", str(site), cwd=tmp_path), "deep-site.yaml", "nested deeper")
 
 
 # ------------------------------------------------------------------ item 14: config and YAML keys
 def test_mace_config_naming_no_file_is_an_error_not_ignored(tmp_path: Path) -> None:
     for named, what in ((str(tmp_path / "nonexistent.json"), "does not exist"), (str(tmp_path), "is not a file")):
-        _one_line_exit_2(_run("config", "show", cwd=tmp_path, env={"MACE_CONFIG": named}), "MACE_CONFIG", what)
-    _one_line_exit_2(_run("submit", str(_write_plan(tmp_path)), cwd=tmp_path,
+        assert_one_line_error(run_mace("config", "show", cwd=tmp_path, env={"MACE_CONFIG": named}), "MACE_CONFIG", what)
+    assert_one_line_error(run_mace("submit", str(_write_plan(tmp_path)), cwd=tmp_path,
                           env={"MACE_CONFIG": "/nonexistent"}), "MACE_CONFIG", "does not exist")
     assert not (tmp_path / "scratch").exists()
 
@@ -295,7 +278,7 @@ def test_duplicate_keys_are_refused_in_yaml_and_json(tmp_path: Path, name: str, 
         argv, env = ["config", "show", "--site", str(path)], {}
     else:
         argv, env = ["config", "show"], {"MACE_CONFIG": str(path)}
-    _one_line_exit_2(_run(*argv, cwd=tmp_path, env=env), needle)
+    assert_one_line_error(run_mace(*argv, cwd=tmp_path, env=env), needle)
 
 
 def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
@@ -321,12 +304,12 @@ def test_local_backend_runs_resources_setup_like_a_job_script(tmp_path: Path) ->
         tmp_path, isolation_mode="isolated", resources={"setup": setup},
         elements=[{"id": "a", "steps": [{"name": "s", "command": ["only-after-setup", "{context_dir}/mark"]}]}],
     )
-    dry = _run("submit", "--dry-run", str(plan), cwd=tmp_path)
+    dry = run_mace("submit", "--dry-run", str(plan), cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     script = dry.stdout.splitlines()
     assert "# setup: bash runs these before each element, as a cluster job script does" in script
     assert setup[0] in script and setup[1] in script
-    proc = _run("submit", str(plan), cwd=tmp_path)
+    proc = run_mace("submit", str(plan), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     context = Path(os.environ["MACE_SCRATCH_ROOT"]) / "p-a"
     assert (context / "mark").read_text() == "from-setup\n"
