@@ -252,27 +252,14 @@ def find_site_config(site: str) -> Path:
     raise ConfigError(f"--site: unknown site '{site}'; known sites: {', '.join(known) or 'none found'}")
 
 
-def _read_config(path: Path, source: str) -> str:
-    from .util.inputs import InputProblem, read_text_bounded
-
-    try:
-        return read_text_bounded(path)
-    except InputProblem as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{source}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
-
-
 def load_site_config(path: Path) -> dict[str, Any]:
     """A site YAML file (bounded, duplicate keys refused) -> dotted keys."""
     import yaml
 
-    from .util.inputs import InputProblem, loads_yaml
+    from .util.inputs import InputProblem, loads_yaml, read_input_text
 
     source = f"site config {path}"
-    text = _read_config(path, source)
+    text = read_input_text(path, source, ConfigError, "config file")
     try:
         data = loads_yaml(text)
     except InputProblem as exc:
@@ -288,11 +275,12 @@ def load_site_config(path: Path) -> dict[str, Any]:
 
 def load_json_config(path: Path) -> dict[str, Any]:
     """A `.mace_config.json` (bounded, duplicate keys refused) -> dotted keys."""
-    from .util.inputs import loads_json
+    from .util.inputs import loads_json, read_input_text
 
     source = f"{path}"
+    text = read_input_text(path, source, ConfigError, "config file")
     try:
-        data = loads_json(_read_config(path, source))
+        data = loads_json(text)
     except ValueError as exc:
         raise ConfigError(f"{source}: malformed JSON: {exc}") from None
     if not isinstance(data, dict):

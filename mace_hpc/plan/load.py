@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import expand_path
 from ..errors import PlanError
-from ..util.inputs import InputProblem, check_depth, loads_json, loads_yaml, read_text_bounded
+from ..util.inputs import InputProblem, check_depth, loads_json, loads_yaml, read_input_text
 from .model import Element, Plan
 from .sweep import (
     MAX_ELEMENTS,
@@ -27,21 +27,6 @@ from .sweep import (
 from .validate import fail, type_name, validate_plan_fields
 
 YAML_SUFFIXES = (".yaml", ".yml")
-
-
-def _read_text(path: Path, shown: str) -> str:
-    try:
-        return read_text_bounded(path)
-    except FileNotFoundError:
-        raise PlanError(f"{shown}: no such file") from None
-    except IsADirectoryError:
-        raise PlanError(f"{shown}: is a directory, not a plan file") from None
-    except UnicodeDecodeError:
-        raise PlanError(f"{shown}: not UTF-8 text") from None
-    except InputProblem as exc:
-        raise PlanError(f"{shown}: {exc}") from None
-    except OSError as exc:
-        raise PlanError(f"{shown}: cannot read: {exc.strerror or exc}") from None
 
 
 def parse_plan_text(text: str, shown: str, yaml_format: bool = False) -> Any:
@@ -77,7 +62,7 @@ def load_plan(path: str | Path) -> Plan:
     """Read, validate and expand a plan file (`.yaml`/`.yml` as YAML, anything else as JSON)."""
     shown = str(path)
     p = Path(path).expanduser()
-    data = parse_plan_text(_read_text(p, shown), shown, p.suffix.lower() in YAML_SUFFIXES)
+    data = parse_plan_text(read_input_text(p, shown, PlanError, "plan file"), shown, p.suffix.lower() in YAML_SUFFIXES)
     if not isinstance(data, Mapping):
         fail(shown, f"must be a mapping with name and elements or sweep, not {type_name(data)}")
     resolved = p.resolve()

@@ -51,6 +51,22 @@ def read_text_bounded(path: Path, limit: int = MAX_FILE_BYTES) -> str:
     return data.decode("utf-8")
 
 
+def read_input_text(path: Path, shown: str, error: type[Exception], what: str = "file") -> str:
+    """`read_text_bounded` with every problem as one `error` line starting with `shown`."""
+    try:
+        return read_text_bounded(path)
+    except FileNotFoundError:
+        raise error(f"{shown}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{shown}: is a directory, not a {what}") from None
+    except UnicodeDecodeError:
+        raise error(f"{shown}: not UTF-8 text") from None
+    except InputProblem as exc:
+        raise error(f"{shown}: {exc}") from None
+    except OSError as exc:
+        raise error(f"{shown}: cannot read: {exc.strerror or exc}") from None
+
+
 def _too_big(size: int, limit: int) -> str:
     return f"is {size:,} bytes; the limit is {limit >> 20} MiB (use a sweep instead of writing every element out)"
 
