@@ -8,7 +8,6 @@ ConfigError naming the source, the key and what is allowed.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .util.inputs import InputProblem, loads_json, loads_yaml, read_input_text
+from .util.paths import usable_directory
 
 ISOLATION_MODES = ("shared", "isolated")
 BACKENDS = ("local", "slurm", "pbs")
@@ -181,6 +182,25 @@ def expand_path(value: str) -> Path:
     return Path(os.path.expanduser(_VAR_RE.sub(var, value)))
 
 
+def resolve_scratch_root(cfg: Config, override: str | os.PathLike[str] | None = None) -> Path:
+    """The scratch root: `override` (a `--scratch-root` flag) or the configured one, checked.
+
+    Absolute, `~` expanded, a directory we can write to (or can create); a `$VAR` left
+    unexpanded in the configured value is a ConfigError: `$SCRATCH/mace` on a machine without
+    `$SCRATCH` would otherwise create a directory literally named `$SCRATCH`.
+    """
+    if override:
+        return usable_directory(Path(override).expanduser(), "--scratch-root")
+    path = cfg.path("scratch_root")
+    source = cfg.sources.get("scratch_root", "default")
+    if "$" in str(path):
+        raise ConfigError(
+            f"scratch_root: {cfg['scratch_root']!r} (from {source}) names an unset environment variable; "
+            "set it or choose another scratch root (MACE_SCRATCH_ROOT)"
+        )
+    return usable_directory(path, "scratch_root", source)
+
+
 def convert(key: str, value: Any, source: str) -> Any:
     spec = KEYS.get(key)
     if spec is None:
@@ -233,13 +253,17 @@ def find_site_config(site: str) -> Path:
 
 
 def load_site_config(path: Path) -> dict[str, Any]:
-    import yaml
+    """A site YAML file (bounded, duplicate keys refused) -> dotted keys."""
+    import yaml  # lazy: only sites with a YAML config pay for it
 
     source = f"site config {path}"
+    text = read_input_text(path, source, ConfigError, "config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{source}: cannot read: {str(exc).splitlines()[0]}") from None
+        data = loads_yaml(text)
+    except InputProblem as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: malformed YAML: {str(exc).splitlines()[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -248,16 +272,34 @@ def load_site_config(path: Path) -> dict[str, Any]:
 
 
 def load_json_config(path: Path) -> dict[str, Any]:
+    """A `.mace_config.json` (bounded, duplicate keys refused) -> dotted keys."""
     source = f"{path}"
+    text = read_input_text(path, source, ConfigError, "config file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+        data = loads_json(text)
     except ValueError as exc:
         raise ConfigError(f"{source}: malformed JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: must be a JSON object")
     return flatten(data, source)
+
+
+def config_file(environ: Mapping[str, str], cwd: Path | None = None) -> Path | None:
+    """The JSON config file to read: `MACE_CONFIG` (which must exist), else `./.mace_config.json` if any.
+
+    A `MACE_CONFIG` naming no file was silently ignored, so a typo ran with other settings.
+    """
+    named = environ.get("MACE_CONFIG")
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            what = "is not a file" if path.exists() else "does not exist"
+            raise ConfigError(
+                f"environment MACE_CONFIG={named!r}: {what}; point it at a JSON config file or unset it"
+            )
+        return path
+    local = (cwd or Path.cwd()) / CONFIG_FILE_NAME
+    return local if local.is_file() else None
 
 
 def load_config(
@@ -280,8 +322,8 @@ def load_config(
         for key, value in load_site_config(path).items():
             cfg.set(key, value, f"site config {path}")
 
-    json_path = Path(environ["MACE_CONFIG"]) if environ.get("MACE_CONFIG") else (cwd or Path.cwd()) / CONFIG_FILE_NAME
-    if json_path.is_file():
+    json_path = config_file(environ, cwd)
+    if json_path is not None:
         for key, value in load_json_config(json_path).items():
             cfg.set(key, value, str(json_path))
 

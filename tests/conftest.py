@@ -19,7 +19,7 @@ REPO_ROOT = _Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
-def mace_env(tmp_path, monkeypatch):
+def mace_env(tmp_path, tmp_path_factory, monkeypatch):
     """Isolated MACE_* environment; returns the paths it set."""
     for key in list(_os.environ):
         if key.startswith("MACE_"):
@@ -32,7 +32,10 @@ def mace_env(tmp_path, monkeypatch):
     monkeypatch.setenv("MACE_SCRATCH_ROOT", str(paths["scratch_root"]))
     monkeypatch.setenv("MACE_ARCHIVE_DIR", str(paths["archive_dir"]))
     monkeypatch.setenv("MACE_SHARED_DATABASE", str(paths["shared_database"]))
-    monkeypatch.setenv("MACE_CONFIG", str(tmp_path / "no-such-mace-config.json"))
+    # an empty config, so no .mace_config.json in the cwd is read (MACE_CONFIG must name a file)
+    empty_config = tmp_path_factory.getbasetemp() / "empty-mace-config.json"
+    empty_config.write_text("{}")
+    monkeypatch.setenv("MACE_CONFIG", str(empty_config))
     from mace_hpc.database import materials as _materials
     from mace_hpc.workflow.context import WorkflowContext as _WC
 

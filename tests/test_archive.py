@@ -108,6 +108,26 @@ def test_disk_full_leaves_no_partial_archive_and_the_context_intact(ctx: Path, t
     assert {p: hashlib.sha256((ctx / p).read_bytes()).hexdigest() for p in tree(ctx)} == before
 
 
+def test_restore_onto_a_full_filesystem_is_one_error_and_leaves_nothing(ctx: Path, tmp_path: Path, tiny_fs: Path) -> None:
+    (ctx / "calculations" / "s" / "big.bin").write_bytes(os.urandom(3 << 20))  # does not fit in 1 MiB
+    archive = archive_context(ctx, tmp_path / "archives", WID)
+    with pytest.raises(InputError) as err:
+        restore_archive(archive, tiny_fs / "scratch")
+    assert "No space left" in str(err.value) and "nothing was restored" in str(err.value)
+    assert tree(tiny_fs) == [] and os.listdir(tiny_fs / "scratch") == []  # no temp dir, no half context
+
+
+def test_restore_cli_onto_a_full_filesystem_exits_2(ctx: Path, tmp_path: Path, tiny_fs: Path, capsys) -> None:
+    from mace_hpc.cli.main import main
+
+    (ctx / "calculations" / "s" / "big.bin").write_bytes(os.urandom(3 << 20))
+    archive = archive_context(ctx, tmp_path / "archives", WID)
+    assert main(["contexts", "--scratch-root", str(tiny_fs), "restore", str(archive)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left" in err[0]
+    assert tree(tiny_fs) == []
+
+
 # ---------------------------------------------------------------------------- hostile archives
 def _craft(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], *, manifest: dict | None = None,
            wid: str = WID) -> Path:
@@ -157,6 +177,7 @@ HOSTILE = {
     "bad_top": ([_file("bad id!/state.json")], "invalid workflow id"),
     "file_as_top": ([_file(WID)], "context directory"),
     "duplicate": ([_file(f"{WID}/state.json", b"a"), _file(f"{WID}/state.json", b"b")], "twice"),
+    "newline_top": ([_file(f"{WID}\n/state.json")], "invalid workflow id"),
 }
 
 
@@ -171,6 +192,19 @@ def test_hostile_members_are_refused_and_nothing_is_written(case: str, tmp_path:
     assert not root.exists() or list(root.iterdir()) == []
     assert not Path("/tmp/mace-evil-absolute.txt").exists()
     assert not (tmp_path / "evil.txt").exists()
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_the_allow_list_alone_refuses_hostile_members(case: str, tmp_path: Path, monkeypatch) -> None:
+    """Pythons before 3.11.4 have no tarfile.data_filter: our allow-list must be enough on its own."""
+    from mace_hpc.context import archive as archive_mod
+
+    monkeypatch.setattr(archive_mod, "_DATA_FILTER", None)
+    members, expected = HOSTILE[case]
+    with pytest.raises(InputError) as err:
+        restore_archive(_craft(tmp_path / f"{case}.tar.gz", members), tmp_path / "scratch")
+    assert expected in str(err.value)
+    assert not (tmp_path / "scratch").exists() or list((tmp_path / "scratch").iterdir()) == []
 
 
 def test_setuid_bits_are_not_restored(tmp_path: Path) -> None:
@@ -241,3 +275,14 @@ def test_cli_contexts_restore(ctx: Path, tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().out.strip() == str(root / WID)
     assert main(["contexts", "--scratch-root", str(root), "restore", str(archive)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_a_deeply_nested_manifest_is_refused_in_one_line(tmp_path: Path) -> None:
+    blob = b"[" * 200_000 + b"]" * 200_000  # json.loads would raise RecursionError
+    archive = tmp_path / "deep.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo(f"{WID}/{MANIFEST_NAME}")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    with pytest.raises(InputError, match=f"unreadable {MANIFEST_NAME}"):
+        restore_archive(archive, tmp_path / "scratch")

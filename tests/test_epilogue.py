@@ -362,7 +362,12 @@ def test_truncated_state_and_corrupt_database_are_quarantined_and_the_rest_merge
     assert "corrupt" in state_of(_ctx(mace_env, 3))["pending_reason"]
     quarantined_db = next(qroot.glob(f"{PLAN}-e3.*")) / "materials.db"
     assert quarantined_db.read_bytes() == bytes(data)  # the evidence is untouched
-    assert main(["merge", PLAN]) == 0  # quarantined ones are not retried forever
+    capsys.readouterr()
+    # quarantined ones are not retried, but they are not home either: exit 1 again, as the help says
+    assert main(["merge", PLAN]) == 1
+    out = capsys.readouterr().out
+    assert f"{PLAN}-e1" in out and f"{PLAN}-e3" in out and "quarantined by an earlier run" in out
+    assert sorted(p.name.split(".")[0] for p in qroot.iterdir()) == moved  # nothing quarantined twice
 
 
 # ---------------------------------------------------------------------------- disk full

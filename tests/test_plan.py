@@ -377,7 +377,9 @@ def test_plan_to_dict_round_trips_through_load_plan_data() -> None:
     assert "sweep" not in out and out["version"] == 1
     again = load(copy.deepcopy(out))
     assert again == p
-    assert again.elements[2].steps[0].kwargs["s"] == "{lit} {context_dir}"
+    kwargs = again.elements[2].steps[0].kwargs
+    assert kwargs["s"] == "{{lit}} {context_dir}"  # template form: it holds the token
+    assert resolve_context_dir(kwargs, "/c")["s"] == "{lit} /c"
     assert again.elements[0].materials[0]["metadata"] == {"src": "x{y}"}
 
 
@@ -810,3 +812,43 @@ def test_material_fields_match_what_the_database_stores(material: dict, message:
     data = plan(elements=[element(materials=[{"material_id": "m", "formula": "Al", **material}])])
     with pytest.raises(PlanError, match=message):
         load(data)
+
+
+# ------------------------------------------------------------------ placeholders: one rule everywhere
+def _run_time(p: Plan, index: int = 0, context_dir: str = "/scratch/ctx") -> dict[str, Any]:
+    """The element as the step runner sees it (after `{context_dir}` is filled in)."""
+    return resolve_context_dir(p.elements[index].to_dict(), context_dir)
+
+
+def test_escaped_context_dir_is_literal_at_run_time() -> None:
+    """`{{context_dir}}` is the literal text `{context_dir}`, like `{{index}}` is `{index}`."""
+    cmd = ["echo", "lit={{context_dir}}", "{{index}}", "real={context_dir}", "both {{x}} {context_dir}", "{{{{context_dir}}}}"]
+    p = load(plan(elements=[element(steps=[step(command=cmd)])]))
+    assert _run_time(p)["steps"][0]["command"] == [
+        "echo", "lit={context_dir}", "{index}", "real=/scratch/ctx", "both {x} /scratch/ctx", "{{context_dir}}",
+    ]
+
+
+def test_substituted_values_are_never_substituted_again() -> None:
+    """A sweep value `"{context_dir}"` stays literal, as a value `"{index}"` always did."""
+    sweep = {
+        "parameters": {"v": ["{context_dir}", "{index}", ["{context_dir}"], "a}{b"]},
+        "template": {"steps": [{"name": "s", "function": "m:f",
+                                "kwargs": {"whole": "{v}", "inside": "v={v}", "mixed": "{v} in {context_dir}"}}]},
+    }
+    p = load(plan(elements=None, sweep=sweep))
+    seen = [_run_time(p, i)["steps"][0]["kwargs"] for i in range(4)]
+    assert seen[0] == {"whole": "{context_dir}", "inside": "v={context_dir}", "mixed": "{context_dir} in /scratch/ctx"}
+    assert seen[1] == {"whole": "{index}", "inside": "v={index}", "mixed": "{index} in /scratch/ctx"}
+    assert seen[2]["whole"] == ["{context_dir}"]
+    assert seen[3] == {"whole": "a}{b", "inside": "v=a}{b", "mixed": "a}{b in /scratch/ctx"}
+    assert load(copy.deepcopy(p.to_dict())) == p  # the resolved plan round-trips with the same meaning
+
+
+def test_plan_env_follows_the_element_rules() -> None:
+    p = load(plan(env={"A": "{plan_dir}/x", "B": "{{context_dir}}", "C": "{context_dir}/y", "D": "{k: v}"}))
+    env = _run_time(p)["env"]
+    assert env == {"A": f"{PLAN_DIR}/x", "B": "{context_dir}", "C": "/scratch/ctx/y", "D": "{k: v}"}
+    with pytest.raises(PlanError, match=r"^env\.A: unknown placeholder \{index\}"):
+        load(plan(env={"A": "{index}"}))  # per-element values belong in the element's env
+    assert load(copy.deepcopy(p.to_dict())) == p

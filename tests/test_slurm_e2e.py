@@ -66,6 +66,7 @@ def cluster_run(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) ->
     scratch = root / "scratch"
     probe = root / "probe.py"
     probe.write_text(PROBE)
+    (root / "none.json").write_text("{}")  # MACE_CONFIG must name a file
     environ = {
         "MACE_SCRATCH_ROOT": str(scratch), "MACE_SHARED_DATABASE": str(root / "shared.db"),
         "MACE_ARCHIVE_DIR": str(root / "archives"), "MACE_CONFIG": str(root / "none.json"),

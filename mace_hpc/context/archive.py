@@ -8,7 +8,8 @@ or a kill leaves no partial archive and the context intact (the caller keeps it)
 
 Restoring (`restore_archive`) treats the archive as untrusted input (invariant 5 of docs/architecture.md): only regular
 files and directories under one `<workflow_id>/` are accepted (no links, devices, FIFOs, absolute
-paths, `..`, duplicates), on top of tarfile's own `data` filter; every file must match the
+paths, `..`, duplicates), on top of tarfile's own `data` filter where this Python has one
+(3.11.4+, 3.12+; the allow-list alone is the guard before that); every file must match the
 SHA-256 manifest inside the archive (and the archive its sidecar, when present). Files are written
 by us (never `tar.extract`) into a temp dir under the scratch root, then renamed into place, and
 an existing context is never overwritten.
@@ -40,6 +41,9 @@ _JOURNAL_SUFFIXES = ("-journal", "-wal", "-shm")
 _SKIP_PREFIXES = (".epilogue.lock",)
 _DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _CHUNK = 1 << 20
+# tarfile.data_filter / FilterError exist from 3.11.4 and 3.12 on; `requires-python` says >=3.10
+_DATA_FILTER = getattr(tarfile, "data_filter", None)
+_FILTER_ERROR: type[Exception] = getattr(tarfile, "FilterError", tarfile.TarError)
 
 
 def sha256_file(path: Path, bufsize: int = _CHUNK) -> str:
@@ -245,10 +249,7 @@ def _check_members(tar: tarfile.TarFile, scratch_root: Path) -> tuple[str, list[
                     "FIFO (special file)" if member.isfifo() else "device" if member.isdev() else "special file")
             raise InputError(f"archive member {member.name!r}: {what} refused (only files and directories)")
         parts = _member_parts(member)
-        try:  # tarfile's own policy as a second opinion (absolute, outside, setuid bits, links)
-            tarfile.data_filter(member, str(scratch_root))
-        except tarfile.FilterError as exc:
-            raise InputError(f"archive member {member.name!r}: refused by tarfile's data filter: {exc}") from None
+        _second_opinion(member, scratch_root)
         top = parts[0]
         if workflow_id is None:
             workflow_id = validate_workflow_id(top, "archive top-level directory")
@@ -265,6 +266,16 @@ def _check_members(tar: tarfile.TarFile, scratch_root: Path) -> tuple[str, list[
     return workflow_id, members
 
 
+def _second_opinion(member: tarfile.TarInfo, scratch_root: Path) -> None:
+    """tarfile's own `data` policy (absolute, outside, setuid bits, links), where it exists."""
+    if _DATA_FILTER is None:
+        return
+    try:
+        _DATA_FILTER(member, str(scratch_root))
+    except _FILTER_ERROR as exc:
+        raise InputError(f"archive member {member.name!r}: refused by tarfile's data filter: {exc}") from None
+
+
 def restore_archive(archive: Path, scratch_root: Path) -> Path:
     """Restore a context archive into `<scratch_root>/<workflow_id>`; returns that directory.
 
@@ -277,7 +288,10 @@ def restore_archive(archive: Path, scratch_root: Path) -> Path:
         raise InputError(f"archive {archive}: no such file")
     if verify_sidecar(archive) is False:
         raise InputError(f"archive {archive}: SHA-256 does not match {archive.name}{SIDECAR_SUFFIX} (corrupt copy?)")
-    scratch_root.mkdir(parents=True, exist_ok=True)
+    try:
+        scratch_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _not_restored(archive, scratch_root, exc) from None
     try:
         tar = tarfile.open(archive, mode="r:*")
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -296,7 +310,7 @@ def restore_archive(archive: Path, scratch_root: Path) -> Path:
         try:
             manifest = json.loads(tar.extractfile(manifest_member).read(1 << 24))  # type: ignore[union-attr]
             expected: dict[str, str] = dict(manifest["sha256"])
-        except (ValueError, KeyError, TypeError, AttributeError, tarfile.TarError, OSError, EOFError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, tarfile.TarError, OSError, EOFError):
             raise InputError(f"archive {archive}: unreadable {MANIFEST_NAME}") from None
         if manifest.get("workflow_id") != workflow_id:
             raise InputError(f"archive {archive}: manifest names {manifest.get('workflow_id')!r}, members {workflow_id!r}")
@@ -306,7 +320,10 @@ def restore_archive(archive: Path, scratch_root: Path) -> Path:
             extra = sorted(set(files) - set(expected))[:3]
             raise InputError(f"archive {archive}: members do not match the manifest (missing {missing}, unlisted {extra})")
 
-        tmp = Path(tempfile.mkdtemp(prefix=f".restore-{workflow_id}.", dir=scratch_root))
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".restore-{workflow_id}.", dir=scratch_root))
+        except OSError as exc:
+            raise _not_restored(archive, scratch_root, exc) from None
         try:
             root = tmp / workflow_id
             os.mkdir(root, 0o700)
@@ -324,10 +341,21 @@ def restore_archive(archive: Path, scratch_root: Path) -> Path:
             os.rename(root, target)
         except (tarfile.TarError, EOFError) as exc:
             raise InputError(f"archive {archive}: truncated or corrupt ({exc})") from None
+        except OSError as exc:  # ENOSPC, EDQUOT, EIO while writing: the temp dir goes, nothing is restored
+            raise _not_restored(archive, scratch_root, exc) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     _fsync_dir(scratch_root)
     return target
+
+
+def _not_restored(archive: Path, scratch_root: Path, exc: OSError) -> InputError:
+    """One line for a restore the filesystem refused (full, quota, not a directory)."""
+    why = exc.strerror or str(exc)
+    return InputError(
+        f"restoring {archive.name} into {scratch_root} failed: {why}; nothing was restored "
+        "(free space there or restore with --scratch-root elsewhere)"
+    )
 
 
 def _mkdirs(root: Path, rel: tuple[str, ...]) -> Path:

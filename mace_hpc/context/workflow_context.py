@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config import ISOLATION_MODES, Config, effective_cleanup_on_exit, load_config
+from ..config import ISOLATION_MODES, Config, effective_cleanup_on_exit, load_config, resolve_scratch_root
 from ..database.export import TABLES, dump_database, export_json
 from ..database.materials_contextual import (
     ContextualMaterialDatabase,
@@ -74,8 +74,7 @@ class WorkflowContext:
         self.archive_results = (
             cfg["context_settings.archive_results"] if archive_results is None else bool(archive_results)
         )
-        self.scratch_root = Path(scratch_root).expanduser() if scratch_root else cfg.path("scratch_root")
-        self.scratch_root = self.scratch_root.absolute()
+        self.scratch_root = resolve_scratch_root(cfg, scratch_root)
         shared = Path(shared_database).expanduser() if shared_database else cfg.path("shared_database")
         self.shared_database_path = shared.absolute()
         self.directory = path_inside(self.scratch_root, self.workflow_id)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..util.atomic import atomic_write_json
+from .journal import connect_readonly
 from .rows import decode_row
 
 TABLES = ("materials", "calculations", "properties", "files")
@@ -18,7 +19,7 @@ def dump_database(db_path: Path) -> dict[str, list[dict[str, Any]]]:
     db_path = Path(db_path)
     if not db_path.exists():
         return {t: [] for t in TABLES}
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=60)
+    conn = connect_readonly(db_path)
     conn.row_factory = sqlite3.Row
     try:
         existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}

@@ -14,12 +14,15 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import psutil
 
 from ..errors import ConfigError
+from ..util.paths import absolute, usable_directory
 
 BUSY_TIMEOUT_S = 60.0
+SQLITE_HEADER = b"SQLite format 3\x00"
 JOURNAL_ENV = "MACE_SQLITE_JOURNAL"
 
 #: Filesystem types (as in /proc/mounts) that are shared between hosts.
@@ -120,13 +123,50 @@ def _create_private(path: str | os.PathLike[str]) -> None:
         pass
 
 
+def file_uri(path: str | os.PathLike[str], mode: str = "rwc") -> str:
+    """The `file:` URI of `path` for `sqlite3.connect(..., uri=True)`.
+
+    Always a URI, because this SQLite is built with SQLITE_USE_URI (a plain name starting with
+    `file:` would be parsed as one anyway). The path is made absolute, a leading `//` collapsed
+    (`file://x/s` would name the host `x`), and percent-encoded, so `#`, `?` and `%` in a
+    directory or file name stay part of the name instead of starting a fragment or a query.
+    """
+    return f"file:{quote(str(absolute(path)))}?mode={mode}"
+
+
+def check_database_file(path: str | os.PathLike[str], setting: str) -> Path:
+    """`path` if it is absent, empty or an SQLite database file; else ConfigError naming `setting`.
+
+    Checked before any work depends on it: a directory or a text file in its place would only
+    fail after every element ran, at the merge or when the results table is read.
+    """
+    path = absolute(path)
+    fix = f"set {setting} to an SQLite database file (or a new file name)"
+    if os.path.lexists(path):
+        if not os.path.isfile(path):
+            raise ConfigError(f"{setting}: {path} is a directory or special file, not a database; {fix}")
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise ConfigError(f"{setting}: {path} cannot be read ({exc.strerror}); {fix}") from None
+        if head and head != SQLITE_HEADER:
+            raise ConfigError(f"{setting}: {path} is not an SQLite database; {fix}")
+    return usable_directory(path.parent, setting) / path.name
+
+
+def connect_readonly(path: str | os.PathLike[str], timeout: float = BUSY_TIMEOUT_S, **kw: object) -> sqlite3.Connection:
+    """A read-only connection (`mode=ro`: never creates or writes the file)."""
+    return sqlite3.connect(file_uri(path, "ro"), uri=True, timeout=timeout, **kw)  # type: ignore[arg-type]
+
+
 def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
     """Open (creating if needed) a database with our settings: autocommit, 60 s busy timeout,
     foreign keys on, and the journal mode that is safe for the filesystem it lives on."""
     mode = journal_mode_for(path)
     _create_private(path)
     conn = sqlite3.connect(
-        os.fspath(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        file_uri(path), uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
     )
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")

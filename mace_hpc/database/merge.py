@@ -43,12 +43,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from ..errors import InputError
 from ..util.ids import validate_workflow_id
 from ..util.nfslock import NfsLock
-from .journal import BUSY_TIMEOUT_S, connect, write_transaction
+from .journal import connect, connect_readonly, write_transaction
 from .migrate import upgrade, upgrade_file
 from .schema import (
     COLUMNS,
@@ -99,11 +98,6 @@ def lock_path(shared_db: str | os.PathLike[str]) -> Path:
     return Path(os.fspath(shared_db) + ".lock")
 
 
-def _ro_uri(path: Path) -> str:
-    """A read-only SQLite URI for `path` (percent-encoded: '?' or '#' in a name stay literal)."""
-    return "file:" + quote(os.path.abspath(path)) + "?mode=ro"
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"$bytes": value.hex()}
@@ -151,7 +145,7 @@ def _load_source(workflow_id: str, path: Path) -> _Source | MergeReport:
             workflow_id, "empty", source=source, error="no database file (nothing was recorded)"
         )
     try:
-        conn = sqlite3.connect(_ro_uri(path), uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        conn = connect_readonly(path, isolation_level=None)
     except sqlite3.Error as exc:
         return MergeReport(workflow_id, "corrupt", source=source, error=f"cannot open: {exc}")
     try:
@@ -429,7 +423,7 @@ def merge_status(shared_db: str | os.PathLike[str]) -> dict[str, Any]:
     }
     if not summary["exists"]:
         return summary
-    conn = sqlite3.connect(_ro_uri(path), uri=True, timeout=BUSY_TIMEOUT_S)
+    conn = connect_readonly(path)
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "merge_ledger" in tables:
@@ -452,7 +446,7 @@ def merged_workflow_ids(shared_db: str | os.PathLike[str]) -> set[str]:
     path = Path(os.fspath(shared_db))
     if not path.exists():
         return set()
-    conn = sqlite3.connect(_ro_uri(path), uri=True, timeout=BUSY_TIMEOUT_S)
+    conn = connect_readonly(path)
     try:
         return {r[0] for r in conn.execute("SELECT DISTINCT workflow_id FROM merge_ledger")}
     except sqlite3.OperationalError:

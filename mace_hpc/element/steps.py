@@ -133,7 +133,7 @@ def read_results(work_dir: Path) -> dict[str, Any]:
     if path.is_file():
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
             return {}
     return flat_results(data)
 

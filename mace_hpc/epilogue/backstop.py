@@ -72,7 +72,7 @@ def backstop_request(
     """
     validate_workflow_id(plan_name, "plan name")
     ids = [str(j).strip() for j in job_ids]
-    if not ids or not all(_JOB_ID_RE.match(j) for j in ids):
+    if not ids or not all(_JOB_ID_RE.fullmatch(j) for j in ids):
         raise ValueError(f"backstop needs the array job ids (123 or 123[].server), got {list(job_ids)!r}")
     sched = {k: v for k, v in (scheduler or {}).items() if k in _INHERITED and v is not None}
     sched.update(time=backstop_time_minutes(elements), cpus=1, requeue=False, signal_margin=60)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, load_config
+from ..config import Config, load_config, resolve_scratch_root
 from ..context import registry
 from ..context.archive import archive_context, archive_path, verify_sidecar
 from ..database.merge import merged_workflow_ids
@@ -177,7 +177,7 @@ def cleanup(
     """Remove safe contexts finished more than `older_than` s ago, then (oldest first) more safe
     ones while the scratch root's contexts exceed `max_total_size` bytes. Neither: 14 days."""
     cfg = config or load_config()
-    root = Path(scratch_root).absolute() if scratch_root else cfg.path("scratch_root").absolute()
+    root = resolve_scratch_root(cfg, scratch_root)
     if older_than is None and max_total_size is None:
         older_than = 14 * 86400.0
     archive_merged = cfg["context_settings.archive_results"] if archive_merged is None else archive_merged

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, load_config
+from ..config import Config, load_config, resolve_scratch_root
 from ..errors import InputError
 from ..records import states as st
 from ..records.element_state import read_state
@@ -26,7 +26,15 @@ from ..records.manifest import Manifest, read_manifest
 from ..records.submission import read_record
 from ..schedulers import get_backend
 from ..util.ids import validate_workflow_id
-from .finalize import Options, Outcome, Target, finalize, target_from_context, target_from_manifest
+from .finalize import (
+    QUARANTINED,
+    Options,
+    Outcome,
+    Target,
+    finalize,
+    target_from_context,
+    target_from_manifest,
+)
 
 CHUNK = 512
 
@@ -42,7 +50,12 @@ class MergeSummary:
         return dict(Counter(o.action for o in self.outcomes))
 
     def problems(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.action in ("pending", "quarantined", "busy")]
+        """Elements that need a person: left pending or busy, quarantined by this run or an earlier one.
+
+        A quarantined element is never retried (it stays "skipped"), but it is not home either:
+        `mace merge` keeps exiting 1 while one is left, as its help says.
+        """
+        return [o for o in self.outcomes if o.action in ("pending", "quarantined", "busy") or o.state == QUARANTINED]
 
     def conflicts(self) -> int:
         return sum(o.conflicts for o in self.outcomes)
@@ -127,7 +140,7 @@ def merge_pending(
 ) -> MergeSummary:
     """Finalize every ended-but-not-home element of `plans` (or of everything with `all_plans`)."""
     cfg = config or load_config()
-    root = Path(scratch_root).absolute() if scratch_root else cfg.path("scratch_root").absolute()
+    root = resolve_scratch_root(cfg, scratch_root)
     opts = options or Options()
     names = list(plans or [])
     if all_plans:

@@ -13,54 +13,47 @@ from typing import Any
 
 from ..config import expand_path
 from ..errors import PlanError
+from ..util.inputs import InputProblem, check_depth, loads_json, loads_yaml, read_input_text
 from .model import Element, Plan
-from .sweep import MAX_ELEMENTS, expand_sweep, explicit_element, sweep_size
+from .sweep import (
+    MAX_ELEMENTS,
+    MAX_EXPANDED_BYTES,
+    expand_sweep,
+    expanded_bytes,
+    explicit_element,
+    substitute,
+    sweep_size,
+)
 from .validate import fail, type_name, validate_plan_fields
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json.loads would keep the last of two equal keys silently; a duplicated "steps" is a mistake.
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _read_text(path: Path, shown: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PlanError(f"{shown}: no such file") from None
-    except IsADirectoryError:
-        raise PlanError(f"{shown}: is a directory, not a plan file") from None
-    except UnicodeDecodeError:
-        raise PlanError(f"{shown}: not UTF-8 text") from None
-    except OSError as exc:
-        raise PlanError(f"{shown}: cannot read: {exc.strerror or exc}") from None
-
-
 def parse_plan_text(text: str, shown: str, yaml_format: bool = False) -> Any:
-    """JSON (or YAML, `safe_load`) text -> data; errors name the file and the position."""
+    """JSON (or YAML, safe and bounded) text -> data; errors name the file and the position.
+
+    Duplicate keys are refused in both; YAML nesting and aliases are bounded (`util.inputs`).
+    """
     if yaml_format:
         import yaml
 
         try:
-            return yaml.safe_load(text)
+            return loads_yaml(text)
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
             raise PlanError(f"{shown}: malformed YAML: {problem}{where}") from None
+        except InputProblem as exc:
+            raise PlanError(f"{shown}: {exc}") from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        return loads_json(text)
     except json.JSONDecodeError as exc:
         raise PlanError(
             f"{shown}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
+    except InputProblem as exc:
+        raise PlanError(f"{shown}: {exc}") from None
     except ValueError as exc:
         raise PlanError(f"{shown}: malformed JSON: {exc}") from None
 
@@ -69,7 +62,7 @@ def load_plan(path: str | Path) -> Plan:
     """Read, validate and expand a plan file (`.yaml`/`.yml` as YAML, anything else as JSON)."""
     shown = str(path)
     p = Path(path).expanduser()
-    data = parse_plan_text(_read_text(p, shown), shown, p.suffix.lower() in YAML_SUFFIXES)
+    data = parse_plan_text(read_input_text(p, shown, PlanError, "plan file"), shown, p.suffix.lower() in YAML_SUFFIXES)
     if not isinstance(data, Mapping):
         fail(shown, f"must be a mapping with name and elements or sweep, not {type_name(data)}")
     resolved = p.resolve()
@@ -80,6 +73,10 @@ def load_plan_data(data: Mapping[str, Any], plan_dir: Path | None = None, source
     """Validate plan data and expand its sweep; `plan_dir` (default: cwd) anchors relative paths."""
     if not isinstance(data, Mapping):
         fail("plan", f"must be a mapping with name and elements or sweep, not {type_name(data)}")
+    try:  # the validators recurse: bound the depth first
+        check_depth(data)
+    except InputProblem as exc:
+        raise PlanError(str(exc)) from None
     plan_dir = Path(plan_dir).resolve() if plan_dir is not None else Path.cwd().resolve()
     fields = validate_plan_fields(data)
     name = fields["name"]
@@ -99,8 +96,16 @@ def load_plan_data(data: Mapping[str, Any], plan_dir: Path | None = None, source
         fail("elements", "the plan has no elements; give a non-empty elements list or a sweep")
     if total > MAX_ELEMENTS:
         fail("sweep.parameters" if n_sweep else "elements", f"{total} elements; the limit is {MAX_ELEMENTS}")
+    if n_sweep and (size := expanded_bytes(sweep)) > MAX_EXPANDED_BYTES:
+        fail(
+            "sweep",
+            f"expands to about {size >> 20:,} MiB of elements ({n_sweep:,} elements); the limit is "
+            f"{MAX_EXPANDED_BYTES >> 20} MiB: use fewer parameter values or a smaller template "
+            "(large inputs belong in files under {plan_dir})",
+        )
 
-    base_env = fields["env"]
+    # the plan's env follows the element rules too, with the placeholders known at plan level
+    base_env = fields["env"] = substitute(fields["env"], "env", {"plan_dir": str(plan_dir)})
     elements: list[Element] = [
         explicit_element(raw, f"elements[{i}]", index=i, plan_name=name, plan_dir=plan_dir, base_env=base_env)
         for i, raw in enumerate(raw_elements)

@@ -7,6 +7,12 @@ containers inside (lists, dicts) are not deep-frozen; treat them as read-only.
 `Element.to_dict()` is what goes into a context's `element.json` (fully resolved, except the
 `{context_dir}` token that the step runner fills in); `Plan.to_dict()` is a plan file again: loading
 it with `load_plan_data` gives an equal plan (braces are re-escaped so nothing is substituted twice).
+
+Resolved form of a string (in an Element, `element.json`): if it contains `{context_dir}` it is in
+*template form*: that is the token, `{{`/`}}` are literal braces, and the step runner resolves it
+(`plan.sweep.resolve_context_dir`). Any other string is literal, as it is. So literal text that
+reads `{context_dir}` (written `{{context_dir}}`, or a sweep value) is stored with its braces
+doubled and reaches the program literally, like every other substituted value.
 """
 
 from __future__ import annotations
@@ -134,16 +140,41 @@ class Plan:
         return out
 
 
-def escape_braces(value: Any) -> Any:
-    """Double every brace in string values (not keys) so a re-load substitutes nothing.
+def double_braces(text: str) -> str:
+    """Every `{` and `}` doubled: how a literal brace is written in a plan."""
+    if "{" not in text and "}" not in text:
+        return text
+    return text.replace("{", "{{").replace("}", "}}")
 
-    The `{context_dir}` token is kept as is: loading leaves it in place either way.
+
+def literal_text(text: str) -> str:
+    """A literal string (no token) in resolved form: as it is, unless it reads like the token.
+
+    A string whose text contains `{context_dir}` (from `{{context_dir}}` in the plan, or from a
+    sweep value) is stored in template form, braces doubled, so the step runner leaves it literal.
+    """
+    return double_braces(text) if CONTEXT_DIR_TOKEN in text else text
+
+
+def protect_literals(value: Any) -> Any:
+    """`literal_text` on every string of a substituted value (a sweep value may be a list or mapping)."""
+    if isinstance(value, str):
+        return literal_text(value)
+    if isinstance(value, list):
+        return [protect_literals(v) for v in value]
+    if isinstance(value, dict):
+        return {k: protect_literals(v) for k, v in value.items()}
+    return value
+
+
+def escape_braces(value: Any) -> Any:
+    """A resolved value written back as plan text, so a re-load gives the same value.
+
+    Strings in template form (with the `{context_dir}` token) are plan text already; every other
+    string has its braces doubled.
     """
     if isinstance(value, str):
-        if "{" not in value and "}" not in value:
-            return value
-        escaped = value.replace("{", "{{").replace("}", "}}")
-        return escaped.replace("{{context_dir}}", CONTEXT_DIR_TOKEN)
+        return value if CONTEXT_DIR_TOKEN in value else double_braces(value)
     if isinstance(value, list):
         return [escape_braces(v) for v in value]
     if isinstance(value, dict):

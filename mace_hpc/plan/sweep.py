@@ -15,6 +15,7 @@ Keys of mappings are never substituted, only values.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PlanError
-from .model import CONTEXT_DIR_TOKEN, Element
+from .model import CONTEXT_DIR_TOKEN, Element, double_braces, literal_text, protect_literals
 from .validate import (
     ELEMENT_KEYS,
     TEMPLATE_KEYS,
@@ -42,7 +43,10 @@ from .validate import (
 RESERVED = ("index", "workflow_id", "plan_dir", "context_dir")
 PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_ELEMENTS = 1_000_000
+# the expanded plan, estimated as JSON before it is built (in memory it takes about 7 times this)
+MAX_EXPANDED_BYTES = 256 << 20
 _TOKEN_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_RESOLVED_RE = re.compile(r"\{\{|\}\}|\{context_dir\}")
 
 # A compiled template: (typed values, their text forms) -> rendered value.
 Render = Callable[[Mapping[str, Any], Mapping[str, str]], Any]
@@ -54,51 +58,47 @@ def _const(value: Any) -> Render:
 
 
 def _compile_str(text: str, path: str, names: Collection[str]) -> Render:
+    """One string -> its render function; the result is in resolved form (see `plan.model`)."""
     if "{" not in text and "}" not in text:
         return _const(text)
-    fmt: list[str] = []  # canonical str.format pattern: only names we checked, no attribute access
-    literal: list[str] = []  # the string as it would read with no substitution
-    used: list[str] = []
+    # parts: literal text as it reads, (name,) for a placeholder, None for the {context_dir} token
+    parts: list[str | tuple[str] | None] = []
     pos = 0
     for m in _TOKEN_RE.finditer(text):
-        piece = text[pos : m.start()]
-        fmt.append(piece)
-        literal.append(piece)
+        parts.append(text[pos : m.start()])
         pos = m.end()
         token = m.group(0)
         if token in ("{{", "}}"):
-            fmt.append(token)
-            literal.append(token[0])
-        elif token in ("{", "}") or not PARAM_NAME_RE.match(m.group(1)):
-            # not a placeholder (code such as `{k: v}` or a lone brace): kept literally
-            fmt.append(token.replace("{", "{{").replace("}", "}}"))
-            literal.append(token)
+            parts.append(token[0])
+        elif token in ("{", "}") or not PARAM_NAME_RE.fullmatch(m.group(1)):
+            parts.append(token)  # not a placeholder (code such as `{k: v}` or a lone brace): kept literally
+        elif m.group(1) == "context_dir":
+            parts.append(None)
+        elif m.group(1) in names:
+            parts.append((m.group(1),))
         else:
-            name = m.group(1)
-            if name == "context_dir":
-                fmt.append("{{context_dir}}")
-                literal.append(CONTEXT_DIR_TOKEN)
-            elif name in names:
-                fmt.append("{" + name + "}")
-                used.append(name)
-            else:
-                known = [n for n in names]
-                hint = suggest(name, known)
-                if hint.startswith("; allowed"):
-                    hint = f"; known: {', '.join(known)}"
-                fail(
-                    path,
-                    f"unknown placeholder {{{name}}} in {show(text)}{hint} (write '{{{{' for a literal brace)",
-                )
-    fmt.append(text[pos:])
-    literal.append(text[pos:])
+            name, known = m.group(1), list(names)
+            hint = suggest(name, known)
+            if hint.startswith("; allowed"):
+                hint = f"; known: {', '.join(known)}"
+            fail(path, f"unknown placeholder {{{name}}} in {show(text)}{hint} (write '{{{{' for a literal brace)")
+    parts.append(text[pos:])
+    used = [p[0] for p in parts if isinstance(p, tuple)]
+    if None in parts:
+        # a real token: template form, every other brace doubled (substituted values included)
+        pieces = [CONTEXT_DIR_TOKEN if p is None else p if isinstance(p, tuple) else double_braces(p) for p in parts]
+        if not used:
+            return _const("".join(pieces))  # type: ignore[arg-type]
+        return lambda values, texts: "".join(
+            double_braces(texts[p[0]]) if isinstance(p, tuple) else p for p in pieces
+        )
     if not used:
-        return _const("".join(literal))
+        return _const(literal_text("".join(parts)))  # type: ignore[arg-type]
     if len(used) == 1 and text == "{" + used[0] + "}":
         name = used[0]
-        return lambda values, texts: values[name]
-    pattern = "".join(fmt)
-    return lambda values, texts: pattern.format_map(texts)
+        return lambda values, texts: protect_literals(values[name])
+    pattern = "".join("{" + p[0] + "}" if isinstance(p, tuple) else double_braces(p) for p in parts)  # type: ignore[operator]
+    return lambda values, texts: literal_text(pattern.format_map(texts))
 
 
 def compile_template(value: Any, path: str, names: Collection[str]) -> Render:
@@ -143,9 +143,16 @@ def _substitute(
 
 
 def resolve_context_dir(value: Any, context_dir: str | Path) -> Any:
-    """Replace the `{context_dir}` token left by plan loading (for the step runner, at run time)."""
+    """Fill in `{context_dir}` at run time (for the step runner) and undo the literal escaping.
+
+    A string in template form (it contains the token) reads `{{`/`}}` as literal braces; any
+    other string is returned as it is (see `plan.model`).
+    """
     if isinstance(value, str):
-        return value.replace(CONTEXT_DIR_TOKEN, str(context_dir)) if CONTEXT_DIR_TOKEN in value else value
+        if CONTEXT_DIR_TOKEN not in value:
+            return value
+        directory = str(context_dir)
+        return _RESOLVED_RE.sub(lambda m: directory if len(m.group(0)) > 2 else m.group(0)[0], value)
     if isinstance(value, list):
         return [resolve_context_dir(v, context_dir) for v in value]
     if isinstance(value, dict):
@@ -180,7 +187,7 @@ def _parameters(raw: Any, path: str) -> tuple[list[str], list[list[Any]]]:
     columns: list[list[Any]] = []
     for name, vals in data.items():
         at = join(path, str(name))
-        if not isinstance(name, str) or not PARAM_NAME_RE.match(name):
+        if not isinstance(name, str) or not PARAM_NAME_RE.fullmatch(name):
             fail(at, "parameter names must be identifiers (letters, digits, '_', not starting with a digit)")
         if name in RESERVED:
             fail(at, f"'{name}' is a built-in placeholder; choose another parameter name")
@@ -205,6 +212,22 @@ def _sweep_parameters(raw: Any) -> tuple[Mapping[str, Any], list[str], list[list
     if count > MAX_ELEMENTS:
         fail("sweep.parameters", f"expands to {count} elements; the limit is {MAX_ELEMENTS}")
     return data, names, columns, count
+
+
+def expanded_bytes(raw: Any) -> int:
+    """Estimated JSON size of the elements `sweep` expands to, from the template and the values.
+
+    Each element is the template's text plus, for every use of `{param}`, that parameter's
+    longest value: cheap to compute and an upper bound of the right order.
+    """
+    data, names, columns, count = _sweep_parameters(raw)
+    text = json.dumps(data.get("template"), default=str, separators=(",", ":"))
+    per_element = len(text) + len(json.dumps(data.get("id")))
+    for name, col in zip(names, columns, strict=True):
+        uses = text.count("{" + name + "}")
+        if uses:
+            per_element += uses * max(len(json.dumps(v, separators=(",", ":"))) for v in col)
+    return count * per_element
 
 
 def sweep_size(raw: Any) -> int:

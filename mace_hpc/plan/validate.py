@@ -272,7 +272,7 @@ def validate_env_key(key: Any, path: str) -> str:
     if not isinstance(key, str):
         fail(path, f"env name {show(key)} must be a string")
     at = join(path, key)
-    if not ENV_KEY_RE.match(key):
+    if not ENV_KEY_RE.fullmatch(key):
         fail(at, "invalid env name; use upper-case letters, digits and '_', not starting with a digit")
     if key in ENV_DENIED_NAMES:
         fail(at, f"refused: {ENV_DENIED_NAMES[key]}")
@@ -322,13 +322,13 @@ def parse_time(value: Any, path: str) -> int:
     days = hours = minutes = seconds = 0
     if text.isdigit():
         minutes = int(text)
-    elif m := _TIME_DHMS.match(text):
+    elif m := _TIME_DHMS.fullmatch(text):
         days, hours, minutes, seconds = map(int, m.groups())
         if hours >= 24:
             fail(path, f"hours must be below 24 in 'D-HH:MM:SS', got {show(value)}")
-    elif m := _TIME_HMS.match(text):
+    elif m := _TIME_HMS.fullmatch(text):
         hours, minutes, seconds = map(int, m.groups())
-    elif m := _TIME_MS.match(text):
+    elif m := _TIME_MS.fullmatch(text):
         minutes, seconds = map(int, m.groups())
     else:
         fail(path, f"must be minutes or 'HH:MM:SS', 'MM:SS', 'D-HH:MM:SS', got {show(value)}")
@@ -342,7 +342,7 @@ def parse_time(value: Any, path: str) -> int:
 
 def _sched_str(value: Any, path: str) -> str:
     text = req_str(value, path)
-    if not SCHED_VALUE_RE.match(text):
+    if not SCHED_VALUE_RE.fullmatch(text):
         fail(
             path,
             f"{show(value)} has characters a scheduler value cannot have; use letters, digits and ._,:+=@/%-",
@@ -369,7 +369,7 @@ def validate_resources(value: Any, path: str = "resources") -> dict[str, Any]:
             out[key] = pos_int(v, at)
         elif key == "mem":
             text = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-            if not isinstance(text, str) or not MEM_RE.match(text):
+            if not isinstance(text, str) or not MEM_RE.fullmatch(text):
                 fail(at, f"must be a size like '2G', '500M' or megabytes as an integer, got {show(v)}")
             out[key] = text
         elif key == "setup":
@@ -444,7 +444,7 @@ def validate_step(data: Any, path: str, material_ids: Collection[str] | None = N
     data = as_mapping(data, path)
     check_keys(data, STEP_KEYS, path)
     name = req_str(required(data, "name", path), path, "name")
-    if not STEP_NAME_RE.match(name) or ".." in name:
+    if not STEP_NAME_RE.fullmatch(name) or ".." in name:
         fail(
             join(path, "name"),
             f"{show(name)} is not usable as a directory name; use 1-64 letters, digits, '.', '_', '-'",
@@ -474,7 +474,7 @@ def validate_step(data: Any, path: str, material_ids: Collection[str] | None = N
             fail(join(path, "kwargs"), "only allowed with function, not with command")
     else:
         function = req_str(function_raw, path, "function")
-        if not FUNCTION_RE.match(function):
+        if not FUNCTION_RE.fullmatch(function):
             fail(
                 join(path, "function"),
                 f"must be 'module:callable' (e.g. 'mypkg.calc:run'), got {show(function)}",
@@ -524,7 +524,7 @@ def check_workflow_id(workflow_id: str, path: str) -> str:
             f"workflow id {show(workflow_id)} is {len(workflow_id)} characters; the limit is 128 "
             "(shorten the plan name or the element id)",
         )
-    if WORKFLOW_ID_RE.match(workflow_id) and ".." not in workflow_id:
+    if WORKFLOW_ID_RE.fullmatch(workflow_id) and ".." not in workflow_id:
         return workflow_id
     try:
         return validate_workflow_id(workflow_id, path)

@@ -291,7 +291,7 @@ def check_env(env: Mapping[str, str], what: str = "env") -> dict[str, str]:
     """Exported variables: POSIX names, not ones that change how shells/loaders/schedulers behave."""
     out: dict[str, str] = {}
     for key, value in env.items():
-        if not isinstance(key, str) or not _ENV_KEY.match(key):
+        if not isinstance(key, str) or not _ENV_KEY.fullmatch(key):
             raise InputError(f"{what}: invalid variable name {key!r}; use letters, digits and _")
         if _FORBIDDEN_ENV.match(key):
             raise InputError(f"{what}: variable {key} may not be set (it changes how the job is run)")
@@ -304,7 +304,7 @@ _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def check_job_name(name: object) -> str:
     """Job names follow the workflow-id rule: safe in a directive, a file name and squeue output."""
-    if not isinstance(name, str) or not _JOB_NAME.match(name):
+    if not isinstance(name, str) or not _JOB_NAME.fullmatch(name):
         raise InputError(f"job name {name!r} is invalid; use letters, digits, '.', '_', '-' (max 128)")
     return name
 

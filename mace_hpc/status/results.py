@@ -6,14 +6,26 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from ..database.journal import check_database_file, connect_readonly
+from ..errors import ConfigError
+
 
 def results_table(shared_db: Path, material_ids: list[str]) -> tuple[list[str], list[list[Any]]]:
-    """Rows: material id + its latest value of every property; columns sorted by name."""
+    """Rows: material id + its latest value of every property; columns sorted by name.
+
+    A shared database that is not one (a directory, another file) is a ConfigError, not a traceback.
+    """
     if not Path(shared_db).exists() or not material_ids:
         return ["material_id"], []
-    conn = sqlite3.connect(f"file:{shared_db}?mode=ro", uri=True, timeout=30)
+    check_database_file(shared_db, "shared_database")
+    try:
+        conn = connect_readonly(shared_db, timeout=30)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"shared_database: cannot open {shared_db} ({exc})") from None
     try:
         cols = {r[1] for r in conn.execute("PRAGMA table_info(properties)")}
+        if not cols:
+            return ["material_id"], []
         value_expr = "COALESCE(property_value, property_value_text)" if "property_value_text" in cols else "property_value"
         order = "rowid"
         wanted = set(material_ids)
@@ -27,6 +39,8 @@ def results_table(shared_db: Path, material_ids: list[str]) -> tuple[list[str], 
             per_material.setdefault(mid, {})[name] = value
             if name not in names:
                 names.append(name)
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"shared_database: {shared_db} cannot be read as a materials database ({exc})") from None
     finally:
         conn.close()
     names.sort()  # merge order is not creation order: sorted columns read the same every run

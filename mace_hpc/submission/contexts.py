@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
-from ..errors import ConfigError
+from ..config import Config, resolve_scratch_root
+from ..database.journal import check_database_file
 from ..plan import Plan
 from ..records.layout import SubmissionPaths, submissions_root
 from ..records.manifest import Manifest, ManifestEntry, write_element_specs, write_manifest
@@ -68,23 +68,18 @@ def submission_dir(scratch_root: Path, plan_name: str) -> Path:
 
 
 def scratch_root_of(cfg: Config) -> Path:
-    """The configured scratch root, absolute; a `$VAR` left unexpanded is a ConfigError.
-
-    `$SCRATCH/mace` on a machine without `$SCRATCH` would otherwise create a directory literally
-    named `$SCRATCH` in the current directory.
-    """
-    path = cfg.path("scratch_root")
-    if "$" in str(path):
-        raise ConfigError(
-            f"scratch_root: {cfg['scratch_root']!r} (from {cfg.sources.get('scratch_root', 'default')}) names "
-            "an unset environment variable; set it or choose another scratch root (MACE_SCRATCH_ROOT)"
-        )
-    return path.absolute()
+    """The configured scratch root, absolute and checked (`mace_hpc.config.resolve_scratch_root`)."""
+    return resolve_scratch_root(cfg)
 
 
 def plan_settings(plan: Plan, cfg: Config) -> dict[str, Any]:
-    """Plan values override the configuration; the configuration fills the rest."""
+    """Plan values override the configuration; the configuration fills the rest.
+
+    The shared database is checked now (a directory or a non-database file in its place), not
+    after every element has run and the merge fails.
+    """
     shared = Path(plan.shared_database) if plan.shared_database else cfg.path("shared_database").absolute()
+    shared = check_database_file(shared, "shared_database")
     return {
         "isolation_mode": plan.isolation_mode or cfg["isolation_mode"],
         "on_complete": plan.on_complete or cfg["on_complete"],

@@ -295,8 +295,8 @@ def submit_plan(
     opts = {"progress": progress} if backend_name == "local" and progress else {}
     be = get_backend(backend_name, **opts)
     sub = build_submission(plan, cfg, isolation_mode)
-    if backend_name == "local" and not prepare_only:
-        preflight_programs(plan)
+    if backend_name == "local" and not prepare_only and not {**cfg.scheduler(), **plan.resources}.get("setup"):
+        preflight_programs(plan)  # setup lines (module load, a venv) may put the programs on PATH
     wanted = list(range(len(plan.elements))) if indices is None else sorted(set(indices))
     if not wanted or not 0 <= wanted[0] <= wanted[-1] < len(plan.elements):
         raise InputError(f"indices: {indices!r} must be element indices 0-{len(plan.elements) - 1}")

@@ -53,5 +53,5 @@ def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep for json
         return default

@@ -13,7 +13,7 @@ WORKFLOW_ID_RULE = "1-128 characters: letters, digits, '.', '_' or '-', starting
 
 def validate_workflow_id(workflow_id: object, field: str = "workflow_id") -> str:
     """Return the id if valid; raise InputError naming `field` otherwise."""
-    if not isinstance(workflow_id, str) or not WORKFLOW_ID_RE.match(workflow_id) or ".." in workflow_id:
+    if not isinstance(workflow_id, str) or not WORKFLOW_ID_RE.fullmatch(workflow_id) or ".." in workflow_id:
         shown = repr(workflow_id) if len(repr(workflow_id)) <= 60 else repr(workflow_id)[:57] + "...'"
         raise InputError(f"{field}: invalid workflow id {shown}; use {WORKFLOW_ID_RULE}")
     return workflow_id

@@ -46,9 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _root(args: argparse.Namespace) -> Path:
-    from ...config import load_config
+    from ...config import load_config, resolve_scratch_root
 
-    return Path(args.scratch_root).expanduser().absolute() if args.scratch_root else load_config().path("scratch_root").absolute()
+    return resolve_scratch_root(load_config(), args.scratch_root)
 
 
 def _context(args: argparse.Namespace) -> Any:

@@ -48,7 +48,8 @@ def _run(args: argparse.Namespace) -> int:
         problems = summary.problems()
         if problems:
             print_table(("index", "workflow_id", "state", "reason"),
-                        [(o.index, o.workflow_id, o.state, o.reason) for o in problems])
+                        [(o.index, o.workflow_id, o.state, o.reason or "quarantined by an earlier run (see `mace status`)")
+                         for o in problems])
         counts = summary.counts()
         done = {k: v for k, v in counts.items() if k not in ("skipped",)}
         text = ", ".join(f"{n} {k}" for k, n in sorted(done.items())) or "nothing to do"

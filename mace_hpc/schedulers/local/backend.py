@@ -3,6 +3,12 @@
 submitit's LocalExecutor starts every job at once and kills after its own timeout, so (as
 DESIGN.md allows) this is a bounded process pool that runs the same element runner command a
 cluster would, with the same environment, time-limit signal and epilogue.
+
+`resources.setup` / `scheduler.setup` lines run here too, as in a cluster job script: bash runs
+them and then `exec`s the element runner, so `module load`, a venv activation or an exported
+variable reaches every step. A plan tried locally (on a login or interactive node) then behaves
+as it will on the cluster, instead of failing later with "program not found". Without setup
+lines no shell is involved at all.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -19,9 +26,10 @@ from typing import Any
 
 import psutil
 
+from ...errors import InputError
 from ...records import env as env_names
 from ...records.states import State
-from ..base import ArrayRequest
+from ..base import ArrayRequest, check_script_value
 from .states import LOCAL_STATES
 
 ProgressFn = Callable[[int, int, int], None]
@@ -46,21 +54,31 @@ class LocalBackend:
         self.poll_interval = poll_interval
         self.returncodes: dict[int, int] = {}
 
-    def _argv(self, req: ArrayRequest, index: int) -> list[str]:
-        """The runner for element `index` (`req.indices` are element indices: no offset to add)."""
-        return [*req.command, "--index", str(index)]
+    def _argv(self, req: ArrayRequest, index: int | str) -> list[str]:
+        """The runner for element `index` (`req.indices` are element indices: no offset to add),
+        behind the plan's `setup` lines when it has any, as a cluster job script runs them."""
+        runner = [*req.command, "--index", str(index)]
+        setup = setup_lines(req.scheduler)
+        if not setup:
+            return runner
+        return [_bash(), "-c", "\n".join([*setup, 'exec "$@"']), "mace-element", *runner]
 
     def render(self, req: ArrayRequest) -> tuple[str, list[str]]:
         tasks = req.indices if req.indices is not None else [0]
+        setup = setup_lines(req.scheduler)
         lines = [
             "# local backend: each element runs as a process on this machine",
             f"# at most {req.max_parallel} at once, time limit {req.scheduler.get('time')} min",
+        ]
+        if setup:
+            lines += ["# setup: bash runs these before each element, as a cluster job script does", *setup]
+        lines += [
             *(f"export {k}={shlex.quote(v)}" for k, v in sorted(req.env.items())),
-            *(shlex.join(self._argv(req, t)) for t in tasks[:3]),
+            *(shlex.join([*req.command, "--index", str(t + req.index_offset)]) for t in tasks[:3]),
         ]
         if len(tasks) > 3:
             lines.append(f"# … and {len(tasks) - 3} more elements")
-        return "\n".join(lines) + "\n", [*req.command, "--index", "N"]  # once per element, N = its index
+        return "\n".join(lines) + "\n", self._argv(req, "N")  # once per element, N = its index
 
     def submit(self, req: ArrayRequest) -> str:
         job_id = f"local-{os.getpid()}-{int(time.time())}"
@@ -127,7 +145,7 @@ class LocalBackend:
         alone, and so is this process (its local array has already run when it cancels a job id).
         """
         for job_id in job_ids:
-            m = _LOCAL_JOB.match(str(job_id))
+            m = _LOCAL_JOB.fullmatch(str(job_id))
             if not m or int(m.group(1)) == os.getpid():
                 continue
             try:
@@ -139,6 +157,18 @@ class LocalBackend:
 
     def max_array_size(self) -> int:
         return 1 << 31
+
+
+def setup_lines(scheduler: dict[str, Any]) -> list[str]:
+    """The setup shell lines of a request, checked like a job script's (no newline, CR or NUL)."""
+    return [check_script_value(line, f"scheduler.setup[{i}]") for i, line in enumerate(scheduler.get("setup") or [])]
+
+
+def _bash() -> str:
+    bash = shutil.which("bash")
+    if bash is None:
+        raise InputError("resources.setup: the local backend runs setup lines with bash, which is not on PATH")
+    return bash
 
 
 def _signal(proc: subprocess.Popen[bytes], sig: int, group: bool = False) -> None:

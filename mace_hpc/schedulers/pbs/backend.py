@@ -88,7 +88,7 @@ class PbsBackend:
         for key, value in env.items():
             if key in ("MACE_INDEX_OFFSET", "MACE_ARRAY_INDICES"):
                 continue
-            if V_SAFE.match(value):
+            if V_SAFE.fullmatch(value):
                 v_env[key] = value
             else:  # quotes, spaces, commas, $...: a quoted shell line instead of -v
                 exports.append(f"export {key}={shell_quote(value, f'env.{key}')}")

@@ -104,7 +104,7 @@ class PbsJobId:
 def parse_job_id(job_id: str) -> PbsJobId:
     """Parse any PBS Pro / Torque job id; InputError if it is not one (it goes into argv)."""
     text = str(job_id).strip()
-    m = _JOB_ID.match(text)
+    m = _JOB_ID.fullmatch(text)
     if not m:
         raise InputError(f"job id {text!r} is not a PBS job id (e.g. 123.server, 123[].server, 123[4])")
     idx = m.group("idx") if m.group("idx") not in (None, "") else m.group("old")
@@ -164,7 +164,7 @@ def format_walltime(minutes: int) -> str:
 def convert_mem(value: str) -> str:
     """`2G`, `512M`, `4GB`, `4gb`, `1024` (MB, as SLURM) -> PBS size `2gb`, `512mb`, `1024mb`."""
     text = check_script_value(str(value), "scheduler.mem").strip()
-    m = re.match(r"^(\d+)\s*([KkMmGgTt]?)[Bb]?$", text)
+    m = re.fullmatch(r"^(\d+)\s*([KkMmGgTt]?)[Bb]?$", text)
     if not m:
         raise ConfigError(f"scheduler.mem={text!r} is invalid; use a size such as 512M, 4G or 4gb")
     unit = (m.group(2) or "m").lower()
@@ -174,7 +174,7 @@ def convert_mem(value: str) -> str:
 def gpu_count(gres: str | None) -> int | None:
     if gres is None:
         return None
-    m = re.match(r"^gpu(?::[A-Za-z0-9_-]+)?:(\d+)$", str(gres).strip())
+    m = re.fullmatch(r"^gpu(?::[A-Za-z0-9_-]+)?:(\d+)$", str(gres).strip())
     if not m:
         raise ConfigError(f"scheduler.gres={gres!r} cannot be expressed on PBS; only gpu:N (or gpu:type:N)")
     return int(m.group(1))
@@ -182,7 +182,7 @@ def gpu_count(gres: str | None) -> int | None:
 
 def directive_value(value: object, key: str) -> str:
     text = check_script_value(str(value), f"scheduler.{key}")
-    if not _DIRECTIVE_SAFE.match(text):
+    if not _DIRECTIVE_SAFE.fullmatch(text):
         raise InputError(f"scheduler.{key}={text!r} has characters a #PBS directive cannot carry")
     return text
 
@@ -192,7 +192,7 @@ def v_list(values: dict[str, str]) -> str:
     parts = []
     for key, value in values.items():
         if "," in value:
-            if not re.match(r"^[0-9,-]+$", value):  # only our own index lists carry commas here
+            if not re.fullmatch(r"^[0-9,-]+$", value):  # only our own index lists carry commas here
                 raise InputError(f"{key}: a comma-bearing value cannot go into -v: {value!r}")
             parts.append(f"{key}='{value}'")
         else:

@@ -89,7 +89,7 @@ def render_script(spec: JobSpec) -> str:
     """The job script: #PBS directives, cd, setup, exports, pre-timeout signal, `exec` command."""
     check_flavor(spec.flavor)
     work_dir = check_script_value(str(spec.work_dir), "work_dir")
-    if not PATH_SAFE.match(work_dir):
+    if not PATH_SAFE.fullmatch(work_dir):
         raise InputError(f"work_dir {work_dir!r} has characters PBS -o/-e paths cannot carry (':', ',', spaces)")
     lines = ["#!/bin/bash", f"#PBS -N {spec.name}"]
     if spec.queue:

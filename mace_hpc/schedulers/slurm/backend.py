@@ -79,7 +79,7 @@ def _offset_from_name(name: str) -> int:
 
 def _directive(value: Any, field: str) -> str:
     text = check_script_value(str(value), f"scheduler.{field}")
-    if not _DIRECTIVE_SAFE.match(text):
+    if not _DIRECTIVE_SAFE.fullmatch(text):
         raise InputError(f"scheduler.{field}={text!r} has characters SLURM does not accept in a directive")
     return text
 
@@ -138,7 +138,7 @@ class SlurmBackend:
                     "env.MACE_INDEX_OFFSET is set by the backend from index_offset; do not pass it"
                 )
         for key, value in env.items():
-            if _EXPORT_SAFE.match(value):
+            if _EXPORT_SAFE.fullmatch(value):
                 exported[key] = value
             else:  # commas, quotes, $, backslashes...: a quoted shell line, seen by the batch shell
                 script_exports.append(f"export {key}={shell_quote(value, f'env.{key}')}")
@@ -170,7 +170,7 @@ class SlurmBackend:
                 opts[param] = _directive(sched[field], field)
         if req.dependency is not None:
             dep = check_script_value(req.dependency, "dependency")
-            if not _DEPENDENCY.match(dep):
+            if not _DEPENDENCY.fullmatch(dep):
                 raise InputError(f"dependency {dep!r} is invalid; e.g. afterany:123 or afterok:123_4")
             opts["dependency"] = dep
 
@@ -281,7 +281,7 @@ class SlurmBackend:
 def _check_ids(job_ids: list[str]) -> list[str]:
     ids = [str(j).strip() for j in job_ids]
     for j in ids:
-        if not re.match(r"^\d+(_\d+)?$", j):
+        if not re.fullmatch(r"^\d+(_\d+)?$", j):
             raise InputError(f"job id {j!r} is invalid; expected digits like 123 or 123_4")
     return list(dict.fromkeys(ids))
 
