@@ -13,7 +13,7 @@ cd /scratch/mace/sub || exit 1
 
 export MACE_INDEX_OFFSET=100
 export MACE_NOTE='a b,c'
-# -J takes one range; subjobs the submission did not list exit 0 at once (see mace_hpc/submission/pbs/)
+# -J takes one range; subjobs the submission did not list exit 0 at once (see mace_hpc/schedulers/pbs/)
 mace_listed() {
     local IFS=, r
     for r in $MACE_ARRAY_INDICES; do

@@ -69,7 +69,7 @@ def _array_lines(spec: JobSpec) -> tuple[list[str], list[str]]:
         listed = array_spec(ids)
         spec.env["MACE_ARRAY_INDICES"] = listed
         body += [
-            "# -J takes one range; subjobs the submission did not list exit 0 at once (see mace_hpc/submission/pbs/)",
+            "# -J takes one range; subjobs the submission did not list exit 0 at once (see mace_hpc/schedulers/pbs/)",
             "mace_listed() {",
             "    local IFS=, r",
             "    for r in $MACE_ARRAY_INDICES; do",
