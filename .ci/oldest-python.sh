@@ -11,4 +11,4 @@ if ! "$PY" -c 'import pytest, psutil, yaml' 2>/dev/null; then
     apt-get install -y -q python3-pytest python3-psutil python3-yaml >/dev/null
 fi
 echo "oldest python: $("$PY" --version 2>&1) at $PY (tarfile.data_filter: $("$PY" -c 'import tarfile; print(hasattr(tarfile, "data_filter"))'))"
-PYTHONPATH="$PWD" "$PY" -m pytest -q -p no:cacheprovider tests/test_archive.py
+PYTHONPATH="$PWD" "$PY" -m pytest -q -p no:cacheprovider tests/test_context_archive.py

@@ -2,7 +2,7 @@
 
 `FakeBackend` renders real SLURM job scripts (pure) but keeps submissions, queries and cancels in
 memory, so the pipeline's bookkeeping (chunks, offsets, records, one query per submission,
-refusal cleanup) is tested without a cluster; tests/test_slurm_e2e.py does the same for real.
+refusal cleanup) is tested without a cluster; tests/test_submission_slurm_e2e.py does the same for real.
 """
 
 from __future__ import annotations

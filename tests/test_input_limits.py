@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli_errors import assert_one_line_error, run_mace
+from test_cli import assert_one_line_error, run_mace
 
 from mace_hpc.errors import InputError, PlanError
 from mace_hpc.plan import load_plan_data

@@ -1,7 +1,7 @@
 """`mace status`, `mace cancel`, `mace resubmit`: state files reconciled with one scheduler query.
 
 The scheduler is `FakeBackend` (or the real SlurmBackend with its subprocess calls replaced), so
-every reconciliation rule is exercised deterministically; tests/test_slurm_e2e.py does it for real.
+every reconciliation rule is exercised deterministically; tests/test_submission_slurm_e2e.py does it for real.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ was broken never deletes its successor's lock.
 Why not filelock's soft locks (4.3): on NFS they never break a stale lock (takeover needs
 renameat2 RENAME_EXCHANGE, which NFS refuses), leases refresh only from a heartbeat thread (the
 epilogue then cannot fork) and expire only after each waiter watched them for a whole lease;
-tests/test_nfslock.py's test_filelock_gap_* show each gap.
+tests/test_util_lock.py's test_filelock_gap_* show each gap.
 """
 
 from __future__ import annotations

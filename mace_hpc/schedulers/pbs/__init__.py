@@ -10,7 +10,7 @@ share one shape.
 Two dialects, chosen by `scheduler.pbs_flavor` or detected from `qstat --version` (PBS Pro prints
 `pbs_version = 22.05.11`, Torque `Version: 6.1.3`). Facts this code relies on, from the docs
 (OpenPBS man pages in github.com/openpbs/openpbs doc/man1, Adaptive Computing Torque docs) and, for
-PBS Pro, checked against a real OpenPBS 23.06 in CI (tests/test_pbs_real.py, .ci/pbs/start.sh):
+PBS Pro, checked against a real OpenPBS 23.06 in CI (tests/test_submission_pbs_real.py, .ci/pbs/start.sh):
 
 - PBS Pro `-J X-Y[:Z]` only takes one range with a step, X < Y (a one-element range is refused by
   `parse_subjob_index`, src/lib/Libutil/range.c). `%N` (the `max_run_subjobs` attribute) exists

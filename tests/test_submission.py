@@ -1,7 +1,7 @@
 """`mace-submit`: contexts, manifest, record, chunks, element env, dry-run, refusal cleanup, bad input.
 
 Runs without a scheduler: the local backend for real, SLURM bookkeeping through `FakeBackend`
-(tests/test_slurm_e2e.py repeats the important parts on the real cluster).
+(tests/test_submission_slurm_e2e.py repeats the important parts on the real cluster).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Same scenarios as on SLURM: `mace-submit --backend pbs` creates the contexts and one array, each
 element's MACE_* values are seen from inside the job, the epilogue merges every element into the
 shared database exactly once, `mace cancel` and `mace resubmit --failed` work. PBS Pro runs the same
-scenarios against a real OpenPBS in tests/test_pbs_real.py; Torque has no installable server, so the
+scenarios against a real OpenPBS in tests/test_submission_pbs_real.py; Torque has no installable server, so the
 fake (tests/fakepbs/README.md says what it emulates) is what judges it here.
 """
 

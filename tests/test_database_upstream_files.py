@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from test_upstream_compat import UPSTREAM_SRC, _upstream_module
+from test_database_upstream_calls import UPSTREAM_SRC, _upstream_module
 
 from mace_hpc.database.materials import MaterialDatabase
 from mace_hpc.database.merge import merge_database
