@@ -195,6 +195,7 @@ def pbs_run(pbs_server: PbsServer) -> Iterator[Run]:
     root = Path(tempfile.mkdtemp(prefix="mace-pbs-real-", dir="/tmp"))
     pw = pwd.getpwnam(pbs_server.user)
     os.chmod(root, 0o755)
+    (root / "none.json").write_text("{}")  # MACE_CONFIG must name a file (an empty config)
     run = Run(pbs_server, root, {})
     probe = root / "probe.py"
     probe.write_text(PROBE)
