@@ -43,6 +43,7 @@ def run_elements(root: Path, mode: str, on_complete: str, n: int) -> list[float]
     from mace_hpc.submission.submit import submit_plan
 
     name = f"runner-{mode}-{on_complete.replace('+', '-')}"
+    (root / "none.json").write_text("{}")  # MACE_CONFIG must name a file: an empty config
     environ = {"MACE_SCRATCH_ROOT": str(root / "scratch"), "MACE_CONFIG": str(root / "none.json"),
                "MACE_SHARED_DATABASE": str(root / f"{name}.db"), "MACE_ARCHIVE_DIR": str(root / "archives")}
     plan = {"name": name, "isolation_mode": mode, "on_complete": on_complete,

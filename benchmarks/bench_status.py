@@ -46,6 +46,7 @@ def main() -> None:
     print(machine())
     with tempfile.TemporaryDirectory(prefix="bench-status-", dir="/tmp") as tmp:
         root = Path(tmp)
+        (root / "none.json").write_text("{}")  # MACE_CONFIG must name a file: an empty config
         environ = {"MACE_SCRATCH_ROOT": str(root / "scratch"), "MACE_CONFIG": str(root / "none.json"),
                    "MACE_SHARED_DATABASE": str(root / "shared.db")}
         plan_path = root / "plan.json"

@@ -60,6 +60,7 @@ def bench_mace(plan_path: Path, root: Path, partition: str | None, run: int = 0)
     from mace_hpc.submission.submit import submit_plan
 
     scratch = root / f"scratch{run}"
+    (root / "none.json").write_text("{}")  # MACE_CONFIG must name a file: an empty config
     environ = {"MACE_SCRATCH_ROOT": str(scratch), "MACE_CONFIG": str(root / "none.json"),
                "MACE_SHARED_DATABASE": str(root / "shared.db"), "MACE_ARCHIVE_DIR": str(root / "archives")}
     cli = {"scheduler.partition": partition} if partition else {}
