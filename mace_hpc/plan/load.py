@@ -159,3 +159,13 @@ def plan_from_any(x: str | Path | Mapping[str, Any] | Plan) -> Plan:
     if isinstance(x, (str, Path)):
         return load_plan(x)
     raise TypeError(f"expected a plan file path, plan data or a Plan, not {type(x).__name__}")
+
+
+def submitted_plan_fields(path: str | Path) -> dict[str, Any]:
+    """The top-level fields (description, analysis, ...) of a submission's saved `plan.json`,
+    without expanding its elements again; {} when the file is missing or not a valid plan."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return validate_plan_fields(data) if isinstance(data, dict) else {}
+    except (OSError, ValueError, PlanError):
+        return {}

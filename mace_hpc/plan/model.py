@@ -97,6 +97,7 @@ class Plan:
     resources: dict[str, Any] = field(default_factory=dict)
     max_parallel: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    analysis: str | None = None  # 'module:callable' over the merged results (`mace report`)
     elements: list[Element] = field(default_factory=list)
     source: Path | None = None
     plan_dir: Path = field(default_factory=Path.cwd)
@@ -118,7 +119,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         """A plan file again (no sweep: every element explicit); `load_plan_data` reproduces it."""
         out: dict[str, Any] = {"version": PLAN_FORMAT_VERSION, "name": self.name}
-        for key in ("description", "isolation_mode", "on_complete", "on_failure", "shared_database"):
+        for key in ("description", "isolation_mode", "on_complete", "on_failure", "shared_database", "analysis"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value

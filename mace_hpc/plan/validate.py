@@ -34,6 +34,7 @@ PLAN_KEYS = (
     "env",
     "elements",
     "sweep",
+    "analysis",
 )
 ELEMENT_KEYS = ("id", "materials", "env", "steps")
 TEMPLATE_KEYS = ("materials", "env", "steps")
@@ -598,4 +599,15 @@ def validate_plan_fields(data: Mapping[str, Any]) -> dict[str, Any]:
         "resources": validate_resources(data.get("resources")),
         "max_parallel": None if max_parallel is None else pos_int(max_parallel, "max_parallel"),
         "env": validate_env(data.get("env"), "env"),
+        "analysis": _analysis(data.get("analysis")),
     }
+
+
+def _analysis(value: Any) -> str | None:
+    """`analysis`: a 'module:callable' (found beside the plan) that `mace report` calls with the merged
+    results, e.g. the example's equation-of-state fit."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not FUNCTION_RE.match(value):
+        fail("analysis", f"must be 'module:callable' beside the plan (e.g. 'eos:fit'), got {show(value)}")
+    return value
