@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -65,11 +66,19 @@ class Progress:
         from tqdm import tqdm
 
         if self._bar is None:  # `initial`: the rate counts what settles while we watch, not before
+            cols, rows = _size(self.stream)  # a terminal that reports no size (a bare pty): 100 x 20
             self._bar = tqdm(total=total, initial=done, desc=self.label, file=self.stream, unit=" elements",
-                             dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} done "
-                             "[{elapsed}<{remaining}, {rate_fmt}] {postfix}")
+                             ncols=cols or 100, nrows=rows or 20, dynamic_ncols=bool(cols), bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} done "
+                             "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
         self._bar.total = total
         self._bar.set_postfix_str(counts, refresh=False)
         self._bar.update(done - self._bar.n)
         if done >= total:
             self._bar.close()
+
+
+def _size(stream: Any) -> tuple[int, int]:
+    try:
+        return tuple(os.get_terminal_size(stream.fileno()))  # type: ignore[return-value]
+    except (OSError, ValueError, AttributeError):
+        return 0, 0

@@ -66,10 +66,12 @@ class Element:
     materials: list[dict[str, Any]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
+    # the sweep values that made it, for `mace report`; metadata, not identity: equal plans may differ here
+    params: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able resolved spec (what `element.json` holds)."""
-        return {
+        """JSON-able resolved spec (what `element.json` holds); `params` only for a sweep's elements."""
+        out = {
             "index": self.index,
             "id": self.id,
             "workflow_id": self.workflow_id,
@@ -77,6 +79,7 @@ class Element:
             "env": dict(self.env),
             "steps": [s.to_dict() for s in self.steps],
         }
+        return {**out, "params": dict(self.params)} if self.params else out
 
 
 @dataclass(frozen=True)

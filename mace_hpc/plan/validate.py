@@ -9,6 +9,7 @@ restricted to a conservative character set.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import math
@@ -52,7 +53,7 @@ RESOURCE_KEYS = (
     "signal_margin",
     "requeue",
 )
-RECORD_KEYS = ("index", "id", "workflow_id", "materials", "env", "steps")
+RECORD_KEYS = ("index", "id", "workflow_id", "materials", "env", "steps", "params")
 
 ENV_KEY_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 # Why each is refused; checked as exact names first, then as prefixes.
@@ -570,7 +571,10 @@ def validate_element_record(data: Any, path: str = "element") -> Element:
     workflow_id = check_workflow_id(
         req_str(required(data, "workflow_id", path), join(path, "workflow_id")), join(path, "workflow_id")
     )
-    return validate_element_body(data, path, index=index, eid=eid, workflow_id=workflow_id, base_env={})
+    params = as_mapping(data.get("params") or {}, join(path, "params"))
+    body = {k: v for k, v in data.items() if k != "params"}
+    element = validate_element_body(body, path, index=index, eid=eid, workflow_id=workflow_id, base_env={})
+    return dataclasses.replace(element, params=dict(params)) if params else element
 
 
 def validate_plan_fields(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ def build_report_data(paths: SubmissionPaths, record: SubmissionRecord, manifest
     owner = material_owners(specs)
     for row in status.rows:
         row["params"] = params.get(row["index"], {})
+        row["queued_at"] = row["queued_at"] or record.submitted_at  # a first submission writes no state file
     merged = read_merged(Path(manifest.shared_database), list(owner))
     by_index = {r["index"]: r for r in status.rows}
     columns = ["material_id", "formula", "workflow_id", *param_names, *merged.names]
@@ -76,23 +77,17 @@ def build_report_data(paths: SubmissionPaths, record: SubmissionRecord, manifest
 
 
 def sweep_parameters(specs: list[dict[str, Any]]) -> tuple[dict[int, dict[str, Any]], list[str]]:
-    """Per element index, the numbers that vary across elements (step kwargs and env values: where
-    a sweep's placeholders land), and their names in order of first appearance."""
+    """Per element index, the sweep values that made it (`params` in elements.json), and the
+    names of those that vary across the plan, in the sweep's order."""
     seen: dict[int, dict[str, Any]] = {}
+    names: dict[str, set[str]] = {}
     for i, spec in enumerate(specs):
-        values: dict[str, Any] = {}
-        for step in spec.get("steps") or []:
-            for k, v in (step.get("kwargs") or {}).items() if isinstance(step, dict) else ():
-                values.setdefault(str(k), _number(v))
-        for k, v in (spec.get("env") or {}).items():
-            values.setdefault(str(k), _number(v))
-        seen[int(spec.get("index", i))] = {k: v for k, v in values.items() if v is not None}
-    names: dict[str, set[Any]] = {}
-    for values in seen.values():
-        for k, v in values.items():
-            names.setdefault(k, set()).add(v)
+        params = spec.get("params") if isinstance(spec.get("params"), dict) else {}
+        seen[int(spec.get("index", i))] = params
+        for k, v in params.items():
+            names.setdefault(str(k), set()).add(repr(v))
     varying = [k for k, vs in names.items() if len(vs) > 1]
-    return {i: {k: v[k] for k in varying if k in v} for i, v in seen.items()}, varying
+    return {i: {k: _finite(v[k]) for k in varying if k in v} for i, v in seen.items()}, varying
 
 
 def material_owners(specs: list[dict[str, Any]]) -> dict[str, int]:
@@ -135,17 +130,6 @@ def analysis_lines(analysis: dict[str, Any] | None) -> list[str]:
     units = analysis.get("units", {})
     return [f"{k} = {v:.6g} {units.get(k, '')}".rstrip() if isinstance(v, float) else f"{k} = {v}"
             for k, v in analysis["summary"].items()]
-
-
-def _number(v: Any) -> float | int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, (int, float)):
-        return _finite(v)
-    try:
-        return _finite(float(v)) if isinstance(v, str) else None
-    except ValueError:
-        return None
 
 
 def _finite(v: Any) -> Any:

@@ -6,7 +6,10 @@ const COLORS = {
   CANCELLED: "#52606d", MERGED: "#16a34a", ARCHIVED: "#0d9488", PENDING_MERGE: "#f59e0b", KEPT: "#64748b",
   QUARANTINED: "#7c3aed",
 };
-const GOOD = new Set(["COMPLETED", "MERGED", "ARCHIVED", "KEPT"]);
+const GOOD = new Set(["COMPLETED", "MERGED", "ARCHIVED", "KEPT"]), BAD_RUN = new Set(["FAILED", "TIMEOUT", "CANCELLED"]);
+// an element kept or archived after a failed run is shown by how its run ended
+const shown = e => BAD_RUN.has(e.run_state) ? e.run_state : e.state;
+const needsAttention = e => !GOOD.has(e.state) || BAD_RUN.has(e.run_state) || e.attempts > 1 || e.conflicts;
 const $ = id => document.getElementById(id);
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
 const color = s => COLORS[s] || "#cbd2d9";
@@ -26,15 +29,19 @@ function header() {
 
 function counts() {
   const order = D.state_order.filter(s => D.summary[s]).concat(Object.keys(D.summary).filter(s => !D.state_order.includes(s)));
-  $("counts").innerHTML = `<span class="total">${D.total}</span>` + order.map(s =>
-    `<span class="chip" data-state="${esc(s)}"><span class="dot" style="background:${color(s)}"></span><b>${D.summary[s]}</b> ${esc(s)}</span>`).join("");
+  const chip = (s, n, kind) => `<span class="chip" data-${kind}="${esc(s)}"><span class="dot" style="background:${color(s)}"></span><b>${n}</b> ${esc(s)}</span>`;
+  $("counts").innerHTML = `<span class="total">${D.total}</span>` + order.map(s => chip(s, D.summary[s], "state")).join("");
+  const failedRuns = {};
+  elements.filter(e => BAD_RUN.has(e.run_state) && e.state !== e.run_state).forEach(e => { failedRuns[e.run_state] = (failedRuns[e.run_state] || 0) + 1; });
+  if (Object.keys(failedRuns).length) $("counts").insertAdjacentHTML("beforeend", `<span class="muted" style="align-self:center">of which the run ended</span>` +
+    Object.entries(failedRuns).map(([s, n]) => chip(s, n, "run")).join(""));
 }
 
 function grid() {
   const n = elements.length;
   $("grid").style.setProperty("--cell", n > 3000 ? "7px" : n > 600 ? "11px" : "18px");
   $("grid").innerHTML = elements.map((e, k) =>
-    `<div class="cell" data-k="${k}" style="background:${color(e.state)}" title="#${e.index} ${esc(e.workflow_id)}: ${esc(e.state)}${e.message ? " – " + esc(e.message) : ""}"></div>`).join("");
+    `<div class="cell" data-k="${k}" style="background:${color(shown(e))}" title="#${e.index} ${esc(e.workflow_id)}: ${esc(e.state)}${BAD_RUN.has(e.run_state) && e.run_state !== e.state ? " after a " + esc(e.run_state) + " run" : ""}${e.message ? " – " + esc(e.message) : ""}"></div>`).join("");
   $("grid").addEventListener("click", ev => { const k = ev.target.dataset.k; if (k !== undefined) detail(elements[+k]); });
 }
 
@@ -53,19 +60,20 @@ function detail(e) {
 
 function why(e) {
   if (e.conflicts) return `${e.conflicts} merge conflict(s): the shared database kept its version. ${e.message || ""}`;
-  if (e.attempts > 1 && GOOD.has(e.state)) return `retried: ${e.attempts} attempts`;
+  if (e.attempts > 1 && GOOD.has(e.state) && !BAD_RUN.has(e.run_state)) return `retried: ${e.attempts} attempts`;
   if (e.state === "PENDING") return e.message || (e.job_id ? `queued as job ${e.job_id}` : "not started yet");
-  return e.message || `${e.state} (run ${e.run_state})`;
+  if (e.state === "RUNNING" && !e.message) return `running${e.host ? " on " + e.host : ""} since ${when(e.started_at)}`;
+  return e.message || `${e.state}, no message recorded` + (e.run_state && e.run_state !== e.state ? ` (last run ${e.run_state})` : "");
 }
 
 function attention() {
-  const bad = elements.filter(e => !GOOD.has(e.state) || e.attempts > 1 || e.conflicts);
+  const bad = elements.filter(needsAttention);
   if (!bad.length) { $("attention").innerHTML = `<span class="muted">nothing: every element finished and its results are home</span>`; return; }
-  const shown = bad.slice(0, 300);
+  const listed = bad.slice(0, 300);
   $("attention").innerHTML = `<div class="scroll"><table><thead><tr><th>#</th><th>workflow id</th><th>state</th><th>attempts</th><th>why</th><th>files</th></tr></thead><tbody>` +
-    shown.map(e => `<tr><td class="num">${e.index}</td><td>${esc(e.workflow_id)}</td><td><span class="dot" style="background:${color(e.state)}"></span> ${esc(e.state)}</td>` +
+    listed.map(e => `<tr><td class="num">${e.index}</td><td>${esc(e.workflow_id)}</td><td><span class="dot" style="background:${color(shown(e))}"></span> ${esc(e.state)}${e.state !== shown(e) ? " (run " + esc(e.run_state) + ")" : ""}</td>` +
       `<td class="num">${e.attempts}</td><td style="white-space:normal">${esc(why(e))}</td><td>${contextLinks(e)}</td></tr>`).join("") +
-    `</tbody></table></div>` + (bad.length > shown.length ? `<p class="muted">… and ${bad.length - shown.length} more (mace status ${esc(D.plan)})</p>` : "");
+    `</tbody></table></div>` + (bad.length > listed.length ? `<p class="muted">… and ${bad.length - listed.length} more (mace status ${esc(D.plan)})</p>` : "");
 }
 
 function timeline() {
@@ -80,7 +88,7 @@ function timeline() {
   elements.forEach((e, k) => {
     const y = 2 + k * rowH, h = Math.max(rowH - (rowH > 3 ? 1 : 0), 0.6);
     if (e.queued_at) { g.fillStyle = "#d9e2ec"; g.fillRect(x(e.queued_at), y, x(e.started_at || e.finished_at || t1) - x(e.queued_at), h); }
-    if (e.started_at) { g.fillStyle = color(e.state); g.fillRect(x(e.started_at), y, Math.max(x(e.finished_at || t1) - x(e.started_at), 1), h); }
+    if (e.started_at) { g.fillStyle = color(shown(e)); g.fillRect(x(e.started_at), y, Math.max(x(e.finished_at || t1) - x(e.started_at), 1), h); }
   });
   g.fillStyle = "#616e7c"; g.font = "11px system-ui,sans-serif";
   for (let i = 0; i <= 5; i++) { const t = t0 + (t1 - t0) * i / 5; g.fillText(fmt(+(t - t0).toPrecision(3)) + " s", x(t) - (i === 5 ? 30 : 0), H - 6); }
@@ -99,7 +107,7 @@ function histogram(target, values, unit, colour) {
   values.forEach(v => counts[Math.min(nb - 1, Math.floor((v - lo) / step))]++);
   new uPlot({
     width: width(el, 320), height: 200, legend: { show: false }, cursor: { drag: { x: false, y: false } },
-    scales: { x: { time: false, range: [lo, lo + step * nb] } },
+    scales: { x: { time: false, range: [lo, lo + step * nb] }, y: { range: (u, a, b) => [0, Math.max(1, b) * 1.08] } },
     axes: [{ label: unit, size: 40 }, { label: "elements", size: 50 }],
     series: [{}, { label: "elements", fill: colour + "cc", stroke: colour, paths: uPlot.paths.bars({ size: [0.92, 100] }) }],
   }, [centers, counts], el);
