@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -85,6 +86,28 @@ def synthetic_submission(root: Path, n: int) -> dict[str, str]:
     return environ
 
 
+def _child_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _browser_seconds(page: Path, root: Path) -> tuple[float, float]:
+    """Wall time of headless chromium opening `page` with its self-test, and an empty page (start-up)."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={root / 'chromium'}", "--dump-dom"]
+    empty = root / "empty.html"
+    empty.write_text("<html><body></body></html>")
+    times = []
+    for url in (f"{page.resolve().as_uri()}#selftest", empty.resolve().as_uri()):
+        t0 = time.perf_counter()
+        proc = subprocess.run(["chromium", *flags, url], capture_output=True, text=True, timeout=300)
+        times.append(time.perf_counter() - t0)
+        assert proc.returncode == 0 and ('"cells":' in proc.stdout or "empty" in url), proc.stderr[-500:]
+    return times[0], times[1]
+
+
 def machine() -> str:
     kb = int(next(ln for ln in open("/proc/meminfo") if ln.startswith("MemTotal")).split()[1])
     load = os.getloadavg()[0]
@@ -112,32 +135,41 @@ def main() -> None:
         environ = synthetic_submission(root, args.elements)
         print(f"prepared {args.elements} elements in {time.perf_counter() - t0:.1f} s")
         directory, record, manifest = find_submission(PLAN, load_config(environ=environ))
-        data_s, html_s = [], []
+        data_s, html_s, cpu = [], [], []
         for _ in range(args.repeat):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             data = build_report_data(SubmissionPaths(Path(directory)), record, manifest)
             t1 = time.perf_counter()
             page = render_html(data)
             data_s.append(t1 - t0)
             html_s.append(time.perf_counter() - t1)
+            cpu.append(time.process_time() - c0)
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("MACE_")}, **environ}
-        cli: dict[str, list[float]] = {"html": [], "json": []}
+        cli: dict[str, list[float]] = {"html": [], "json": [], "html cpu": [], "json cpu": []}
         out = root / "report.html"
         for _ in range(args.repeat):
             for kind, extra in (("html", []), ("json", ["--json"])):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), _child_cpu()
                 proc = subprocess.run([sys.executable, "-m", "mace_hpc.cli.main", "report", PLAN, "-o", str(out), *extra],
                                       env=env, capture_output=True, text=True)
                 cli[kind].append(time.perf_counter() - t0)
+                cli[f"{kind} cpu"].append(_child_cpu() - c0)
                 assert proc.returncode == 0, proc.stderr
         json_size = len(proc.stdout.encode())
+        browser = _browser_seconds(out, root) if shutil.which("chromium") else None
     print(f"{args.elements} elements ({ {str(k): v for k, v in data['summary'].items()} }), {len(data['results']['rows'])} materials, median of {args.repeat} (min-max):")
     for label, xs in (("build_report_data (state files, elements.json, shared DB)", data_s),
                       ("render_html (inline JSON + page + uPlot)", html_s),
+                      ("  CPU time of both (user + system)", cpu),
                       ("`mace report PLAN -o FILE` (command, wall)", cli["html"]),
-                      ("`mace report PLAN -o FILE --json` (command, wall)", cli["json"])):
+                      ("  its CPU time (user + system)", cli["html cpu"]),
+                      ("`mace report PLAN -o FILE --json` (command, wall)", cli["json"]),
+                      ("  its CPU time (user + system)", cli["json cpu"])):
         print(f"  {label:<58} {statistics.median(xs):6.3f} s ({min(xs):.3f}-{max(xs):.3f})")
     print(f"  HTML {len(page.encode()) / 2**20:.2f} MiB, JSON on stdout {json_size / 2**20:.2f} MiB")
+    if browser:
+        print(f"  headless chromium, start + load + draw + self-test (dump-dom): this page {browser[0]:.1f} s, "
+              f"an empty page {browser[1]:.1f} s")
 
 
 if __name__ == "__main__":

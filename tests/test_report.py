@@ -191,6 +191,29 @@ def test_a_request_from_the_page_would_be_caught(example: dict[str, Any], chromi
     assert chromium.load(tmp_path / "open.html").page_requests == ["http://example.invalid/x.png"]
 
 
+@pytest.mark.slow
+def test_report_of_a_10000_element_plan_builds_in_seconds_and_opens(tmp_path: Path, chromium: Chromium) -> None:
+    """The benchmark's synthetic plan (benchmarks/bench_report.py has the measured figures): states
+    as if it had run, 8,000 merged materials; the bound here is loose, for a busy CI machine."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_report import PLAN, synthetic_submission
+
+    synthetic_submission(tmp_path, 10_000)
+    page = tmp_path / "big.html"
+    t0 = time.perf_counter()
+    proc = _mace(tmp_path, "report", PLAN, "-o", str(page))
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert seconds < 20, f"mace report took {seconds:.1f} s for 10,000 elements"
+    assert page.stat().st_size < 8 * 2**20
+    assert "(10000 elements, 8000 materials)" in proc.stdout
+    load = chromium.load(page)
+    result = load.selftest()
+    assert result["cells"] == 10_000 and result["rows"] == 8_000 == len(_materials(tmp_path / "shared.db"))
+    assert result["problems"] == [] and load.console == [] and load.page_requests == []
+    assert result["ascending"] and result["descending"]
+
+
 # ----------------------------------------------------------------------------- the command
 def test_report_asks_the_scheduler_only_with_refresh(tmp_path: Path, mace_env: dict[str, Path],
                                                      fake_backend: FakeBackend, capsys, monkeypatch) -> None:

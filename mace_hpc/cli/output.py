@@ -69,7 +69,7 @@ class Progress:
             cols, rows = _size(self.stream)  # a terminal that reports no size (a bare pty): 100 x 20
             self._bar = tqdm(total=total, initial=done, desc=self.label, file=self.stream, unit=" elements",
                              ncols=cols or 100, nrows=rows or 20, dynamic_ncols=bool(cols), bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} done "
-                             "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+                             "[{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]")
         self._bar.total = total
         self._bar.set_postfix_str(counts, refresh=False)
         self._bar.update(done - self._bar.n)
