@@ -48,7 +48,7 @@ def synthetic_submission(root: Path, n: int) -> dict[str, str]:
     """A prepared `n`-element submission under `root` with state files and merged results as if it
     had run; returns the MACE_* environment that finds it."""
     from mace_hpc.config import load_config
-    from mace_hpc.database.materials import MaterialDatabase
+    from mace_hpc.database.schema import ensure_schema
     from mace_hpc.records import write_state
     from mace_hpc.submission.submit import submit_plan
 
@@ -73,14 +73,14 @@ def synthetic_submission(root: Path, n: int) -> dict[str, str]:
                     message="step calc: exit code 1" if state == "FAILED" else "")
         if state == "MERGED":
             merged.append(i)
-    MaterialDatabase(root / "shared.db").close()  # the schema
     conn = sqlite3.connect(root / "shared.db")
+    ensure_schema(conn)
     with conn:
         conn.executemany("INSERT INTO materials (material_id, formula, space_group, created_at, updated_at) "
                          "VALUES (?, 'Al', 225, 'now', 'now')", [(f"m{i}",) for i in merged])
         conn.executemany(
-            "INSERT INTO properties (uid, material_id, property_name, property_value, created_at) VALUES (?, ?, ?, ?, 'now')",
-            [(f"p{i}-{name}", f"m{i}", name, value) for i in merged
+            "INSERT INTO properties (material_id, property_name, property_value, extracted_at) VALUES (?, ?, ?, 'now')",
+            [(f"m{i}", name, value) for i in merged
              for name, value in (("energy_eV", (i / n - 0.5) ** 2), ("volume_A3", 15 + i / n), ("lattice_constant_A", 3.5 + i / n))])
     conn.close()
     return environ
