@@ -129,7 +129,7 @@ def test_report_json_is_the_data_the_page_embeds(example: dict[str, Any]) -> Non
     # the runner recorded what the histograms and the timeline draw
     assert all(r["peak_rss_bytes"] > 10 * 2**20 and r["cpu_seconds"] > 0 for r in rows), rows[0]
     assert all(r["queued_at"] <= r["started_at"] < r["finished_at"] for r in rows)
-    assert data["parameters"] == ["a0"]
+    assert data["parameters"] == ["a0"] and rows[0]["params"] == {"a0": 3.85}  # the sweep's values, typed
     assert data["results"]["units"]["energy_eV"] == "eV" and data["results"]["labels"]["volume_A3"] == "volume (Å³)"
     assert sorted(r[0] for r in data["results"]["rows"]) == _materials(example["db"])
     assert data["scheduler_queries"] == 0

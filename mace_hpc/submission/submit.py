@@ -279,7 +279,7 @@ def submit_plan(
     indices: list[int] | None = None,
     dry_run: bool = False,
     prepare_only: bool = False,
-    progress: Callable[[int, int, int, int], None] | None = None,  # done, total, failed, running
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> SubmitResult:
     """Validate, create contexts, submit one array per chunk; see the module docstring.
 

@@ -32,7 +32,7 @@ from ...records.states import State
 from ..base import ArrayRequest, check_script_value
 from .states import LOCAL_STATES
 
-ProgressFn = Callable[[int, int, int, int], None]  # done, total, failed, running
+ProgressFn = Callable[[int, int, int], None]
 _LOCAL_JOB = re.compile(r"^local-(\d+)-(\d+)$")
 
 
@@ -119,8 +119,8 @@ class LocalBackend:
                     self.returncodes[task] = rc
                     done += 1
                     failed += rc != 0
-                    if self.progress:  # the pool refills to max_parallel on its next turn
-                        self.progress(done, len(tasks), failed, min(len(running) + len(pending), max(1, req.max_parallel)))
+                    if self.progress:
+                        self.progress(done, len(tasks), failed)
         except BaseException:
             for proc, _, _ in running.values():
                 _signal(proc, signal.SIGTERM)
