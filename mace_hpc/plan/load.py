@@ -165,7 +165,7 @@ def submitted_plan_fields(path: str | Path) -> dict[str, Any]:
     """The top-level fields (description, analysis, ...) of a submission's saved `plan.json`,
     without expanding its elements again; {} when the file is missing or not a valid plan."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = parse_plan_text(read_input_text(Path(path), str(path), PlanError, "plan"), str(path))
         return validate_plan_fields(data) if isinstance(data, dict) else {}
-    except (OSError, ValueError, PlanError):
+    except PlanError:
         return {}

@@ -612,6 +612,6 @@ def _analysis(value: Any) -> str | None:
     results, e.g. the example's equation-of-state fit."""
     if value is None:
         return None
-    if not isinstance(value, str) or not FUNCTION_RE.match(value):
+    if not isinstance(value, str) or not FUNCTION_RE.fullmatch(value):
         fail("analysis", f"must be 'module:callable' beside the plan (e.g. 'eos:fit'), got {show(value)}")
     return value
