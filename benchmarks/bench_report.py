@@ -52,7 +52,8 @@ def synthetic_submission(root: Path, n: int) -> dict[str, str]:
     from mace_hpc.records import write_state
     from mace_hpc.submission.submit import submit_plan
 
-    environ = {"MACE_SCRATCH_ROOT": str(root / "scratch"), "MACE_CONFIG": str(root / "none.json"),
+    (root / "empty-config.json").write_text("{}")  # MACE_CONFIG must name a file
+    environ = {"MACE_SCRATCH_ROOT": str(root / "scratch"), "MACE_CONFIG": str(root / "empty-config.json"),
                "MACE_SHARED_DATABASE": str(root / "shared.db")}
     plan_path = root / "plan.json"
     plan_path.write_text(json.dumps(plan_data(n)))

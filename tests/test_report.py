@@ -35,7 +35,9 @@ DATA_RE = re.compile(r'<script id="mace-data" type="application/json">(.*?)</scr
 
 def _env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MACE_")}
-    return {**env, "MACE_SCRATCH_ROOT": str(root / "scratch"), "MACE_CONFIG": str(root / "none.json"),
+    config = root / "empty-mace-config.json"  # MACE_CONFIG must name a file; an empty one reads nothing else
+    config.write_text("{}")
+    return {**env, "MACE_SCRATCH_ROOT": str(root / "scratch"), "MACE_CONFIG": str(config),
             "MACE_ARCHIVE_DIR": str(root / "archives"), "MACE_SHARED_DATABASE": str(root / "default.db"),
             "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
 
@@ -243,6 +245,20 @@ def test_values_that_would_break_the_page_are_escaped() -> None:
     page = render_html(data)
     assert page.count("</script>") == 4 and "alert(1)" in page  # the page's own 4 scripts, the text kept
     assert "<title>p&lt;/title&gt;&lt;script&gt;: mace report</title>" in page
+
+
+def test_analysis_field_is_checked_and_its_failure_is_shown_not_raised(tmp_path: Path) -> None:
+    from mace_hpc.errors import PlanError
+    from mace_hpc.plan import load_plan_data
+    from mace_hpc.status.report_data import analysis_lines, run_analysis
+
+    with pytest.raises(PlanError, match=r"^analysis: must be 'module:callable' beside the plan"):
+        load_plan_data({**simple_plan("p", 1), "analysis": "eos.fit\n"})
+    (tmp_path / "broken_fit.py").write_text("def fit(rows):\n    raise ValueError(f'needs 5 points, got {len(rows)}')\n")
+    out = run_analysis("broken_fit:fit", str(tmp_path), [{"material_id": "m"}])
+    assert out == {"function": "broken_fit:fit", "error": "ValueError: needs 5 points, got 1"}
+    assert analysis_lines(out) == ["analysis broken_fit:fit: ValueError: needs 5 points, got 1"]
+    assert run_analysis("broken_fit:fit", str(tmp_path), [])["error"] == "no merged results yet"
 
 
 # ----------------------------------------------------------------------------- --watch
