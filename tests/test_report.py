@@ -150,6 +150,12 @@ def _check_page(chromium: Chromium, page: Path, db: Path, elements: int) -> dict
     assert result["cells"] == elements
     assert result["rows"] == len(_materials(db))
     assert result["ascending"] is True and result["descending"] is True, result
+    first = json.loads(DATA_RE.search(page.read_text()).group(1))  # type: ignore[union-attr]
+    element = dict(zip(first["elements"]["columns"], first["elements"]["rows"][0], strict=True))
+    assert element["workflow_id"] in result["detail"] and element["context_dir"] in result["detail"]
+    if first["results"]["rows"]:
+        material = str(first["results"]["rows"][0][0])
+        assert result["filtered"] and all(material in m for m in result["filtered"]), result["filtered"]
     return {**result, "dom": load.dom}
 
 
@@ -174,6 +180,7 @@ def test_half_failed_plan_report_in_chromium(half_failed: dict[str, Any], chromi
     assert attention.count("step calc: exit code 3") == 3  # each failure says why, with links to its files
     assert all(f"half-x{x}" in attention for x in (1, 3, 5)) and "half-x2" not in attention
     assert attention.count(">logs</a>") == 3
+    assert re.search(r'title="#0 half-x1: KEPT after a FAILED run – step calc: exit code 3"', dom)  # the hover
     assert half_failed["data"]["parameters"] == ["x"]  # from the sweep, although x only went into a command
     assert result["plots"] == 2 + 2  # runtime and memory histograms; energy and volume against x
     png = chromium.screenshot(half_failed["page"], tmp_path / "half-failed.png")

@@ -188,7 +188,7 @@ function propertyPlots() {
 
 function selftest() {
   // the browser tests open the page with #selftest: count what is drawn, sort the first numeric
-  // property column both ways through real clicks, and leave the answer in the DOM
+  // property column both ways, click a cell, filter, all through real events; the answer goes in the DOM
   const out = { cells: document.querySelectorAll("#grid .cell").length, rows: $("results").tBodies[0].rows.length };
   const col = R.columns.indexOf(R.properties.find(p => R.rows.some(r => typeof r[R.columns.indexOf(p)] === "number")));
   const read = () => Array.from($("results").tBodies[0].rows, tr => parseFloat(tr.cells[col].textContent));
@@ -200,6 +200,13 @@ function selftest() {
     out.descending = down.every((v, i) => i === 0 || down[i - 1] >= v);
     out.first_after_ascending = up[0];
     th.click();
+  }
+  const cell = document.querySelector("#grid .cell");
+  if (cell) { cell.click(); out.detail = $("detail").textContent; }  // a click shows the element and its context
+  if (R.rows.length) {  // the filter keeps the rows mentioning the first material only
+    $("filter").value = String(R.rows[0][0]); $("filter").dispatchEvent(new Event("input"));
+    out.filtered = Array.from($("results").tBodies[0].rows, tr => tr.cells[0].textContent);
+    $("filter").value = ""; $("filter").dispatchEvent(new Event("input"));
   }
   out.plots = document.querySelectorAll(".uplot").length;
   out.problems = window.maceProblems;
