@@ -15,7 +15,7 @@ import sys
 from .. import __version__
 
 COMMANDS = ("workflow", "submit", "run_element", "status", "cancel", "resubmit", "merge", "epilogue",
-            "contexts", "cleanup", "config_cmd")
+            "contexts", "cleanup", "config_cmd", "report")
 
 
 class _Parser(argparse.ArgumentParser):

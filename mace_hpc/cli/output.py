@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -35,23 +36,49 @@ def _fmt(v: Any) -> str:
 
 
 class Progress:
-    """A one-line progress bar on stderr when it is a terminal, a line per 10% otherwise."""
+    """Progress of a plan's elements on stderr, shared by `mace status --watch` and `mace-submit`.
+
+    On a terminal: a live tqdm bar (done/total, rate and time left, then running / pending /
+    failed); tqdm because it is small, pure Python, has no dependencies and has estimated rates
+    for a decade. Elsewhere (a log, a pipe): a plain line per 10% and at the end, never a `\r`.
+    """
 
     def __init__(self, label: str, stream: Any = None) -> None:
         self.label = label
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self._last_decile = -1
+        self._bar: Any = None
 
-    def __call__(self, done: int, total: int, failed: int = 0) -> None:
-        frac = done / total if total else 1.0
-        extra = f", {failed} failed" if failed else ""
+    def __call__(self, done: int, total: int, failed: int = 0, running: int | None = None) -> None:
+        parts = [f"{failed} failed"] if failed else []
+        if running is not None:
+            parts += [f"{running} running", f"{max(total - done - running, 0)} pending"]
         if self.tty:
-            bar = "#" * int(frac * 30)
-            self.stream.write(f"\r{self.label} [{bar:<30}] {done}/{total}{extra}")
-            if done >= total:
-                self.stream.write("\n")
-        elif int(frac * 10) != self._last_decile or done >= total:
-            self._last_decile = int(frac * 10)
-            self.stream.write(f"{self.label}: {done}/{total} done{extra}\n")
-        self.stream.flush()
+            self._draw(done, total, ", ".join(parts))
+            return
+        if int((done / total if total else 1.0) * 10) != self._last_decile or done >= total:
+            self._last_decile = int((done / total if total else 1.0) * 10)
+            self.stream.write(f"{self.label}: {done}/{total} done{''.join(', ' + p for p in parts)}\n")
+            self.stream.flush()
+
+    def _draw(self, done: int, total: int, counts: str) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:  # `initial`: the rate counts what settles while we watch, not before
+            cols, rows = _size(self.stream)  # a terminal that reports no size (a bare pty): 100 x 20
+            self._bar = tqdm(total=total, initial=done, desc=self.label, file=self.stream, unit=" elements",
+                             ncols=cols or 100, nrows=rows or 20, dynamic_ncols=bool(cols), bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} done "
+                             "[{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]")
+        self._bar.total = total
+        self._bar.set_postfix_str(counts, refresh=False)
+        self._bar.update(done - self._bar.n)
+        if done >= total:
+            self._bar.close()
+
+
+def _size(stream: Any) -> tuple[int, int]:
+    try:
+        return tuple(os.get_terminal_size(stream.fileno()))  # type: ignore[return-value]
+    except (OSError, ValueError, AttributeError):
+        return 0, 0

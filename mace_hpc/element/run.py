@@ -9,6 +9,7 @@ step, records TIMEOUT and still runs the epilogue, or requeues the element when 
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import sys
@@ -184,7 +185,7 @@ def run_element(
 
     record = {
         "state": final, "run_state": final, "finished_at": time.time(), "message": message,
-        "steps": [o.__dict__ for o in outcomes],
+        "steps": [o.__dict__ for o in outcomes], **resource_usage(),
     }
     requeue = final in (st.TIMEOUT, st.CANCELLED) and os.environ.get(env_names.REQUEUE) == "1"
     if requeue and not _cancelled_since(submission, started_at) and job.requeue():
@@ -194,6 +195,16 @@ def run_element(
     if run_epilogue:
         epilogue(context_dir, manifest=manifest)
     return {st.COMPLETED: 0, st.TIMEOUT: EXIT_TIMEOUT}.get(final, 1)
+
+
+def resource_usage() -> dict[str, Any]:
+    """Peak RSS and CPU time of this run for `mace report`'s histograms: the runner itself and
+    every step process it waited for (each element is its own runner process, so these are the
+    element's own; the scheduler's accounting may not be there, or not yet, when the report is built)."""
+    own, steps = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return {"peak_rss_bytes": max(own.ru_maxrss, steps.ru_maxrss) * scale,
+            "cpu_seconds": round(steps.ru_utime + steps.ru_stime, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,3 +159,13 @@ def plan_from_any(x: str | Path | Mapping[str, Any] | Plan) -> Plan:
     if isinstance(x, (str, Path)):
         return load_plan(x)
     raise TypeError(f"expected a plan file path, plan data or a Plan, not {type(x).__name__}")
+
+
+def submitted_plan_fields(path: str | Path) -> dict[str, Any]:
+    """The top-level fields (description, analysis, ...) of a submission's saved `plan.json`,
+    without expanding its elements again; {} when the file is missing or not a valid plan."""
+    try:
+        data = parse_plan_text(read_input_text(Path(path), str(path), PlanError, "plan"), str(path))
+        return validate_plan_fields(data) if isinstance(data, dict) else {}
+    except PlanError:
+        return {}

@@ -66,10 +66,12 @@ class Element:
     materials: list[dict[str, Any]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
+    # the sweep values that made it, for `mace report`; metadata, not identity: equal plans may differ here
+    params: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able resolved spec (what `element.json` holds)."""
-        return {
+        """JSON-able resolved spec (what `element.json` holds); `params` only for a sweep's elements."""
+        out = {
             "index": self.index,
             "id": self.id,
             "workflow_id": self.workflow_id,
@@ -77,6 +79,7 @@ class Element:
             "env": dict(self.env),
             "steps": [s.to_dict() for s in self.steps],
         }
+        return {**out, "params": dict(self.params)} if self.params else out
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class Plan:
     resources: dict[str, Any] = field(default_factory=dict)
     max_parallel: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    analysis: str | None = None  # 'module:callable' over the merged results (`mace report`)
     elements: list[Element] = field(default_factory=list)
     source: Path | None = None
     plan_dir: Path = field(default_factory=Path.cwd)
@@ -118,7 +122,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         """A plan file again (no sweep: every element explicit); `load_plan_data` reproduces it."""
         out: dict[str, Any] = {"version": PLAN_FORMAT_VERSION, "name": self.name}
-        for key in ("description", "isolation_mode", "on_complete", "on_failure", "shared_database"):
+        for key in ("description", "isolation_mode", "on_complete", "on_failure", "shared_database", "analysis"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value

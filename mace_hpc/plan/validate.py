@@ -9,6 +9,7 @@ restricted to a conservative character set.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import math
@@ -34,6 +35,7 @@ PLAN_KEYS = (
     "env",
     "elements",
     "sweep",
+    "analysis",
 )
 ELEMENT_KEYS = ("id", "materials", "env", "steps")
 TEMPLATE_KEYS = ("materials", "env", "steps")
@@ -51,7 +53,7 @@ RESOURCE_KEYS = (
     "signal_margin",
     "requeue",
 )
-RECORD_KEYS = ("index", "id", "workflow_id", "materials", "env", "steps")
+RECORD_KEYS = ("index", "id", "workflow_id", "materials", "env", "steps", "params")
 
 ENV_KEY_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 # Why each is refused; checked as exact names first, then as prefixes.
@@ -569,7 +571,10 @@ def validate_element_record(data: Any, path: str = "element") -> Element:
     workflow_id = check_workflow_id(
         req_str(required(data, "workflow_id", path), join(path, "workflow_id")), join(path, "workflow_id")
     )
-    return validate_element_body(data, path, index=index, eid=eid, workflow_id=workflow_id, base_env={})
+    params = as_mapping(data.get("params") or {}, join(path, "params"))
+    body = {k: v for k, v in data.items() if k != "params"}
+    element = validate_element_body(body, path, index=index, eid=eid, workflow_id=workflow_id, base_env={})
+    return dataclasses.replace(element, params=dict(params)) if params else element
 
 
 def validate_plan_fields(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -598,4 +603,15 @@ def validate_plan_fields(data: Mapping[str, Any]) -> dict[str, Any]:
         "resources": validate_resources(data.get("resources")),
         "max_parallel": None if max_parallel is None else pos_int(max_parallel, "max_parallel"),
         "env": validate_env(data.get("env"), "env"),
+        "analysis": _analysis(data.get("analysis")),
     }
+
+
+def _analysis(value: Any) -> str | None:
+    """`analysis`: a 'module:callable' (found beside the plan) that `mace report` calls with the merged
+    results, e.g. the example's equation-of-state fit."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not FUNCTION_RE.fullmatch(value):
+        fail("analysis", f"must be 'module:callable' beside the plan (e.g. 'eos:fit'), got {show(value)}")
+    return value

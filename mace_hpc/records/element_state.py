@@ -40,6 +40,8 @@ class ElementState:
     updated_at: float | None = None
     queued_at: float | None = None
     resubmitted_at: float | None = None
+    peak_rss_bytes: int | None = None  # the runner's and its steps' peak resident memory (for the report)
+    cpu_seconds: float | None = None  # user + system CPU time of the run's steps
     message: str = ""
     steps: list[dict[str, Any]] = field(default_factory=list)
     scheduler: dict[str, str] = field(default_factory=dict)

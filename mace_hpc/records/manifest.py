@@ -114,6 +114,13 @@ def load_element_spec(elements_path: str | os.PathLike[str], index: int) -> dict
     return elements[index]
 
 
+def read_element_specs(elements_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every element's spec in index order, for readers that only show them (`mace report`);
+    [] when the file is missing or truncated, {} for an entry that is not a mapping."""
+    elements = read_json(elements_path)
+    return [e if isinstance(e, dict) else {} for e in elements] if isinstance(elements, list) else []
+
+
 def write_element_specs(elements_path: str | os.PathLike[str], specs: list[dict[str, Any]]) -> None:
     atomic_write_json(elements_path, specs, indent=None, fsync=False)
 

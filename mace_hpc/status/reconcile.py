@@ -27,6 +27,9 @@ from ..schedulers import Backend
 
 __all__ = ["ACTIVE", "BAD_FINAL", "SETTLED", "SUCCESS", "Report", "collect", "query_per_job", "reconcile_one"]
 
+# what each row also carries from the state file, for `mace report`'s timeline and histograms
+TIMING_FIELDS = ("host", "queued_at", "started_at", "finished_at", "peak_rss_bytes", "cpu_seconds")
+
 # job-id tag for the single query: job k of the submission comes back as k * _STRIDE + task id
 _STRIDE = 1 << 32
 
@@ -180,6 +183,7 @@ def collect(record: SubmissionRecord, manifest: Manifest, backend: Backend | Non
                 "conflicts": _conflicts(file_state),
                 "context_dir": entry.context_dir,
                 "settled": state in SETTLED and (sched is None or sched not in ACTIVE),
+                **{k: getattr(file_state, k) for k in TIMING_FIELDS},
             }
         )
     report = Report(

@@ -65,7 +65,8 @@ def _watch(args: argparse.Namespace, cfg: Any, status_of: Any) -> int:
     while True:
         report = status_of(args.target, cfg)
         failed = sum(1 for r in report.rows if r["settled"] and r["run_state"] not in ("COMPLETED",))
-        bar(report.settled(), report.total, failed)
+        running = sum(1 for r in report.rows if not r["settled"] and r["state"] == "RUNNING")
+        bar(report.settled(), report.total, failed, running)
         if report.all_settled():
             break
         waiting = [r for r in report.rows if not r["settled"] and r["state"] == "PENDING"]

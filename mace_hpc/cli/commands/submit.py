@@ -137,15 +137,21 @@ def _local_report(args: argparse.Namespace, result: Any) -> int:
     import sys
 
     from ...status.reconcile import collect
+    from ...status.report import write_report
+    from ...status.report_data import analysis_lines, build_report_data
     from ...status.results import results_table
     from ..output import print_json, print_table
+    from .report import REPORT_FILE
 
     sub = result.submission
     report = collect(result.record, sub.manifest(), None, query=False)
     ok = report.succeeded()
+    page = build_report_data(sub.paths, result.record, sub.manifest())
+    html = write_report(page, sub.paths.root / REPORT_FILE)
     if args.json:
         print_json({**result.record.to_dict(), "states": report.counts, "succeeded": ok, "seconds": result.seconds,
-                    "elements": [{k: r.get(k) for k in ("index", "workflow_id", "state", "message")} for r in report.rows]})
+                    "elements": [{k: r.get(k) for k in ("index", "workflow_id", "state", "message")} for r in report.rows],
+                    "analysis": page["analysis"], "report": str(html)})
         return 0 if ok else 1
     material_ids = [m["material_id"] for e in result.plan.elements for m in e.materials]
     headers, table = results_table(sub.shared_database, material_ids)
@@ -156,4 +162,7 @@ def _local_report(args: argparse.Namespace, result: Any) -> int:
         if r["run_state"] != "COMPLETED":
             print(f"element {r['index']} ({r['workflow_id']}): {r['state']} {r.get('message', '')}", file=sys.stderr)
     print(f"{report.summary_line()} in {result.seconds:.1f} s")
+    for line in analysis_lines(page["analysis"]):
+        print(line)
+    print(f"report: {html} (open it in a browser; `mace report {sub.name}` rebuilds it)")
     return 0 if ok else 1
