@@ -210,6 +210,10 @@ PBS_SCP=/usr/bin/scp"
     wait_until "pbs_server" inns qstat -B
     # a test server sends no mail (PBS mails on abort: walltime kills, qdel; sendmail would linger)
     printf '#!/bin/sh\ncat >/dev/null\n' >"$TOOLS/no-mail" && chmod 755 "$TOOLS/no-mail"
+    # Finished jobs of earlier runs go: after the daemons were killed (the end of a session) the
+    # server can hand out job ids again that its history still holds ("Job with requested ID
+    # already exists", seen here); turning history off purges it, the loop below turns it on again.
+    inns qmgr -c "set server job_history_enable=false" >/dev/null || die "qmgr: purging the job history failed"
     local q
     for q in "set server scheduling=true" "set server job_history_enable=true" "set server flatuid=true" \
              "set server default_queue=workq" "set server mailer=$TOOLS/no-mail"; do
