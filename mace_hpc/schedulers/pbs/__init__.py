@@ -42,7 +42,8 @@ PBS Pro, checked against a real OpenPBS 23.06 in CI (tests/test_submission_pbs_r
 """
 
 
-from .backend import PbsBackend
+from typing import Any
+
 from .dialect import (
     FLAVORS,
     PbsJobId,
@@ -56,7 +57,6 @@ from .dialect import (
     translate_dependency,
 )
 from .jobenv import PbsJobEnv
-from .plugin import PbsExecutor, PbsInfoWatcher, PbsJob, PbsJobEnvironment
 from .qstat import element_states, normalize_pbs_state, parse_qstat, parse_qstat_json, parse_qstat_text
 from .script import JobSpec, render_script
 
@@ -66,3 +66,18 @@ __all__ = [
     "parse_job_id", "parse_qsub_output", "parse_qstat", "parse_qstat_json", "parse_qstat_text",
     "parse_version_output", "pbspro_range", "render_script", "translate_dependency",
 ]
+
+_NEEDS_SUBMITIT = {"PbsBackend": "backend", "PbsExecutor": "plugin", "PbsInfoWatcher": "plugin", "PbsJob": "plugin",
+                   "PbsJobEnvironment": "plugin"}
+
+
+def __getattr__(name: str) -> Any:
+    """The submitit-based parts load on first use: a job asking its environment (every element
+    start) must not pay for importing submitit."""
+    if name in _NEEDS_SUBMITIT:
+        if _NEEDS_SUBMITIT[name] == "backend":
+            from . import backend as module  # lazy: submitit only for submitting
+        else:
+            from . import plugin as module  # lazy: submitit only for submitting
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
