@@ -20,14 +20,17 @@ from typing import Any
 from ..context.workflow_context import WorkflowContext
 from ..epilogue.hook import run_epilogue as epilogue
 from ..errors import InputError
+from ..plan.stages import ordered
 from ..plan.sweep import resolve_context_dir
 from ..records import env as env_names
 from ..records import states as st
-from ..records.element_state import read_state, write_state
+from ..records.element_state import read_state, write_stage, write_state
 from ..records.layout import ContextPaths, SubmissionPaths
 from ..records.manifest import load_element_spec, load_manifest, write_element_copy
+from ..records.stages import by_name
 from ..records.submission import read_record
 from ..schedulers import JobEnvironment, job_environment
+from . import chain
 from . import steps as step_runner
 
 EXIT_TIMEOUT = 124
@@ -91,9 +94,11 @@ def _cancelled_since(submission: SubmissionPaths, started: float) -> bool:
 
 
 def run_element(
-    manifest_path: str | os.PathLike[str], index: int | None = None, *, run_epilogue: bool = True
+    manifest_path: str | os.PathLike[str], index: int | None = None, *, stage: str | None = None,
+    run_epilogue: bool = True,
 ) -> int:
-    """Run element `index` of the submission whose manifest is at `manifest_path`; returns the exit code."""
+    """Run element `index` (its stage `stage` in a multi-stage plan) of the submission whose manifest
+    is at `manifest_path`; returns the exit code."""
     manifest_path = Path(manifest_path).absolute()
     submission = SubmissionPaths(manifest_path.parent)
     manifest = load_manifest(manifest_path)
@@ -101,10 +106,14 @@ def run_element(
     index = job.element_index(index)
     if job.is_filler(index):
         return 0  # a covering range submitted for a sparse list: this index was not asked for
+    stage = chain.stage_of(os.environ, stage, manifest.stages)
+    if manifest.stages and stage is None:
+        return _run_chain_here(manifest_path, index, manifest.stages, run_epilogue)
     entry = manifest.entry(index, str(manifest_path))
     context_dir = Path(entry.context_dir)
     paths = ContextPaths(context_dir)
     element = resolve_context_dir(load_element_spec(submission.elements, index), context_dir)
+    stage_def = by_name(manifest.stages)[stage] if stage else None
     interrupt = _Interrupt()
     interrupt.install()
 
@@ -119,55 +128,43 @@ def run_element(
     if previous.results_home:
         return 0  # merged/archived and cleaned up: rerunning would only duplicate its results
     ctx.ensure_directory()
-    attempt = previous.attempts + 1
+    if stage_def is not None and (why := chain.skip_reason(context_dir, manifest.stages, stage_def.name)):
+        if chain.stage_state(read_state(context_dir).stages, stage_def.name) in st.SETTLED | {st.SKIPPED}:
+            return 0  # ran (or was skipped) already: nothing to do twice
+        end = chain.stop(context_dir, manifest.stages, stage_def.name, st.SKIPPED, why)
+        _after_stage(context_dir, submission, index, end, {}, manifest, run_epilogue)
+        return 0
     started_at = time.time()
-    write_state(
-        context_dir, state=st.RUNNING, run_state=st.RUNNING, attempts=attempt, host=socket.gethostname(),
+    attempt = previous.attempts + 1
+    element_fields: dict[str, Any] = dict(
+        state=st.RUNNING, run_state=st.RUNNING, attempts=attempt, host=socket.gethostname(),
         pid=os.getpid(), started_at=started_at, scheduler=job.ids(), index=index,
         workflow_id=entry.workflow_id, removed=False,  # this run's data is new: finalize it
     )
+    if stage_def is None:
+        write_state(context_dir, **element_fields)
+    else:
+        attempt = int((previous.stages.get(stage_def.name) or {}).get("attempts") or 0) + 1
+        if previous.started_at and previous.state not in st.SETTLED:
+            element_fields["started_at"] = previous.started_at  # the chain started with an earlier stage
+        chain.start(context_dir, stage_def.name, {**element_fields, "attempts": max(previous.attempts, attempt)})
     if not paths.element.exists():
         write_element_copy(context_dir, element, manifest.plan)
 
+    steps = element["steps"] if stage_def is None else [s for s in element["steps"] if s.get("stage") == stage]
     outcomes: list[step_runner.StepOutcome] = []
     final = st.COMPLETED
     message = ""
+    missing = chain.missing_inputs(context_dir, stage_def) if stage_def else []
+    if missing:
+        final, message = st.FAILED, f"inputs: {', '.join(missing)} missing in {context_dir} (stage {stage} needs them)"
     try:
         try:
             interrupt.armed = True  # a signal before this is seen by the loop below
             with ctx:
-                db = ctx.get_database()
-                for m in element.get("materials", []):
-                    db.create_material(**m)
-                default_material = element["materials"][0]["material_id"] if element.get("materials") else None
-                if default_material is None and any(not s.get("material_id") for s in element["steps"]):
-                    # the database records a calculation against a material; an element without any
-                    # gets one placeholder named after its workflow (identical re-creation is a no-op)
-                    default_material = entry.workflow_id
-                    db.create_material(
-                        default_material, "n/a", metadata={"placeholder": True, "workflow_id": entry.workflow_id}
-                    )
-                env = {**os.environ, **step_env(manifest.isolation_mode, entry.workflow_id, context_dir, element)}
-                done = set()
-                if attempt > 1:
-                    done = _completed_steps(db, entry.workflow_id)
-                    _close_interrupted(db, entry.workflow_id, attempt - 1)
-                search_path = [manifest.plan_dir]
-                for step in element["steps"]:
-                    if interrupt.signum:
-                        break
-                    if step["name"] in done:
-                        outcomes.append(step_runner.StepOutcome(step["name"], "skipped", 0, 0.0, None, "done earlier"))
-                        continue
-                    outcome = step_runner.run_step(
-                        step, db, paths.step_dir(step["name"]), env,
-                        step.get("material_id") or default_material, entry.workflow_id, search_path,
-                    )
-                    outcomes.append(outcome)
-                    if outcome.status != "completed":
-                        final = st.TIMEOUT if outcome.status == "timeout" else st.FAILED
-                        message = f"step {outcome.name}: {outcome.message}"
-                        break
+                if not missing:
+                    final, message = _run_steps(ctx, entry.workflow_id, element, steps, attempt, context_dir,
+                                                manifest, outcomes, interrupt)
         finally:
             interrupt.armed = False
     except step_runner.StepInterrupted:
@@ -183,18 +180,91 @@ def run_element(
         why = f"cancelled: terminated by signal {signal.Signals(interrupt.signum).name}"
         final, message = st.CANCELLED, f"{why} ({message})" if message else why
 
+    usage = resource_usage()
     record = {
         "state": final, "run_state": final, "finished_at": time.time(), "message": message,
-        "steps": [o.__dict__ for o in outcomes], **resource_usage(),
+        "steps": [o.__dict__ for o in outcomes], **usage,
     }
     requeue = final in (st.TIMEOUT, st.CANCELLED) and os.environ.get(env_names.REQUEUE) == "1"
     if requeue and not _cancelled_since(submission, started_at) and job.requeue():
-        write_state(context_dir, **{**record, "state": st.PENDING, "requeued": True})
+        if stage_def is None:
+            write_state(context_dir, **{**record, "state": st.PENDING, "requeued": True})
+        else:
+            write_stage(context_dir, stage_def.name, {"state": st.PENDING, "requeued": True},
+                        state=st.PENDING, message=message)
         return EXIT_TIMEOUT
-    write_state(context_dir, **record)
-    if run_epilogue:
+    if stage_def is None:
+        write_state(context_dir, **record)
+        if run_epilogue:
+            epilogue(context_dir, manifest=manifest)
+        return {st.COMPLETED: 0, st.TIMEOUT: EXIT_TIMEOUT}.get(final, 1)
+
+    outputs: dict[str, Any] = {}
+    if final == st.COMPLETED:
+        outputs, not_written = chain.record_outputs(context_dir, stage_def)
+        if not_written:
+            final, message = st.FAILED, f"outputs: {', '.join(not_written)} not written by stage {stage}"
+    end = chain.stop(context_dir, manifest.stages, stage_def.name, final, message, outputs=outputs,
+                     steps=record["steps"], **usage)
+    _after_stage(context_dir, submission, index, end, usage, manifest, run_epilogue)
+    if final == st.COMPLETED or stage_def.optional:
+        return 0  # an optional stage's failure must not stop `aftercorr` downstream
+    return {st.TIMEOUT: EXIT_TIMEOUT}.get(final, 1)
+
+
+def _run_steps(ctx: WorkflowContext, workflow_id: str, element: dict[str, Any], steps: list[dict[str, Any]],
+               attempt: int, context_dir: Path, manifest: Any, outcomes: list[step_runner.StepOutcome],
+               interrupt: _Interrupt) -> tuple[str, str]:
+    """Run `steps` in the element's context (resuming: completed steps are skipped); (state, message)."""
+    db = ctx.get_database()
+    for m in element.get("materials", []):
+        db.create_material(**m)
+    default_material = element["materials"][0]["material_id"] if element.get("materials") else None
+    if default_material is None and any(not s.get("material_id") for s in steps):
+        # the database records a calculation against a material; an element without any
+        # gets one placeholder named after its workflow (identical re-creation is a no-op)
+        default_material = workflow_id
+        db.create_material(default_material, "n/a", metadata={"placeholder": True, "workflow_id": workflow_id})
+    env = {**os.environ, **step_env(manifest.isolation_mode, workflow_id, context_dir, element)}
+    done = set()
+    if attempt > 1:
+        done = _completed_steps(db, workflow_id)
+        _close_interrupted(db, workflow_id, attempt - 1)
+    search_path = [manifest.plan_dir]
+    paths = ContextPaths(context_dir)
+    for step in steps:
+        if interrupt.signum:
+            break
+        if step["name"] in done:
+            outcomes.append(step_runner.StepOutcome(step["name"], "skipped", 0, 0.0, None, "done earlier"))
+            continue
+        outcome = step_runner.run_step(
+            step, db, paths.step_dir(step["name"]), env,
+            step.get("material_id") or default_material, workflow_id, search_path,
+        )
+        outcomes.append(outcome)
+        if outcome.status != "completed":
+            return (st.TIMEOUT if outcome.status == "timeout" else st.FAILED), f"step {outcome.name}: {outcome.message}"
+    return st.COMPLETED, ""
+
+
+def _after_stage(context_dir: Path, submission: SubmissionPaths, index: int, end: chain.StageEnd,
+                 usage: dict[str, Any], manifest: Any, run_epilogue: bool) -> None:
+    """The element's own fields after a stage; its skipped tasks cancelled; the epilogue when the chain ended."""
+    write_state(context_dir, **end.element, **usage)
+    warning = chain.cancel_downstream(submission, index, end.skipped)
+    if warning:
+        print(f"mace run-element: warning: {warning}", file=sys.stderr)
+    if end.chain_ended and run_epilogue:
         epilogue(context_dir, manifest=manifest)
-    return {st.COMPLETED: 0, st.TIMEOUT: EXIT_TIMEOUT}.get(final, 1)
+
+
+def _run_chain_here(manifest_path: Path, index: int, stages: Any, run_epilogue: bool) -> int:
+    """`--index N` by hand on a multi-stage plan: every stage in order, in this process."""
+    code = 0
+    for s in ordered(stages):
+        code = run_element(manifest_path, index, stage=s.name, run_epilogue=run_epilogue) or code
+    return code
 
 
 def resource_usage() -> dict[str, Any]:
@@ -216,10 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("manifest", help="the submission's manifest.json (exported as $MACE_MANIFEST)")
     parser.add_argument("--index", type=int, help="element index (default: from the scheduler's array env)")
+    parser.add_argument("--stage", help="the stage to run (multi-stage plans; default: $MACE_STAGE, "
+                        "else every stage in order)")
     parser.add_argument("--no-epilogue", action="store_true", help="do not merge/archive when the element ends")
     args = parser.parse_args(argv)
     try:
-        return run_element(args.manifest, args.index, run_epilogue=not args.no_epilogue)
+        return run_element(args.manifest, args.index, stage=args.stage, run_epilogue=not args.no_epilogue)
     except InputError as exc:
         print(f"mace run-element: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -15,6 +15,7 @@ from ..config import expand_path
 from ..errors import PlanError
 from ..util.inputs import InputProblem, check_depth, loads_json, loads_yaml, read_input_text
 from .model import Element, Plan
+from .stages import check_step_stages, validate_stages
 from .sweep import (
     MAX_ELEMENTS,
     MAX_EXPANDED_BYTES,
@@ -120,7 +121,11 @@ def load_plan_data(data: Mapping[str, Any], plan_dir: Path | None = None, source
             base_env=base_env,
         )
     _check_unique_ids(elements, len(raw_elements))
-    return Plan(elements=elements, source=source, plan_dir=plan_dir, **fields)
+    stages = validate_stages(data.get("stages"))
+    n_explicit = len(raw_elements)
+    check_step_stages(elements, stages, lambda e, j: f"elements[{e.index}].steps[{j}]" if e.index < n_explicit
+                      else f"sweep.template.steps[{j}]")
+    return Plan(elements=elements, stages=stages, source=source, plan_dir=plan_dir, **fields)
 
 
 def _describe(element: Element, n_explicit: int) -> tuple[str, str]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..records.stages import Stage
+
 PLAN_FORMAT_VERSION = 1
 CONTEXT_DIR_TOKEN = "{context_dir}"
 
@@ -36,6 +38,7 @@ class Step:
     function: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     timeout: float | None = None
+    stage: str | None = None  # the stage it runs in (plans with `stages`)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able; absent optional fields are omitted so the output is a valid plan step."""
@@ -50,6 +53,8 @@ class Step:
                 out["kwargs"] = dict(self.kwargs)
         if self.timeout is not None:
             out["timeout"] = self.timeout
+        if self.stage is not None:
+            out["stage"] = self.stage
         return out
 
 
@@ -102,6 +107,7 @@ class Plan:
     env: dict[str, str] = field(default_factory=dict)
     analysis: str | None = None  # 'module:callable' over the merged results (`mace report`)
     elements: list[Element] = field(default_factory=list)
+    stages: tuple[Stage, ...] = ()  # empty: one implicit stage (every step in one array task)
     source: Path | None = None
     plan_dir: Path = field(default_factory=Path.cwd)
 
@@ -132,6 +138,8 @@ class Plan:
             out["max_parallel"] = self.max_parallel
         if self.env:
             out["env"] = escape_braces(dict(self.env))
+        if self.stages:
+            out["stages"] = [s.to_dict() for s in self.stages]
         out["elements"] = [
             {
                 "id": e.id,

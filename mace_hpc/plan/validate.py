@@ -36,10 +36,11 @@ PLAN_KEYS = (
     "elements",
     "sweep",
     "analysis",
+    "stages",
 )
 ELEMENT_KEYS = ("id", "materials", "env", "steps")
 TEMPLATE_KEYS = ("materials", "env", "steps")
-STEP_KEYS = ("name", "calc_type", "material_id", "command", "function", "kwargs", "timeout")
+STEP_KEYS = ("name", "calc_type", "material_id", "command", "function", "kwargs", "timeout", "stage")
 MATERIAL_KEYS = ("material_id", "formula", "space_group", "dimensionality", "metadata")
 RESOURCE_KEYS = (
     "partition",
@@ -493,7 +494,8 @@ def validate_step(data: Any, path: str, material_ids: Collection[str] | None = N
     timeout = data.get("timeout")
     if timeout is not None:
         timeout = pos_number(timeout, path, "timeout")
-    return Step(name, calc_type, material_id, command, function, kwargs, timeout)
+    stage = opt_str(data.get("stage"), path, "stage")  # checked against the plan's stages by plan.stages
+    return Step(name, calc_type, material_id, command, function, kwargs, timeout, stage)
 
 
 def validate_steps(value: Any, path: str, material_ids: Collection[str]) -> list[Step]:

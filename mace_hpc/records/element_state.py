@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..util.atomic import atomic_write_json, read_json
+from ..util.nfslock import NfsLock
 from ..util.procs import process_alive
 from .layout import state_path
 from .states import ARCHIVED, COMPLETED, MERGED, PENDING, RUNNING, State
@@ -56,6 +57,8 @@ class ElementState:
     removed_at: float | None = None
     removed_by: str | None = None
     history: list[list[Any]] = field(default_factory=list)
+    stage: str | None = None  # multi-stage plans: the stage the element is in (records/stages.py)
+    stages: dict[str, Any] = field(default_factory=dict)  # stage name -> {state, started_at, finished_at, ...}
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -65,7 +68,7 @@ class ElementState:
         obj = object.__new__(cls)
         values = obj.__dict__
         values.update(_SCALAR_DEFAULTS)
-        values.update(steps=[], scheduler={}, epilogue={}, history=[], extra={})
+        values.update(steps=[], scheduler={}, epilogue={}, history=[], stages={}, extra={})
         extra = values["extra"]
         for key, value in data.items():
             if key in _FIELD_SET:
@@ -146,3 +149,20 @@ def write_state(context_dir: str | os.PathLike[str], *, fsync: bool = True, **up
     new = dataclasses.replace(current, **updates, updated_at=now, history=history)
     atomic_write_json(state_path(context_dir), new.to_dict(), fsync=fsync)
     return new
+
+
+STATE_LOCK = ".state.lock"
+
+
+def write_stage(context_dir: str | os.PathLike[str], name: str, element: Mapping[str, Any] | None = None,
+                **stage: Any) -> ElementState:
+    """Update stage `name` of the element (and, with `element`, its own fields) in one write.
+
+    Two stages of one element may run at once (both need the same upstream), so the
+    read-modify-write of their shared state file is serialised by a lock in the context.
+    """
+    with NfsLock(os.path.join(context_dir, STATE_LOCK), lifetime=120.0, timeout=60.0):
+        current = read_state(context_dir)
+        stages = dict(current.stages)
+        stages[name] = {**(stages.get(name) or {}), **stage}
+        return write_state(context_dir, stages=stages, **dict(element or {}))

@@ -18,6 +18,7 @@ INDEX_OFFSET = "MACE_INDEX_OFFSET"  # element index = array task id + offset (ch
 ARRAY_INDICES = "MACE_ARRAY_INDICES"  # a sparse list submitted as a covering range (PBS Pro)
 REQUEUE = "MACE_REQUEUE"  # "1": requeue an element stopped by its time limit
 JOB_ID = "MACE_JOB_ID"  # the local backend's job id
+STAGE = "MACE_STAGE"  # multi-stage plans: the stage this array runs
 # what the backstop merge job gets
 SCRATCH_ROOT = "MACE_SCRATCH_ROOT"
 BACKSTOP = "MACE_BACKSTOP"

@@ -17,6 +17,7 @@ from ..util.atomic import atomic_write_json, read_json
 from ..util.private import is_private_file
 from ._io import RecordError, read_versioned
 from .layout import ELEMENT_FILE
+from .stages import Stage, stages_from
 
 VERSION = 1
 _FIX = "submit the plan again (mace-submit PLAN)"
@@ -43,6 +44,7 @@ class Manifest:
     on_failure: str = "keep"
     plan_dir: str = ""
     elements: tuple[ManifestEntry, ...] = field(default_factory=tuple)
+    stages: tuple[Stage, ...] = ()  # empty: a single-stage plan
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "manifest") -> Manifest:
@@ -55,7 +57,7 @@ class Manifest:
                 scratch_root=str(data.get("scratch_root") or ""), shared_database=str(data.get("shared_database") or ""),
                 archive_dir=str(data.get("archive_dir") or ""), on_complete=str(data.get("on_complete") or "merge"),
                 on_failure=str(data.get("on_failure") or "keep"), plan_dir=str(data.get("plan_dir") or ""),
-                elements=entries,
+                elements=entries, stages=stages_from(data.get("stages")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RecordError(f"{where}: not a mace-hpc manifest ({type(exc).__name__}: {exc}); {_FIX}") from None
@@ -66,6 +68,7 @@ class Manifest:
             "scratch_root": self.scratch_root, "shared_database": self.shared_database,
             "archive_dir": self.archive_dir, "on_complete": self.on_complete, "on_failure": self.on_failure,
             "plan_dir": self.plan_dir, "elements": [e.to_dict() for e in self.elements],
+            **({"stages": [s.to_dict() for s in self.stages]} if self.stages else {}),
         }
 
     def entry(self, index: int, where: str = "manifest") -> ManifestEntry:

@@ -24,6 +24,7 @@ class State(str, Enum):
     PENDING_MERGE = "PENDING_MERGE"
     KEPT = "KEPT"
     QUARANTINED = "QUARANTINED"
+    SKIPPED = "SKIPPED"  # a stage that never ran because a stage it needs failed (multi-stage plans)
 
     # a str subclass must print as its value everywhere (f-strings, format, str)
     __str__ = str.__str__
@@ -41,8 +42,8 @@ class State(str, Enum):
 PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, CANCELLED = (
     State.PENDING, State.RUNNING, State.COMPLETED, State.FAILED, State.TIMEOUT, State.CANCELLED,
 )
-MERGED, ARCHIVED, PENDING_MERGE, KEPT, QUARANTINED = (
-    State.MERGED, State.ARCHIVED, State.PENDING_MERGE, State.KEPT, State.QUARANTINED,
+MERGED, ARCHIVED, PENDING_MERGE, KEPT, QUARANTINED, SKIPPED = (
+    State.MERGED, State.ARCHIVED, State.PENDING_MERGE, State.KEPT, State.QUARANTINED, State.SKIPPED,
 )
 
 RUN_STATES = (PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, CANCELLED)
@@ -53,7 +54,7 @@ ACTIVE = frozenset({PENDING, RUNNING})  # queued or running: may still change by
 BAD_FINAL = frozenset({FAILED, TIMEOUT, CANCELLED})  # ended without results: resubmit candidates
 SETTLED = frozenset(FINAL_RUN_STATES) | frozenset(EPILOGUE_STATES) | {QUARANTINED}
 SUCCESS = frozenset({COMPLETED, MERGED, ARCHIVED, KEPT})
-ORDER = (*RUN_STATES, *EPILOGUE_STATES, QUARANTINED)  # how summaries list them
+ORDER = (*RUN_STATES, *EPILOGUE_STATES, QUARANTINED, SKIPPED)  # how summaries list them
 
 # the calculations table speaks upstream MACE's lower-case words for the same run outcomes
 CALC_STATUS = {PENDING: "pending", RUNNING: "running", COMPLETED: "completed", FAILED: "failed",

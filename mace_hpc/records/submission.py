@@ -44,7 +44,8 @@ class JobEntry:
     array: str = ""  # the array spec as submitted (`0-99`)
     indices: tuple[int, ...] = ()
     submitted_at: float | None = None
-    depends_on: tuple[str, ...] = ()  # the backstop's upstream arrays
+    depends_on: tuple[str, ...] = ()  # the backstop's upstream arrays; a stage's upstream stage arrays
+    stage: str | None = None  # multi-stage plans: the stage this array runs
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> JobEntry:
@@ -52,14 +53,17 @@ class JobEntry:
             job_id=str(d["job_id"]), kind=str(d.get("kind") or ARRAY), attempt=int(d.get("attempt") or 1),
             offset=int(d.get("offset") or 0), array=str(d.get("array") or ""),
             indices=tuple(int(i) for i in d.get("indices") or ()), submitted_at=d.get("submitted_at"),
-            depends_on=tuple(str(j) for j in d.get("depends_on") or ()),
+            depends_on=tuple(str(j) for j in d.get("depends_on") or ()), stage=d.get("stage"),
         )
 
     def to_dict(self) -> dict[str, Any]:
         if self.kind == BACKSTOP:
             return {"job_id": self.job_id, "kind": self.kind, "depends_on": list(self.depends_on)}
-        return {"job_id": self.job_id, "kind": self.kind, "attempt": self.attempt, "offset": self.offset,
-                "array": self.array, "indices": list(self.indices), "submitted_at": self.submitted_at}
+        out = {"job_id": self.job_id, "kind": self.kind, "attempt": self.attempt, "offset": self.offset,
+               "array": self.array, "indices": list(self.indices), "submitted_at": self.submitted_at}
+        if self.stage is not None:
+            out.update(stage=self.stage, depends_on=list(self.depends_on))
+        return out
 
     @property
     def is_array(self) -> bool:
@@ -154,12 +158,22 @@ class SubmissionRecord:
         """The element arrays (first submission chunks, then resubmissions), not the backstop."""
         return [j for j in self.jobs if j.is_array]
 
-    def current_jobs(self) -> dict[int, JobEntry]:
-        """Element index -> the latest array that covers it (a resubmission supersedes the first run)."""
+    def current_jobs(self, stage: str | None = None) -> dict[int, JobEntry]:
+        """Element index -> the latest array that covers it (a resubmission supersedes the first run);
+        for a multi-stage plan, the latest array of `stage`."""
         out: dict[int, JobEntry] = {}
         for job in self.array_jobs():
+            if job.stage == stage:
+                for i in job.indices:
+                    out[i] = job
+        return out
+
+    def stage_jobs(self) -> dict[tuple[int, str | None], JobEntry]:
+        """(element index, stage) -> the latest array that runs that stage of that element."""
+        out: dict[tuple[int, str | None], JobEntry] = {}
+        for job in self.array_jobs():
             for i in job.indices:
-                out[i] = job
+                out[(i, job.stage)] = job
         return out
 
     def next_attempt(self) -> int:

@@ -16,7 +16,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -43,6 +43,11 @@ class ArrayRequest:
     # element index = array task id + index_offset; exported as MACE_INDEX_OFFSET. Chunks of a
     # plan larger than MaxArraySize keep task ids small and shift them back with this.
     index_offset: int = 0
+    stage: str | None = None  # multi-stage plans: the stage this array runs (exported as MACE_STAGE)
+    # element by element after these requests (positions in the list given to `submit_all`): task i
+    # waits for task i of each; `after_ids` are their job ids once submitted (placeholders in a dry run)
+    after: tuple[int, ...] = ()
+    after_ids: tuple[str, ...] = ()
 
     def task_ids(self) -> list[int]:
         """The scheduler's array task ids (indices minus the offset), sorted; [] for a plain job."""
@@ -73,9 +78,32 @@ class Backend(Protocol):
         """
         ...
 
+    def submit_all(self, requests: Sequence[ArrayRequest], on_submitted: Callable[[ArrayRequest, str], None]) -> list[str]:
+        """Submit requests in order, each after the ones in its `after`; `on_submitted` as each is queued."""
+        ...
+
     def cancel(self, job_ids: list[str]) -> None: ...
 
+    def element_job_id(self, job_id: str, task_id: int) -> str | None:
+        """The scheduler's id of one task of an array (to cancel it alone); None where there is none."""
+        ...
+
     def max_array_size(self) -> int: ...
+
+
+def submit_each(
+    backend: Backend, requests: Sequence[ArrayRequest], on_submitted: Callable[[ArrayRequest, str], None]
+) -> list[str]:
+    """`submit_all` for schedulers that queue now and run later: one submit per request, in order,
+    each request's `after_ids` filled from the job ids of the requests it waits for."""
+    ids: list[str] = []
+    for req in requests:
+        if req.after:
+            req.after_ids = tuple(ids[u] for u in req.after)
+        job_id = backend.submit(req)
+        ids.append(job_id)
+        on_submitted(req, job_id)
+    return ids
 
 
 class JobEnvironment:

@@ -20,6 +20,7 @@ from ..database.journal import check_database_file
 from ..plan import Plan
 from ..records.layout import SubmissionPaths, submissions_root
 from ..records.manifest import Manifest, ManifestEntry, write_element_specs, write_manifest
+from ..records.stages import Stage
 from ..util.atomic import atomic_write_json
 from ..util.ids import validate_workflow_id
 from ..util.private import check_private, ensure_private_dir
@@ -38,6 +39,7 @@ class Submission:
     on_failure: str
     archive_dir: Path
     plan_dir: str = ""
+    stages: tuple[Stage, ...] = ()
     entries: list[ManifestEntry] = field(default_factory=list)
     created: list[str] = field(default_factory=list)  # context dirs this submission made
     created_directory: bool = False  # the submission dir itself was made by this submission
@@ -59,7 +61,7 @@ class Submission:
             plan=self.name, isolation_mode=self.isolation_mode, scratch_root=str(self.scratch_root),
             shared_database=str(self.shared_database), archive_dir=str(self.archive_dir),
             on_complete=self.on_complete, on_failure=self.on_failure, plan_dir=self.plan_dir,
-            elements=tuple(self.entries),
+            elements=tuple(self.entries), stages=self.stages,
         )
 
 
@@ -100,6 +102,7 @@ def build_submission(plan: Plan, cfg: Config, isolation_mode: str | None = None)
         scratch_root=scratch_root,
         archive_dir=cfg.path("archive_dir").absolute(),
         plan_dir=str(plan.plan_dir),
+        stages=plan.stages,
         **settings,
     )
     root = str(scratch_root)

@@ -24,11 +24,13 @@ from ..epilogue.finalize import Options
 from ..epilogue.pending import merge_pending
 from ..errors import InputError, SchedulerError
 from ..plan import Plan, plan_from_any
+from ..plan.stages import ordered
 from ..records import env as env_names
 from ..records import states as st
 from ..records.element_state import read_state, write_state
 from ..records.layout import STATE_FILE, submissions_root
 from ..records.manifest import ManifestEntry, read_manifest
+from ..records.stages import Stage
 from ..records.submission import ARRAY, JobEntry, Runner, SubmissionRecord, read_record, write_record
 from ..schedulers import ArrayRequest, Backend, get_backend
 from ..schedulers.base import array_spec, chunk_indices
@@ -113,21 +115,63 @@ def array_limit(scheduler: dict[str, Any], backend: Backend) -> int:
     return int(scheduler.get("max_array_size") or backend.max_array_size())
 
 
+def chain_requests(
+    name: str,
+    stages: Sequence[Stage],
+    groups: Sequence[tuple[Sequence[int], Sequence[str]]],
+    *,
+    max_parallel: int,
+    command: list[str],
+    env: dict[str, str],
+    work_dir: Path,
+    scheduler: dict[str, Any],
+    backend: Backend,
+) -> list[ArrayRequest]:
+    """The arrays of a submission: per group (element indices, the stages they run), one array per
+    stage and chunk, each stage's chunk after the same chunk of the stages it needs.
+
+    Every stage is chunked with the same limit, so chunk k of each stage holds the same elements at
+    the same task ids and `aftercorr` pairs element i with element i. A single-stage plan (no
+    stages) is one group of one array per chunk.
+    """
+    limit = array_limit(scheduler, backend)
+    if not stages:
+        return [r for indices, _ in groups for r in make_requests(
+            name, indices, max_parallel=max_parallel, command=command, env=env, work_dir=work_dir,
+            scheduler=scheduler, max_array_size=limit)]
+    out: list[ArrayRequest] = []
+    for indices, names in groups:
+        placed: dict[tuple[str, int], int] = {}
+        for stage in ordered(stages):
+            if stage.name not in names:
+                continue
+            for req in make_requests(
+                f"{name}.{stage.name}", indices, max_parallel=max_parallel, command=command,
+                env={**env, env_names.STAGE: stage.name}, work_dir=work_dir,
+                scheduler={**scheduler, **stage.resources}, max_array_size=limit,
+            ):
+                req.stage = stage.name
+                req.after = tuple(placed[(n, req.index_offset)] for n in stage.needs if (n, req.index_offset) in placed)
+                placed[(stage.name, req.index_offset)] = len(out)
+                out.append(req)
+    return out
+
+
 def build_requests(
     plan: Plan, sub: Submission, cfg: Config, backend: Backend, indices: list[int], max_parallel: int
 ) -> list[ArrayRequest]:
     scheduler = {**cfg.scheduler(), **plan.resources}
-    return make_requests(
-        plan.name, indices, max_parallel=max_parallel,
-        command=element_command(sub.manifest_path, scheduler.get("python")),
-        env=array_env(sub, scheduler), work_dir=sub.directory / "logs", scheduler=scheduler,
-        max_array_size=array_limit(scheduler, backend),
+    return chain_requests(
+        plan.name, plan.stages, [(indices, [s.name for s in plan.stages])], max_parallel=max_parallel,
+        command=element_command(sub.manifest_path, scheduler.get("python")), env=array_env(sub, scheduler),
+        work_dir=sub.directory / "logs", scheduler=scheduler, backend=backend,
     )
 
 
 def job_entry(req: ArrayRequest, job_id: str, kind: str, attempt: int) -> JobEntry:
     return JobEntry(job_id, kind=kind, attempt=attempt, offset=req.index_offset, array=array_spec(req.task_ids()),
-                    indices=tuple(sorted(req.indices or [])), submitted_at=time.time())
+                    indices=tuple(sorted(req.indices or [])), submitted_at=time.time(), stage=req.stage,
+                    depends_on=tuple(req.after_ids))
 
 
 def submit_requests(
@@ -139,25 +183,29 @@ def submit_requests(
     kind: str,
     attempt: int,
 ) -> tuple[SubmissionRecord, list[str]]:
-    """Submit every chunk, recording each job id as soon as it exists; on failure cancel those queued.
+    """Submit every array (stages after their upstream arrays), recording each job id as soon as
+    it exists; on failure cancel those queued.
 
-    The record is written after each chunk so a crash between chunks still leaves every queued job
+    The record is written after each array so a crash between two still leaves every queued job
     findable (`mace cancel` works on a half-submitted plan). Returns the new record and the job ids.
     """
     job_ids: list[str] = []
+    latest = [record]
+
+    def queued(req: ArrayRequest, job_id: str) -> None:
+        job_ids.append(job_id)
+        latest[0] = write_record(record_dir, latest[0].with_jobs([job_entry(req, job_id, kind, attempt)]))
+
     try:
-        for req in requests:
-            job_id = be.submit(req)
-            job_ids.append(job_id)
-            record = write_record(record_dir, record.with_jobs([job_entry(req, job_id, kind, attempt)]))
+        be.submit_all(requests, queued)
     except BaseException:
-        if job_ids:
+        if job_ids and be.name != "local":
             try:
                 be.cancel(job_ids)
             except Exception:  # the scheduler's first refusal is the message the user needs
                 pass
         raise
-    return record, job_ids
+    return latest[0], job_ids
 
 
 def submit_backstop(

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psutil
@@ -33,7 +33,7 @@ from ..base import ArrayRequest, check_script_value
 from .states import LOCAL_STATES
 
 ProgressFn = Callable[[int, int, int], None]
-_LOCAL_JOB = re.compile(r"^local-(\d+)-(\d+)$")
+_LOCAL_JOB = re.compile(r"^local-(\d+)-(\d+)(?:-\d+)?$")
 
 
 class LocalCancelled(KeyboardInterrupt):
@@ -81,50 +81,73 @@ class LocalBackend:
         return "\n".join(lines) + "\n", self._argv(req, "N")  # once per element, N = its index
 
     def submit(self, req: ArrayRequest) -> str:
-        job_id = f"local-{os.getpid()}-{int(time.time())}"
-        tasks = list(req.indices) if req.indices is not None else [0]
-        limit_s = float(req.scheduler.get("time") or 60) * 60
-        margin = min(float(req.scheduler.get("signal_margin") or 0), limit_s / 2)
-        env = {**os.environ, **req.env, env_names.JOB_ID: job_id}
-        req.work_dir.mkdir(parents=True, exist_ok=True)
-        running: dict[int, tuple[subprocess.Popen[bytes], float, bool]] = {}
-        pending = list(reversed(tasks))
+        return self.submit_all([req], lambda r, j: None)[0]
+
+    def submit_all(
+        self, requests: Sequence[ArrayRequest], on_submitted: Callable[[ArrayRequest, str], None]
+    ) -> list[str]:
+        """Run every request's elements here; returns when all have ended.
+
+        One scheduler over (request, element) pairs: element i of a stage starts as soon as
+        element i of each stage it needs has ended (its runner skips it when that did not
+        complete), at most `max_parallel` at once and at most this machine's cores in use
+        (a stage's `cpus`, capped at the cores so a large stage still runs, alone).
+        """
+        stamp = f"local-{os.getpid()}-{int(time.time())}"
+        ids = [stamp if len(requests) == 1 else f"{stamp}-{k}" for k in range(len(requests))]
+        for req, job_id in zip(requests, ids, strict=True):
+            req.work_dir.mkdir(parents=True, exist_ok=True)
+            on_submitted(req, job_id)
+        cores = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+        slots = max(1, max(int(r.max_parallel or 1) for r in requests))
+        tasks = [(k, t) for k, req in enumerate(requests) for t in (req.indices if req.indices is not None else [0])]
+        members = [set(req.indices or [0]) for req in requests]
+        waits = {(k, t): [(u, t) for u in requests[k].after if t in members[u]] for k, t in tasks}
+        # a downstream stage that became ready goes first: chains finish early, as on a cluster
+        pending = sorted(tasks, key=lambda kt: (-len(requests[kt[0]].after), kt[1], kt[0]))
+        ended: set[tuple[int, int]] = set()
+        running: dict[tuple[int, int], tuple[subprocess.Popen[bytes], float, bool, int]] = {}
         done = failed = 0
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _raise_cancelled)
         try:
             while pending or running:
-                while pending and len(running) < max(1, req.max_parallel):
-                    task = pending.pop()
-                    with open(req.work_dir / f"{job_id}_{task}.out", "wb") as out:
-                        proc = subprocess.Popen(
-                            self._argv(req, task), env=env, stdout=out, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True,
-                        )
-                    running[task] = (proc, time.monotonic(), False)
+                in_use = sum(c for *_, c in running.values())
+                for key in list(pending):
+                    if len(running) >= slots:
+                        break
+                    req = requests[key[0]]
+                    cpus = min(int(req.scheduler.get("cpus") or 1), cores)
+                    if in_use + cpus > cores and running or not all(w in ended for w in waits[key]):
+                        continue
+                    pending.remove(key)
+                    running[key] = (self._start(req, ids[key[0]], key[1]), time.monotonic(), False, cpus)
+                    in_use += cpus
                 time.sleep(self.poll_interval)
                 now = time.monotonic()
-                for task, (proc, started, signalled) in list(running.items()):
+                for key, (proc, started, signalled, cpus) in list(running.items()):
                     rc = proc.poll()
                     if rc is None:
+                        limit_s, margin = _limits(requests[key[0]])
                         elapsed = now - started
                         if not signalled and elapsed >= limit_s - margin:
                             _signal(proc, signal.SIGUSR2)
-                            running[task] = (proc, started, True)
+                            running[key] = (proc, started, True, cpus)
                         elif elapsed >= limit_s + 10:
                             _signal(proc, signal.SIGKILL, group=True)
                         continue
-                    del running[task]
-                    self.returncodes[task] = rc
+                    del running[key]
+                    ended.add(key)
+                    self.returncodes[key[1]] = rc if rc or key[1] not in self.returncodes else self.returncodes[key[1]]
                     done += 1
                     failed += rc != 0
                     if self.progress:
                         self.progress(done, len(tasks), failed)
         except BaseException:
-            for proc, _, _ in running.values():
+            for proc, *_ in running.values():
                 _signal(proc, signal.SIGTERM)
-            for proc, _, _ in running.values():
+            for proc, *_ in running.values():
                 try:
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
@@ -133,7 +156,18 @@ class LocalBackend:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-        return job_id
+        return ids
+
+    def _start(self, req: ArrayRequest, job_id: str, task: int) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **req.env, env_names.JOB_ID: job_id}
+        with open(req.work_dir / f"{job_id}_{task}.out", "wb") as out:
+            return subprocess.Popen(
+                self._argv(req, task), env=env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+
+    def element_job_id(self, job_id: str, task_id: int) -> str | None:
+        return None  # a skipped element's runner reads SKIPPED and ends at once
 
     def query(self, job_ids: list[str], offsets: Mapping[str, int] | None = None) -> dict[int, State]:
         return dict(LOCAL_STATES)  # local elements are known only through their state files
@@ -186,3 +220,8 @@ def _signal(proc: subprocess.Popen[bytes], sig: int, group: bool = False) -> Non
         except (ProcessLookupError, PermissionError):
             pass
 
+
+def _limits(req: ArrayRequest) -> tuple[float, float]:
+    """(time limit, signal margin) in seconds of a request's elements."""
+    limit_s = float(req.scheduler.get("time") or 60) * 60
+    return limit_s, min(float(req.scheduler.get("signal_margin") or 0), limit_s / 2)

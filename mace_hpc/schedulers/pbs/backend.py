@@ -18,6 +18,7 @@ from ..base import (
     run_scheduler_command,
     scheduler_number,
     shell_quote,
+    submit_each,
     submit_script,
 )
 from . import dialect
@@ -113,7 +114,7 @@ class PbsBackend:
             setup=setup,
             env=v_env,
             exports=exports,
-            dependency=translate_dependency(req.dependency, flavor) if req.dependency else None,
+            dependency=translate_dependency(_dependency(req), flavor) if _dependency(req) else None,
             requeue=bool(sched.get("requeue")),
             signal_margin=int(sched.get("signal_margin") or 0) or None,
             pbspro_throttle=ex.pbspro_throttle() if flavor == "pbspro" else True,
@@ -158,6 +159,17 @@ class PbsBackend:
         flavor = self.flavor()
         return element_states(self.job_states(job_ids, flavor), flavor, offsets)
 
+    def submit_all(
+        self, requests: tp.Sequence[ArrayRequest], on_submitted: tp.Callable[[ArrayRequest, str], None]
+    ) -> list[str]:
+        """One qsub per request, in order; a stage's array waits for its whole upstream arrays
+        (`afterany`: PBS has no element-wise array dependency) and its runner skips an element
+        whose upstream stage did not complete."""
+        return submit_each(self, requests, on_submitted)
+
+    def element_job_id(self, job_id: str, task_id: int) -> str | None:
+        return None  # whole-array chains: a skipped element's runner reads SKIPPED and ends at once
+
     def cancel(self, job_ids: list[str]) -> None:
         """qdel the given arrays/subjobs/jobs in one call; already-finished ones are not an error."""
         ids = [str(parse_job_id(j)) for j in dict.fromkeys(job_ids)]
@@ -180,3 +192,10 @@ class PbsBackend:
 
     def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         return run_scheduler_command(argv, timeout=self._timeout, what="a PBS login node", cwd=cwd)
+
+
+def _dependency(req: ArrayRequest) -> str | None:
+    """The request's dependency: the backstop's own, or a stage's whole upstream arrays (afterany)."""
+    if req.dependency is None and req.after_ids:
+        return "afterany:" + ":".join(req.after_ids)
+    return req.dependency

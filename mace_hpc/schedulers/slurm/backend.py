@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from ..base import (
     run_scheduler_command,
     scheduler_number,
     shell_quote,
+    submit_each,
     submit_script,
 )
 from .states import normalize_slurm_state
@@ -168,8 +169,11 @@ class SlurmBackend:
         ):
             if sched.get(field) is not None:
                 opts[param] = _directive(sched[field], field)
-        if req.dependency is not None:
-            dep = check_script_value(req.dependency, "dependency")
+        dependency = req.dependency
+        if dependency is None and req.after_ids:  # stages: task i after task i of each upstream array
+            dependency = "aftercorr:" + ":".join(req.after_ids)
+        if dependency is not None:
+            dep = check_script_value(dependency, "dependency")
             if not _DEPENDENCY.fullmatch(dep):
                 raise InputError(f"dependency {dep!r} is invalid; e.g. afterany:123 or afterok:123_4")
             opts["dependency"] = dep
@@ -252,6 +256,15 @@ class SlurmBackend:
             offset = offsets[job] if offsets and job in offsets else _offset_from_name(name)
             result[int(task) + offset] = normalize_slurm_state(state)
         return result
+
+    def submit_all(
+        self, requests: Sequence[ArrayRequest], on_submitted: Callable[[ArrayRequest, str], None]
+    ) -> list[str]:
+        """One sbatch per request, in order; a stage's array depends on its upstream arrays by `aftercorr`."""
+        return submit_each(self, requests, on_submitted)
+
+    def element_job_id(self, job_id: str, task_id: int) -> str | None:
+        return f"{job_id}_{int(task_id)}"
 
     def cancel(self, job_ids: list[str]) -> None:
         """scancel every given job (whole arrays or `123_4` elements) in one call."""

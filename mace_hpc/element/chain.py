@@ -1,0 +1,147 @@
+"""One stage of one element in a multi-stage plan: may it run, what it hands on, what its end means.
+
+The runner runs a stage's steps; this module decides around them, from the element's state file:
+- before: a stage whose needs did not complete is SKIPPED (PBS chains whole arrays and the local
+  scheduler starts it anyway; SLURM's `aftercorr` never starts it, and the failing stage cancels
+  it), and a stage's declared `inputs` must exist;
+- after: its `outputs` are recorded with size and SHA-256; a failed required stage marks every
+  stage downstream of it SKIPPED and cancels their queued tasks, so none waits forever
+  (`DependencyNeverSatisfied`); the chain has ended when every stage is final, and only then is
+  the element's own state final and its epilogue run (merge once, when the chain ends).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..context.archive import sha256_file
+from ..errors import InputError, SchedulerError
+from ..records import env as env_names
+from ..records import states as st
+from ..records.element_state import ElementState, read_state, write_stage
+from ..records.layout import SubmissionPaths
+from ..records.stages import (
+    STAGE_FINAL,
+    Stage,
+    blocked_by,
+    by_name,
+    chain_outcome,
+    current_stage,
+    descendants,
+    stage_state,
+)
+from ..records.submission import read_record
+from ..schedulers import get_backend
+
+
+@dataclass(frozen=True)
+class StageEnd:
+    """What the runner does after a stage: the element's new fields, and whether its chain ended."""
+
+    chain_ended: bool
+    element: dict[str, Any]
+    skipped: tuple[str, ...] = ()
+
+
+def skip_reason(context_dir: Path, stages: Sequence[Stage], name: str) -> str | None:
+    """Why this stage must not run now (None: run it). A need still PENDING or RUNNING here means
+    its runner ended without recording (every backend starts a stage only after its needs ended):
+    that need is recorded FAILED, and the chain goes on as for any failure."""
+    state = read_state(context_dir)
+    mine = stage_state(state.stages, name)
+    if mine in (st.COMPLETED, st.SKIPPED):
+        return f"stage {name} is {mine} already"
+    need = blocked_by(stages, state.stages, name)
+    if need is None:
+        return None
+    need_state = stage_state(state.stages, need)
+    if need_state not in STAGE_FINAL:
+        stop(context_dir, stages, need, st.FAILED, "its runner ended without recording an end")
+    return f"stage {need} did not complete"
+
+
+def missing_inputs(context_dir: Path, stage: Stage) -> list[str]:
+    return [p for p in stage.inputs if not (context_dir / p).is_file()]
+
+
+def record_outputs(context_dir: Path, stage: Stage) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """({path: {size, sha256}}, missing paths) of a stage's declared outputs."""
+    found: dict[str, dict[str, Any]] = {}
+    missing = []
+    for rel in stage.outputs:
+        path = context_dir / rel
+        if path.is_file():
+            found[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+        else:
+            missing.append(rel)
+    return found, missing
+
+
+def start(context_dir: Path, stage: str, element: dict[str, Any]) -> ElementState:
+    """Record that `stage` runs now (stage RUNNING, attempts + 1) with the element's own fields."""
+    before = read_state(context_dir).stages.get(stage) or {}
+    attempts = int(before.get("attempts") or 0) + 1
+    return write_stage(context_dir, stage, {**element, "stage": stage}, state=st.RUNNING, attempts=attempts,
+                       started_at=time.time(), finished_at=None, message="", host=element.get("host"))
+
+
+def stop(context_dir: Path, stages: Sequence[Stage], name: str, state: str, message: str,
+         **fields: Any) -> StageEnd:
+    """Record how stage `name` ended; skip what its failure stops; say whether the chain ended."""
+    now = time.time()
+    write_stage(context_dir, name, state=state, finished_at=now, message=message, **fields)
+    skipped: tuple[str, ...] = ()
+    if state != st.COMPLETED and not by_name(stages)[name].optional:
+        current = read_state(context_dir).stages
+        skipped = tuple(d for d in descendants(stages, name) if stage_state(current, d) not in STAGE_FINAL)
+        for d in skipped:
+            write_stage(context_dir, d, state=st.SKIPPED, finished_at=now,
+                        message=f"stage {name} {state}: {message}" if message else f"stage {name} {state}")
+    done = read_state(context_dir).stages
+    ended, run_state, why = chain_outcome(stages, done)
+    if ended:
+        element = {"state": run_state, "run_state": run_state, "finished_at": now, "message": why, "stage": None}
+    else:
+        nxt = current_stage(stages, done)
+        element = {"state": st.PENDING, "stage": nxt,
+                   "message": f"stage {name} {state}; next: {nxt}" if nxt else f"stage {name} {state}"}
+    return StageEnd(ended, element, skipped)
+
+
+def cancel_downstream(submission: SubmissionPaths, index: int, stages: Sequence[str]) -> str | None:
+    """Cancel this element's queued tasks of `stages` (one scheduler call); a warning on failure.
+
+    Only schedulers that chain element by element need it (SLURM `aftercorr` would leave them
+    PENDING forever); where a backend names no per-element task, the skipped stage's runner reads
+    SKIPPED and ends at once.
+    """
+    record = read_record(submission.record)
+    if record is None or record.backend == "local" or not stages:
+        return None
+    try:
+        backend = get_backend(record.backend)
+        jobs = record.stage_jobs()
+        ids = []
+        for name in stages:
+            job = jobs.get((index, name))
+            task = backend.element_job_id(job.job_id, index - job.offset) if job else None
+            if task:
+                ids.append(task)
+        if ids:
+            backend.cancel(ids)
+    except (SchedulerError, OSError) as exc:
+        return f"could not cancel the skipped stages' tasks ({exc}); `mace cancel` or scancel them"
+    return None
+
+
+def stage_of(environ: Mapping[str, str], explicit: str | None, stages: Sequence[Stage]) -> str | None:
+    """The stage to run: `--stage`, else MACE_STAGE; None for a single-stage plan."""
+    name = explicit or environ.get(env_names.STAGE) or None
+    if name is not None and name not in by_name(stages):
+        known = ", ".join(s.name for s in stages) or "none (a single-stage plan)"
+        raise InputError(f"--stage: {name!r} is not a stage of this plan; stages: {known}")
+    return name
