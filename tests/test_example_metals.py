@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from ase.io import read
 from examples.metals_chain import metals
 from mace_hpc.status.report_data import analysis_lines
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "metals_chain"
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "metals_chain"
 STEPS = ("relax", "eos", "vacancy")
 
 
@@ -127,3 +129,12 @@ def test_plan_names_existing_stages_functions_and_arguments() -> None:
         assert step["kwargs"]["context_dir"] == "{context_dir}"
     module, _, name = plan["analysis"].partition(":")
     assert module == "metals" and callable(getattr(metals, name))
+
+
+def test_plan_format_doc_shows_the_example_plan_as_it_is() -> None:
+    """docs/plan-format.md's complete example of stages is this plan file, unabridged."""
+    doc = (REPO / "docs" / "plan-format.md").read_text(encoding="utf-8")
+    section = doc.split("### A complete example: seven metals in three stages", 1)[1]
+    block = re.search(r"```json\n(.*?)\n```", section, re.S)
+    assert block is not None
+    assert json.loads(block.group(1)) == json.loads((EXAMPLE / "plan.json").read_text(encoding="utf-8"))
