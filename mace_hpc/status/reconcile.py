@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..errors import SchedulerError
 from ..records import states as st
 from ..records.element_state import ElementState, read_state
 from ..records.manifest import Manifest
+from ..records.stages import Stage, current_stage, stage_state
 from ..records.states import ACTIVE, BAD_FINAL, SETTLED, SUCCESS, State
 from ..records.submission import JobEntry, SubmissionRecord
 from ..schedulers import Backend
@@ -90,6 +92,7 @@ class Report:
     scheduler_queries: int = 0
     scheduler_error: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    stage_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> state -> elements
 
     @property
     def total(self) -> int:
@@ -115,6 +118,11 @@ class Report:
             note += f"; {conflicts} merge conflict(s): those materials kept the shared database's version"
         return f"{self.plan}: {self.total} elements: {', '.join(parts)} (backend {self.backend}, jobs {ids}){note}"
 
+    def stage_lines(self) -> list[str]:
+        """One line per stage of a multi-stage plan: how many elements are where in it."""
+        return [f"  stage {name}: " + ", ".join(f"{counts[s]} {s}" for s in st.ORDER if counts.get(s))
+                for name, counts in self.stage_counts.items()]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "plan": self.plan,
@@ -126,6 +134,7 @@ class Report:
             "jobs": [j.to_dict() for j in self.jobs],
             "scheduler_queries": self.scheduler_queries,
             "scheduler_error": self.scheduler_error,
+            **({"stages": self.stage_counts} if self.stage_counts else {}),
             "elements": self.rows,
         }
 
@@ -158,11 +167,17 @@ def collect(record: SubmissionRecord, manifest: Manifest, backend: Backend | Non
         except SchedulerError as exc:
             error = str(exc)
     current = record.current_jobs()
+    staged = record.stage_jobs() if manifest.stages else {}
     rows = []
     for entry in manifest.elements:
         index = entry.index
         file_state = read_state(entry.context_dir)
-        job = current.get(index)
+        stage = None
+        if manifest.stages:  # the element's current stage decides which array's state counts
+            stage = file_state.stage or current_stage(manifest.stages, file_state.stages)
+            job = staged.get((index, stage)) if stage else None
+        else:
+            job = current.get(index)
         job_id = job.job_id if job else None
         sched = per_job.get(job_id, {}).get(index) if job_id else None
         state, note = reconcile_one(file_state, sched)
@@ -184,6 +199,8 @@ def collect(record: SubmissionRecord, manifest: Manifest, backend: Backend | Non
                 "context_dir": entry.context_dir,
                 "settled": state in SETTLED and (sched is None or sched not in ACTIVE),
                 **{k: getattr(file_state, k) for k in TIMING_FIELDS},
+                **({"stage": stage, "stages": stage_states(manifest.stages, file_state.stages)}
+                   if manifest.stages else {}),
             }
         )
     report = Report(
@@ -195,7 +212,14 @@ def collect(record: SubmissionRecord, manifest: Manifest, backend: Backend | Non
         scheduler_error=error,
     )
     report.counts = dict(Counter(r["state"] for r in rows))
+    if manifest.stages:
+        report.stage_counts = {s.name: dict(Counter(r["stages"][s.name] for r in rows)) for s in manifest.stages}
     return report
+
+
+def stage_states(stages: Sequence[Stage], done: Mapping[str, Any]) -> dict[str, str]:
+    """Stage name -> its state for one element, in plan order (PENDING until it ran)."""
+    return {s.name: str(stage_state(done, s.name)) for s in stages}
 
 
 def state_counts_from_files(manifest: Manifest) -> dict[str, int]:

@@ -20,17 +20,18 @@ import psutil
 from ..config import Config, load_config
 from ..errors import InputError
 from ..records import states as st
-from ..records.layout import SubmissionPaths
-from ..records.manifest import Manifest, load_manifest
+from ..records.element_state import read_state, write_state
+from ..records.layout import STATE_FILE, SubmissionPaths
+from ..records.manifest import Manifest, ManifestEntry, load_manifest
+from ..records.stages import Stage, rerun_stages
 from ..records.submission import RESUBMIT, SubmissionRecord, find_record, read_record, write_record
 from ..schedulers import get_backend
 from ..status.reconcile import ACTIVE, BAD_FINAL, Report, collect
 from .contexts import Submission, scratch_root_of
 from .submit import (
-    array_limit,
     cancel_unstarted,
+    chain_requests,
     local_backstop,
-    make_requests,
     own_runner,
     reset_states,
     resolve_parallel,
@@ -169,18 +170,20 @@ def resubmit(
     env, command = dict(record.env), list(record.command)
     if not env or not command:
         raise InputError(f"{directory}/record.json: written by an older mace-hpc; submit the plan again")
-    requests = make_requests(
-        plan, wanted, max_parallel=parallel, command=command, env=env, work_dir=directory / "logs",
-        scheduler=scheduler, max_array_size=array_limit(scheduler, be),
+    by_index = {e.index: e for e in manifest.elements}
+    contexts = [Path(by_index[i].context_dir) for i in wanted]
+    groups = rerun_groups(manifest.stages, wanted, contexts)
+    requests = chain_requests(
+        plan, manifest.stages, groups, max_parallel=parallel, command=command, env=env,
+        work_dir=directory / "logs", scheduler=scheduler, backend=be,
     )
     for req in requests:
         be.render(req)  # refuse bad values before touching any state file
     attempt = record.next_attempt()
-    by_index = {e.index: e for e in manifest.elements}
-    contexts = [Path(by_index[i].context_dir) for i in wanted]
     for d in contexts:
         d.mkdir(mode=0o700, exist_ok=True)  # removed by hand since: recreated, the runner starts afresh
     saved = reset_states(contexts, resubmitted_at=time.time())
+    reset_stages(manifest.stages, groups, by_index)
     # the runner is recorded until the arrays are queued (or, locally, have run)
     running = write_record(directory, record.replace(runner=own_runner()))
     try:
@@ -213,3 +216,32 @@ def resubmit(
     ))
     result.record = write_record(directory, record)
     return result
+
+
+def rerun_groups(stages: Sequence[Stage], wanted: Sequence[int],
+                 contexts: Sequence[Path]) -> list[tuple[list[int], list[str]]]:
+    """Elements grouped by the stages they run again: each from its failed stage onward (every
+    stage for a single-stage plan, or an element with nothing left to rerun). One chain of sparse
+    arrays per group, so a stage only waits for upstream stages that run again."""
+    if not stages:
+        return [(list(wanted), [])]
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for index, d in zip(wanted, contexts, strict=True):
+        names = tuple(rerun_stages(stages, read_state(d).stages)) or tuple(s.name for s in stages)
+        groups.setdefault(names, []).append(index)
+    return [(indices, list(names)) for names, indices in groups.items()]
+
+
+def reset_stages(stages: Sequence[Stage], groups: Sequence[tuple[list[int], list[str]]],
+                 by_index: dict[int, ManifestEntry]) -> None:
+    """The stages that run again read PENDING (with their attempts kept), so runners start them."""
+    if not stages:
+        return
+    for indices, names in groups:
+        for i in indices:
+            d = Path(by_index[i].context_dir)
+            if not (d / STATE_FILE).exists():
+                continue
+            done = read_state(d).stages
+            write_state(d, stages={**done, **{n: {**(done.get(n) or {}), "state": st.PENDING} for n in names}},
+                        stage=names[0])

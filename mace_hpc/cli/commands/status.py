@@ -47,9 +47,14 @@ def _show(report: Any, as_json: bool) -> None:
     if as_json:
         print_json(report.to_json())
         return
-    rows = [[r[c] if c != "message" else _short(r[c]) for c in TABLE_COLUMNS] for r in report.rows]
-    sys.stdout.write(format_table(TABLE_COLUMNS, rows) + "\n")
-    print(report.summary_line())
+    columns = TABLE_COLUMNS
+    if report.stage_counts:  # multi-stage: the stage each element is in, after its state
+        at = TABLE_COLUMNS.index("state") + 1
+        columns = (*TABLE_COLUMNS[:at], "stage", *TABLE_COLUMNS[at:])
+    rows = [[(r.get(c) or "-") if c == "stage" else _short(r[c]) if c == "message" else r[c] for c in columns]
+            for r in report.rows]
+    sys.stdout.write(format_table(columns, rows) + "\n")
+    print("\n".join([report.summary_line(), *report.stage_lines()]))
 
 
 def _short(text: str, width: int = 70) -> str:

@@ -161,7 +161,7 @@ def _local_report(args: argparse.Namespace, result: Any) -> int:
     for r in report.rows:
         if r["run_state"] != "COMPLETED":
             print(f"element {r['index']} ({r['workflow_id']}): {r['state']} {r.get('message', '')}", file=sys.stderr)
-    print(f"{report.summary_line()} in {result.seconds:.1f} s")
+    print("\n".join([f"{report.summary_line()} in {result.seconds:.1f} s", *report.stage_lines()]))
     for line in analysis_lines(page["analysis"]):
         print(line)
     print(f"report: {html} (open it in a browser; `mace report {sub.name}` rebuilds it)")
