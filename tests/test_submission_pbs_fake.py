@@ -142,3 +142,36 @@ def test_cancel(pbs_site, tmp_path, mace_env):
     assert set(states(report).values()) <= {"CANCELLED", "KEPT"}, states(report)
     running = mace_env["scratch_root"] / "pbsnap-e0" / "state.json"
     assert json.loads(running.read_text())["run_state"] == "CANCELLED"  # the running one was stopped, not lost
+
+
+def test_stages_chain_whole_arrays(pbs_site, tmp_path, mace_env):
+    """PBS has no element-wise array dependency: each stage's array waits for the whole upstream
+    array (afterany; Torque afteranyarray) and the runner skips an element whose upstream stage
+    did not complete. Element 1's first stage fails: its second stage is SKIPPED, not run."""
+    flavor, site = pbs_site
+    mark = "import os; open(os.path.join(os.environ['MACE_CONTEXT_DIR'], os.environ['MACE_STAGE']), 'w').write('x')"
+    plan = tmp_path / "pbsstages.json"
+    plan.write_text(json.dumps({
+        "name": "pbsstages", "isolation_mode": "isolated",
+        "stages": [{"name": "first"}, {"name": "second", "resources": {"cpus": 2}}],
+        "elements": [{"id": f"e{i}", "steps": [
+            {"name": "one", "stage": "first", "command": [sys.executable, "-c", mark + ("; raise SystemExit(3)" if i == 1 else "")]},
+            {"name": "two", "stage": "second", "command": [sys.executable, "-c", mark]},
+        ]} for i in range(3)],
+    }))
+    proc = subprocess.run([str(BIN / "mace-submit"), str(plan), "--site", str(site), "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    arrays = {j["stage"]: j for j in record["jobs"] if j["kind"] == "array"}
+    assert arrays["second"]["depends_on"] == [arrays["first"]["job_id"]]
+    script = (mace_env["scratch_root"] / ".submissions" / "pbsstages" / "logs" / "pbsstages.second.pbs")
+    kind = "afteranyarray" if flavor == "torque" else "afterany"
+    assert f"#PBS -W depend={kind}:{arrays['first']['job_id']}" in script.read_text()
+    report = wait_status("pbsstages", site, lambda r: all(
+        s in ("MERGED", "KEPT", "FAILED") for s in states(r).values()))
+    assert states(report) == {"pbsstages-e0": "MERGED", "pbsstages-e1": "KEPT", "pbsstages-e2": "MERGED"}
+    assert report["stages"] == {"first": {"COMPLETED": 2, "FAILED": 1}, "second": {"COMPLETED": 2, "SKIPPED": 1}}
+    skipped = mace_env["scratch_root"] / "pbsstages-e1"
+    assert (skipped / "first").exists() and not (skipped / "second").exists()  # the skipped stage ran nothing
+    assert all((mace_env["scratch_root"] / f"pbsstages-e{i}" / "second").exists() for i in (0, 2))

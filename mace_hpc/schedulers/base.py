@@ -91,6 +91,20 @@ class Backend(Protocol):
     def max_array_size(self) -> int: ...
 
 
+_PLACEHOLDER = re.compile(r"^<job id of [A-Za-z0-9._@-]+>$")
+
+
+def placeholder_id(name: str) -> str:
+    """What a dry run shows for the job id of an array not submitted yet."""
+    return f"<job id of {name}>"
+
+
+def are_placeholders(ids: Iterable[str]) -> bool:
+    """Are these `after_ids` a dry run's placeholders (shown as they are, never submitted)?"""
+    ids = list(ids)
+    return bool(ids) and all(_PLACEHOLDER.fullmatch(i) for i in ids)
+
+
 def submit_each(
     backend: Backend, requests: Sequence[ArrayRequest], on_submitted: Callable[[ArrayRequest, str], None]
 ) -> list[str]:

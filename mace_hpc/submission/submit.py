@@ -33,7 +33,7 @@ from ..records.manifest import ManifestEntry, read_manifest
 from ..records.stages import Stage
 from ..records.submission import ARRAY, JobEntry, Runner, SubmissionRecord, read_record, write_record
 from ..schedulers import ArrayRequest, Backend, get_backend
-from ..schedulers.base import array_spec, chunk_indices
+from ..schedulers.base import array_spec, chunk_indices, placeholder_id
 from ..status.reconcile import ACTIVE, collect
 from ..util.atomic import atomic_write_bytes
 from ..util.nfslock import LockTimeout, NfsLock
@@ -166,6 +166,11 @@ def build_requests(
         command=element_command(sub.manifest_path, scheduler.get("python")), env=array_env(sub, scheduler),
         work_dir=sub.directory / "logs", scheduler=scheduler, backend=backend,
     )
+
+
+def job_name_of(req: ArrayRequest) -> str:
+    """How a request is named in a dry run: its job name, with the chunk's offset when shifted."""
+    return f"{req.name}@{req.index_offset}" if req.index_offset else req.name
 
 
 def job_entry(req: ArrayRequest, job_id: str, kind: str, attempt: int) -> JobEntry:
@@ -351,7 +356,11 @@ def submit_plan(
     requests = build_requests(plan, sub, cfg, be, wanted, parallel)
     result = SubmitResult(sub, backend_name, requests, plan=plan)
     # render every chunk now: a value that cannot go into a job script fails before anything exists
+    for req in requests:  # a stage's upstream job ids do not exist yet: named placeholders
+        req.after_ids = tuple(placeholder_id(job_name_of(requests[u])) for u in req.after)
     result.rendered = [be.render(r) for r in requests]
+    for req in requests:
+        req.after_ids = ()
     if dry_run:
         result.seconds = time.perf_counter() - t0
         return result

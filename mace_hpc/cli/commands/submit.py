@@ -50,7 +50,8 @@ def dry_run_data(result: Any, limit: int | None = DRY_RUN_ELEMENTS) -> dict[str,
         "total_elements": len(sub.entries),
         "elements": elements,
         "arrays": [
-            {"index_offset": req.index_offset, "task_ids": len(req.task_ids()), "script": script, "command": argv}
+            {"index_offset": req.index_offset, "task_ids": len(req.task_ids()), "script": script, "command": argv,
+             **({"stage": req.stage, "after": [result.requests[u].stage for u in req.after]} if req.stage else {})}
             for (script, argv), req in zip(result.rendered, result.requests, strict=True)
         ],
         "created": False,
@@ -65,6 +66,14 @@ def dry_run_text(data: dict[str, Any]) -> str:
         f"plan {data['plan']}: {n} elements, backend {data['backend']}, isolation {data['isolation_mode']}, "
         f"{len(arrays)} array(s)"
     ]
+    stages: dict[str, list[dict[str, Any]]] = {}
+    for a in arrays:
+        if a.get("stage"):
+            stages.setdefault(a["stage"], []).append(a)
+    for name, chunks in stages.items():
+        after = sorted(set(chunks[0]["after"]))
+        how = f", after stage {', '.join(after)} element by element" if after else ""
+        lines.append(f"stage {name}: {len(chunks)} array(s){how}")
     for e in data["elements"]:
         lines.append(f"element {e['index']}: workflow id {e['workflow_id']}")
         lines.append(f"  context {e['context_dir']}")
@@ -72,8 +81,10 @@ def dry_run_text(data: dict[str, Any]) -> str:
     if n > len(data["elements"]):
         lines.append(f"... and {n - len(data['elements'])} more elements (--dry-run --json lists them all)")
     for k, a in enumerate(arrays):
-        if k == 0 or len(arrays) <= 3:
-            lines.append(f"--- job script {k + 1}/{len(arrays)} (index offset {a['index_offset']}, {a['task_ids']} tasks) ---")
+        if k == 0 or len(arrays) <= 3 or a.get("stage") != arrays[k - 1].get("stage"):
+            stage = f"stage {a['stage']}, " if a.get("stage") else ""
+            lines.append(f"--- job script {k + 1}/{len(arrays)} ({stage}index offset {a['index_offset']}, "
+                         f"{a['task_ids']} tasks) ---")
             lines.append(a["script"].rstrip())
         else:
             lines.append(

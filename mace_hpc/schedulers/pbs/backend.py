@@ -11,6 +11,7 @@ from ...errors import ConfigError, InputError, SchedulerError
 from ...records.states import State
 from ..base import (
     ArrayRequest,
+    are_placeholders,
     check_env,
     check_job_name,
     check_script_value,
@@ -114,7 +115,7 @@ class PbsBackend:
             setup=setup,
             env=v_env,
             exports=exports,
-            dependency=translate_dependency(_dependency(req), flavor) if _dependency(req) else None,
+            dependency=_translated(req, flavor),
             requeue=bool(sched.get("requeue")),
             signal_margin=int(sched.get("signal_margin") or 0) or None,
             pbspro_throttle=ex.pbspro_throttle() if flavor == "pbspro" else True,
@@ -194,8 +195,10 @@ class PbsBackend:
         return run_scheduler_command(argv, timeout=self._timeout, what="a PBS login node", cwd=cwd)
 
 
-def _dependency(req: ArrayRequest) -> str | None:
-    """The request's dependency: the backstop's own, or a stage's whole upstream arrays (afterany)."""
+def _translated(req: ArrayRequest, flavor: str) -> str | None:
+    """The request's `depend=` value: the backstop's own, or a stage's whole upstream arrays
+    (afterany; a dry run's placeholders shown as they are)."""
     if req.dependency is None and req.after_ids:
-        return "afterany:" + ":".join(req.after_ids)
-    return req.dependency
+        dep = "afterany:" + ":".join(req.after_ids)
+        return dep if are_placeholders(req.after_ids) else translate_dependency(dep, flavor)
+    return translate_dependency(req.dependency, flavor) if req.dependency else None

@@ -24,6 +24,7 @@ from ...errors import InputError, SchedulerError, SchedulerUnavailable
 from ...records.states import PENDING, State
 from ..base import (
     ArrayRequest,
+    are_placeholders,
     array_spec,
     check_env,
     check_job_name,
@@ -174,7 +175,7 @@ class SlurmBackend:
             dependency = "aftercorr:" + ":".join(req.after_ids)
         if dependency is not None:
             dep = check_script_value(dependency, "dependency")
-            if not _DEPENDENCY.fullmatch(dep):
+            if not _DEPENDENCY.fullmatch(dep) and not are_placeholders(req.after_ids):
                 raise InputError(f"dependency {dep!r} is invalid; e.g. afterany:123 or afterok:123_4")
             opts["dependency"] = dep
 
