@@ -140,3 +140,17 @@ def rerun_stages(stages: Sequence[Stage], stages_done: Mapping[str, Any]) -> lis
             continue
         out.append(s.name)
     return out
+
+
+STAGE_RESULT_KEYS = ("message", "started_at", "finished_at", "attempts", "outputs")
+
+
+def stage_results(stages: Sequence[Stage], stages_done: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Stage name -> what that stage of one element did (state, message, times, attempts, the
+    outputs recorded with size and SHA-256), in plan order; a stage that never ran is PENDING."""
+    out = {}
+    for s in stages:
+        info = stages_done.get(s.name)
+        info = info if isinstance(info, Mapping) else {}
+        out[s.name] = {"state": str(stage_state(stages_done, s.name)), **{k: info.get(k) for k in STAGE_RESULT_KEYS}}
+    return out

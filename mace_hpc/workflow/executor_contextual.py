@@ -7,11 +7,14 @@ element runner, state files and epilogue as a cluster run, so what works here wo
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config
 from ..context.workflow_context import WorkflowContext
+from ..records.stages import Stage, stage_results
 from ..status.collect import element_states, summarize
 from ..submission.submit import submit_plan
 
@@ -41,15 +44,21 @@ class ContextualWorkflowExecutor:
         self.last_result: Any = None
 
     def execute_workflow_plan(self, plan: str | os.PathLike[str] | dict[str, Any] | Any) -> dict[str, Any]:
-        """Run every element; returns a summary (counts per state, per-element rows, where results are)."""
+        """Run every element; returns a summary (counts per state, per-element rows, where results are).
+
+        A multi-stage plan runs each element's stages in order on this machine (a stage starts when
+        its own element's upstream stages are done); the summary then has `stages` (per stage: needs,
+        optional, resources, elements per state) and each result its `stages` (per stage: state,
+        message, times, attempts, outputs with size and SHA-256)."""
         result = submit_plan(
             plan, config=self.config, backend="local", isolation_mode=self.isolation_mode,
             max_parallel=self.max_parallel, progress=self.progress,
         )
         self.last_result = result
-        rows = element_states(result.submission.manifest())
+        manifest = result.submission.manifest()
+        rows = element_states(manifest)
         counts = summarize(rows)
-        return {
+        summary = {
             "plan": result.submission.name,
             "isolation_mode": result.submission.isolation_mode,
             "elements": len(rows),
@@ -64,6 +73,21 @@ class ContextualWorkflowExecutor:
                 for r in rows
             ],
         }
+        if manifest.stages:
+            _add_stage_results(summary, manifest.stages, rows)
+        return summary
+
+
+def _add_stage_results(summary: dict[str, Any], stages: Sequence[Stage], rows: list[dict[str, Any]]) -> None:
+    """A multi-stage plan's summary also says, per stage, how many elements ended in each state
+    (and the stage's needs, optional flag and resources), and per element what each stage did."""
+    for result, row in zip(summary["results"], rows, strict=True):
+        result["stages"] = stage_results(stages, row.get("stages") or {})
+    summary["stages"] = {
+        s.name: {"needs": list(s.needs), "optional": s.optional, "resources": dict(s.resources),
+                 "states": dict(Counter(r["stages"][s.name]["state"] for r in summary["results"]))}
+        for s in stages
+    }
 
 
 class IsolatedWorkflowExecution:

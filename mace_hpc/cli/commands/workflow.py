@@ -32,4 +32,6 @@ def _run(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["states"].items()))
         print(f"{summary['plan']}: {summary['elements']} elements ({counts}) in {summary['seconds']} s; "
               f"results in {summary['shared_database']}")
+        for name, stage in summary.get("stages", {}).items():
+            print(f"  stage {name}: " + ", ".join(f"{n} {s}" for s, n in sorted(stage["states"].items())))
     return 0 if summary["succeeded"] else 1
