@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from mace_hpc.errors import SchedulerError
-from mace_hpc.schedulers.base import ArrayRequest
+from mace_hpc.schedulers.base import ArrayRequest, submit_each
 
 PY = sys.executable
 
@@ -95,6 +95,12 @@ class FakeBackend:
         job_id = str(1001 + n)
         self.jobs[job_id] = req
         return job_id
+
+    def submit_all(self, requests, on_submitted):
+        return submit_each(self, requests, on_submitted)
+
+    def element_job_id(self, job_id: str, task_id: int) -> str | None:
+        return f"{job_id}_{task_id}"
 
     def set_state(self, job_id: str, state: str, tasks: list[int] | None = None) -> None:
         req = self.jobs[job_id]
