@@ -36,6 +36,9 @@ PLAN_KEYS = (
     "elements",
     "sweep",
     "analysis",
+    "retry",  # retry, app_errors, notify: validated in plan/policy.py
+    "app_errors",
+    "notify",
 )
 ELEMENT_KEYS = ("id", "materials", "env", "steps")
 TEMPLATE_KEYS = ("materials", "env", "steps")

@@ -158,6 +158,7 @@ def collect(record: SubmissionRecord, manifest: Manifest, backend: Backend | Non
         except SchedulerError as exc:
             error = str(exc)
     current = record.current_jobs()
+    notes = record.retry_notes()
     rows = []
     for entry in manifest.elements:
         index = entry.index
@@ -181,6 +182,7 @@ def collect(record: SubmissionRecord, manifest: Manifest, backend: Backend | Non
                 "job_id": job_id,
                 "message": _message(state, note, file_state),
                 "conflicts": _conflicts(file_state),
+                "retries": notes.get(index, []),
                 "context_dir": entry.context_dir,
                 "settled": state in SETTLED and (sched is None or sched not in ACTIVE),
                 **{k: getattr(file_state, k) for k in TIMING_FIELDS},

@@ -130,8 +130,13 @@ def resubmit(
     max_parallel: int | None = None,
     cfg: Config | None = None,
     progress: Any = None,
+    resources: dict[str, Any] | None = None,
 ) -> ResubmitResult:
-    """Queue the chosen elements again (default: the FAILED/TIMEOUT/CANCELLED ones) as a sparse array."""
+    """Queue the chosen elements again (default: the FAILED/TIMEOUT/CANCELLED ones) as a sparse array.
+
+    `resources`: scheduler.* values that replace the plan's for these elements (a retry's
+    escalated time/mem/partition); recorded on the array's entry so the next retry starts there.
+    """
     cfg = cfg or load_config()
     directory, record, manifest = find_submission(name_or_job, cfg)
     backend_name = record.backend
@@ -164,7 +169,7 @@ def resubmit(
             f"--elements: element(s) {shown} of {plan!r} are still queued or running; "
             f"wait for them or `mace cancel {plan}` first"
         )
-    scheduler = dict(record.scheduler)
+    scheduler = {**record.scheduler, **(resources or {})}
     parallel = resolve_parallel(max_parallel, None, cfg) if max_parallel else record.max_parallel
     env, command = dict(record.env), list(record.command)
     if not env or not command:
@@ -184,7 +189,8 @@ def resubmit(
     # the runner is recorded until the arrays are queued (or, locally, have run)
     running = write_record(directory, record.replace(runner=own_runner()))
     try:
-        record, result.job_ids = submit_requests(be, requests, running, directory, kind=RESUBMIT, attempt=attempt)
+        record, result.job_ids = submit_requests(be, requests, running, directory, kind=RESUBMIT, attempt=attempt,
+                                                 resources=resources)
     except KeyboardInterrupt:
         if backend_name == "local":
             cancel_unstarted([by_index[i] for i in wanted], "interrupted before it started")

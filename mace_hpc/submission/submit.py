@@ -125,9 +125,10 @@ def build_requests(
     )
 
 
-def job_entry(req: ArrayRequest, job_id: str, kind: str, attempt: int) -> JobEntry:
+def job_entry(req: ArrayRequest, job_id: str, kind: str, attempt: int,
+              resources: dict[str, Any] | None = None) -> JobEntry:
     return JobEntry(job_id, kind=kind, attempt=attempt, offset=req.index_offset, array=array_spec(req.task_ids()),
-                    indices=tuple(sorted(req.indices or [])), submitted_at=time.time())
+                    indices=tuple(sorted(req.indices or [])), submitted_at=time.time(), resources=dict(resources or {}))
 
 
 def submit_requests(
@@ -138,6 +139,7 @@ def submit_requests(
     *,
     kind: str,
     attempt: int,
+    resources: dict[str, Any] | None = None,
 ) -> tuple[SubmissionRecord, list[str]]:
     """Submit every chunk, recording each job id as soon as it exists; on failure cancel those queued.
 
@@ -149,7 +151,7 @@ def submit_requests(
         for req in requests:
             job_id = be.submit(req)
             job_ids.append(job_id)
-            record = write_record(record_dir, record.with_jobs([job_entry(req, job_id, kind, attempt)]))
+            record = write_record(record_dir, record.with_jobs([job_entry(req, job_id, kind, attempt, resources)]))
     except BaseException:
         if job_ids:
             try:

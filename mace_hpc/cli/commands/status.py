@@ -47,9 +47,15 @@ def _show(report: Any, as_json: bool) -> None:
     if as_json:
         print_json(report.to_json())
         return
-    rows = [[r[c] if c != "message" else _short(r[c]) for c in TABLE_COLUMNS] for r in report.rows]
+    rows = [[r[c] if c != "message" else _short(_why(r)) for c in TABLE_COLUMNS] for r in report.rows]
     sys.stdout.write(format_table(TABLE_COLUMNS, rows) + "\n")
     print(report.summary_line())
+
+
+def _why(row: dict[str, Any]) -> str:
+    """The message, after the last retry decision when there is one (why it was retried or given up)."""
+    retries = row.get("retries") or []
+    return "; ".join(x for x in (retries[-1] if retries else "", row["message"]) if x)
 
 
 def _short(text: str, width: int = 70) -> str:
