@@ -19,12 +19,13 @@ from typing import Any
 
 from ..errors import SchedulerError
 from ..records.causes import Usage
-from ..records.element_state import read_state
+from ..records.element_state import ElementState, read_state
 from ..records.manifest import Manifest
 from ..records.states import COMPLETED
 from ..records.submission import SubmissionRecord
 
 MB = 1 << 20
+_ABSENT = ElementState(state="")  # "not read": the scheduler's record had every figure
 MARGIN = 0.25  # recommended = p95 * (1 + MARGIN)
 COLUMNS = ("index", "workflow_id", "job_id", "state", "source", "elapsed_s", "time_limit_s", "time_used",
            "max_rss_bytes", "req_mem_bytes", "mem_used", "alloc_cpus", "total_cpu_s", "cpu_efficiency",
@@ -76,7 +77,9 @@ def element_rows(record: SubmissionRecord, manifest: Manifest,
         i = entry.index
         job = current.get(i)
         u = usage.get(job.job_id, {}).get(i) if job else None
-        st = read_state(entry.context_dir)
+        # the state file only where the scheduler's record lacks a figure (10,000 reads otherwise)
+        st = _ABSENT if u is not None and u.max_rss_bytes and u.total_cpu_s is not None and u.elapsed_s is not None \
+            and u.state else read_state(entry.context_dir)
         sched = {**record.scheduler, **(job.resources if job else {})}
         own = st.finished_at - st.started_at if st.finished_at and st.started_at else None
         elapsed = u.elapsed_s if u and u.elapsed_s is not None else own
@@ -87,14 +90,15 @@ def element_rows(record: SubmissionRecord, manifest: Manifest,
         cpu = u.total_cpu_s if u and u.total_cpu_s is not None else st.cpu_seconds
         eff = _ratio(cpu, elapsed * cpus if elapsed else None)
         core_h = elapsed * cpus / 3600 if elapsed is not None else None
-        done = st.last_run == COMPLETED and (u is None or u.state in ("COMPLETED", ""))
+        done = (u.state == "COMPLETED") if st is _ABSENT else (
+            st.last_run == COMPLETED and (u is None or u.state in ("COMPLETED", "")))
         wasted = None if core_h is None else (core_h * (1 - min(eff or 0.0, 1.0)) if done else core_h)
         source = "sacct" if u and u.elapsed_s is not None else "runner"
         if u and not u.max_rss_bytes and st.peak_rss_bytes:
             source += "+runner rss"
         rows.append({
             "index": i, "workflow_id": entry.workflow_id, "job_id": job.job_id if job else None,
-            "state": (u.state if u and u.state else st.last_run), "source": source, "elapsed_s": elapsed,
+            "state": u.state if u and u.state else st.last_run, "source": source, "elapsed_s": elapsed,
             "time_limit_s": limit, "time_used": _ratio(elapsed, limit), "max_rss_bytes": rss,
             "req_mem_bytes": req_mem, "mem_used": _ratio(rss, req_mem), "alloc_cpus": cpus, "total_cpu_s": cpu,
             "cpu_efficiency": eff, "core_hours": None if core_h is None else round(core_h, 6),

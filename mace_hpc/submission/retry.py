@@ -151,10 +151,11 @@ def _limits_cache(accounting: Any) -> Callable[[str | None], Limits]:
     return get
 
 
-def ended_candidates(report: Report, record: SubmissionRecord, only_jobs: Sequence[str] | None) -> list[dict[str, Any]]:
+def ended_candidates(report: Report, record: SubmissionRecord, only_jobs: Sequence[str] | None,
+                     undecided: bool = True) -> list[dict[str, Any]]:
     """Rows that ended badly, are not queued again, ran in one of `only_jobs` (a backstop's own
-    arrays), and whose latest attempt has no decision yet."""
-    decided = {(int(d["index"]), int(d.get("attempt") or 1)) for d in record.retries}
+    arrays), and (`undecided`) whose latest attempt has no decision yet."""
+    decided = {(int(d["index"]), int(d.get("attempt") or 1)) for d in record.retries} if undecided else set()
     attempts = attempt_counts(record)
     only = set(only_jobs) if only_jobs else None
     out = []
@@ -188,6 +189,7 @@ def classify_rows(rows: list[dict[str, Any]], record: SubmissionRecord, policy: 
             usage = accounting.usage(jobs, offsets)
         except SchedulerError:
             usage = {}  # accounting down: the state files alone still classify most causes
+        usage = _settled_usage(usage, rows, jobs, offsets, accounting)
     causes: dict[int, Cause] = {}
     used: dict[int, Usage] = {}
     for r in rows:
@@ -196,6 +198,26 @@ def classify_rows(rows: list[dict[str, Any]], record: SubmissionRecord, policy: 
             used[r["index"]] = u
         causes[r["index"]] = classify(u, read_state(r["context_dir"]), policy.app_errors, r["context_dir"])
     return causes, used
+
+
+SETTLE_TRIES, SETTLE_WAIT_S = 5, 2.0
+
+
+def _settled_usage(usage: dict[str, dict[int, Usage]], rows: list[dict[str, Any]], jobs: list[str],
+                   offsets: dict[str, int], accounting: Any) -> dict[str, dict[int, Usage]]:
+    """sacct lags the controller by seconds after jobs end: ask again (a few times, one call each)
+    while an ended element has no record yet or its record is not final."""
+    for _ in range(SETTLE_TRIES if getattr(accounting, "name", "") == "slurm" else 0):
+        missing = [r for r in rows if (u := usage.get(r["job_id"] or "", {}).get(r["index"])) is None
+                   or u.state in ("", "PENDING", "RUNNING", "COMPLETING", "REQUEUED")]
+        if not missing:
+            break
+        time.sleep(SETTLE_WAIT_S)
+        try:
+            usage = accounting.usage(jobs, offsets)
+        except SchedulerError:
+            break
+    return usage
 
 
 def retry_pass(name_or_job: str, cfg: Config | None = None, *, dry_run: bool = False,
@@ -213,7 +235,7 @@ def retry_pass(name_or_job: str, cfg: Config | None = None, *, dry_run: bool = F
         be = get_backend(record.backend)
         accounting = accounting or get_accounting(record.backend)
         report = collect(record, manifest, be)
-        rows = ended_candidates(report, record, only_jobs)
+        rows = ended_candidates(report, record, only_jobs, undecided=not dry_run)
         causes, usage = classify_rows(rows, record, policy, accounting)
         limits = _limits_cache(accounting)
         attempts = attempt_counts(record)

@@ -31,7 +31,7 @@ from ..records.layout import STATE_FILE, submissions_root
 from ..records.manifest import ManifestEntry, read_manifest
 from ..records.submission import ARRAY, JobEntry, Runner, SubmissionRecord, read_record, write_record
 from ..schedulers import ArrayRequest, Backend, get_backend
-from ..schedulers.base import array_spec, chunk_indices
+from ..schedulers.base import array_spec, chunk_indices, get_accounting
 from ..status.reconcile import ACTIVE, collect
 from ..util.atomic import atomic_write_bytes
 from ..util.nfslock import LockTimeout, NfsLock
@@ -173,13 +173,21 @@ def submit_backstop(
     try:
         req = backstop_request(
             sub.name, job_ids, scratch_root=sub.scratch_root, work_dir=sub.directory / "logs",
-            scheduler=scheduler, elements=len(sub.entries),
+            scheduler=scheduler, elements=len(sub.entries), max_time=partition_max_time(be.name, scheduler),
         )
         job_id = be.submit(req)
     except (SchedulerError, InputError, ValueError) as exc:
         warning = f"backstop merge job not queued ({exc}); run `mace merge {sub.name}` once the arrays end"
         return record.replace(backstop_error=warning), None, warning
     return record.with_jobs([backstop_record(job_id, job_ids)]), job_id, None
+
+
+def partition_max_time(backend: str, scheduler: dict[str, Any]) -> int | None:
+    """The partition's (queue's) MaxTime in minutes, None when unlimited or unknown."""
+    try:
+        return get_accounting(backend).limits(scheduler.get("partition")).max_time_min
+    except Exception:  # noqa: BLE001 - a limit we cannot read caps nothing
+        return None
 
 
 # ------------------------------------------------------------------ already submitted?

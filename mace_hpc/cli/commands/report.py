@@ -36,7 +36,7 @@ def _efficiency(args: argparse.Namespace) -> int:
     _, record, manifest = find_submission(args.target, load_config(site=args.site))
     data = efficiency_report(record, manifest, get_accounting(record.backend))
     if args.json:
-        print_json(data)
+        print_json(data, compact=True)
         return 0
 
     def num(v: float | None, scale: float = 1.0, digits: int = 0) -> str:
