@@ -174,34 +174,34 @@ def test_a_symlinked_output_file_is_not_read(tmp_path: Path) -> None:
 def test_timeout_doubles_time_capped_by_max_time_then_moves_to_next_partition() -> None:
     limits = {"short": Limits("short", max_time_min=3), "long": Limits("long", max_time_min=30)}.__getitem__
     old = {"time": 2, "partition": "short"}
-    d = decide(0, 1, Cause("TIMEOUT"), old, RetryPolicy(max_attempts=3), None, limits)
+    d = decide(0, 1, Cause("TIMEOUT"), old, RetryPolicy(max_attempts=3, enabled=True), None, limits)
     assert (d.action, d.new) == ("retry", {"time": 3, "partition": "short"})
-    stuck = decide(0, 2, Cause("TIMEOUT"), {"time": 3, "partition": "short"}, RetryPolicy(max_attempts=3), None, limits)
+    stuck = decide(0, 2, Cause("TIMEOUT"), {"time": 3, "partition": "short"}, RetryPolicy(max_attempts=3, enabled=True), None, limits)
     assert stuck.action == "give_up" and stuck.reason == "time already at the partition's MaxTime (3 min)"
     moved = decide(0, 2, Cause("TIMEOUT"), {"time": 3, "partition": "short"},
-                   RetryPolicy(max_attempts=3, next_partition="long"), None, limits)
+                   RetryPolicy(max_attempts=3, next_partition="long", enabled=True), None, limits)
     assert (moved.action, moved.new) == ("retry", {"time": 6, "partition": "long"})
 
 
 def test_out_of_memory_grows_mem_capped_per_cpu() -> None:
     limits = lambda p: Limits(p, max_mem_mb_per_cpu=1000)  # noqa: E731
-    d = decide(0, 1, Cause("OUT_OF_MEMORY"), {"mem": "1G", "cpus": 2}, RetryPolicy(max_attempts=2, mem_factor=1.5),
+    d = decide(0, 1, Cause("OUT_OF_MEMORY"), {"mem": "1G", "cpus": 2}, RetryPolicy(max_attempts=2, mem_factor=1.5, enabled=True),
                None, limits)
     assert (d.action, d.new["mem"]) == ("retry", "1536M")
-    capped = decide(0, 1, Cause("OUT_OF_MEMORY"), {"mem": "1800M", "cpus": 2}, RetryPolicy(max_attempts=2), None, limits)
+    capped = decide(0, 1, Cause("OUT_OF_MEMORY"), {"mem": "1800M", "cpus": 2}, RetryPolicy(max_attempts=2, enabled=True), None, limits)
     assert capped.new["mem"] == "2000M" and capped.action == "retry"
     # no mem asked: the scheduler's record of what was granted is the base
     granted = Usage(0, "1", req_mem_bytes=512 << 20)
-    d = decide(0, 1, Cause("OUT_OF_MEMORY"), {}, RetryPolicy(max_attempts=2), granted, NO_LIMITS)
+    d = decide(0, 1, Cause("OUT_OF_MEMORY"), {}, RetryPolicy(max_attempts=2, enabled=True), granted, NO_LIMITS)
     assert d.new["mem"] == "768M"
 
 
 @pytest.mark.parametrize(("cause", "policy", "reason"), [
-    (Cause("CANCELLED"), RetryPolicy(max_attempts=5), "cancelled: never retried"),
-    (Cause("APP_ERROR", name="basis", retryable=False), RetryPolicy(max_attempts=5),
+    (Cause("CANCELLED"), RetryPolicy(max_attempts=5, enabled=True), "cancelled: never retried"),
+    (Cause("APP_ERROR", name="basis", retryable=False), RetryPolicy(max_attempts=5, enabled=True),
      "named error basis is not retryable"),
-    (Cause("FAILED", exit_code=1), RetryPolicy(max_attempts=5), "FAILED is not in retry.causes"),
-    (Cause("TIMEOUT"), RetryPolicy(max_attempts=2), "retries exhausted (2 of 2 attempts)"),
+    (Cause("FAILED", exit_code=1), RetryPolicy(max_attempts=5, enabled=True), "FAILED is not in retry.causes"),
+    (Cause("TIMEOUT"), RetryPolicy(max_attempts=2, enabled=True), "retries exhausted (2 of 2 attempts)"),
 ])
 def test_never_retried(cause: Cause, policy: RetryPolicy, reason: str) -> None:
     d = decide(4, 2, cause, {"time": 5}, policy, None, NO_LIMITS)
@@ -209,10 +209,10 @@ def test_never_retried(cause: Cause, policy: RetryPolicy, reason: str) -> None:
 
 
 def test_retryable_named_error_and_listed_exit_failures_rerun_unchanged() -> None:
-    d = decide(0, 1, Cause("APP_ERROR", name="scf", retryable=True), {"time": 5}, RetryPolicy(max_attempts=3),
+    d = decide(0, 1, Cause("APP_ERROR", name="scf", retryable=True), {"time": 5}, RetryPolicy(max_attempts=3, enabled=True),
                None, NO_LIMITS)
     assert (d.action, d.new) == ("retry", {"time": 5})
-    d = decide(0, 1, Cause("FAILED", exit_code=1), {}, RetryPolicy(max_attempts=3, causes=("FAILED",)), None, NO_LIMITS)
+    d = decide(0, 1, Cause("FAILED", exit_code=1), {}, RetryPolicy(max_attempts=3, causes=("FAILED",), enabled=True), None, NO_LIMITS)
     assert d.action == "retry"
 
 
@@ -247,10 +247,12 @@ def test_policy_round_trips_through_the_saved_plan() -> None:
     plan = load_plan_data(data)
     again = load_plan_data(plan.to_dict())
     policy = failure_policy(again)
-    assert policy.retry == RetryPolicy(3, ("TIMEOUT", "APP_ERROR:scf"), 2.0, 1.5, "long")
+    assert policy.retry == RetryPolicy(3, ("TIMEOUT", "APP_ERROR:scf"), 2.0, 1.5, "long", enabled=True)
     assert policy.app_errors == (AppError("scf", "SCF", ("stdout.txt", "stderr.txt"), True),)
     assert policy.notify is not None and policy.notify.failure_rate == 0.2
-    assert failure_policy(load_plan_data(BASE)).retry.max_attempts == 1  # no retry key: never retried
+    assert failure_policy(load_plan_data(BASE)).retry == RetryPolicy(max_attempts=1, enabled=False)
+    d = decide(0, 1, Cause("TIMEOUT"), {"time": 5}, failure_policy(load_plan_data(BASE)).retry, None, NO_LIMITS)
+    assert (d.action, d.reason) == ("give_up", "the plan has no retry policy (add `retry` to it)")
 
 
 # ---------------------------------------------------------------------------- notifications

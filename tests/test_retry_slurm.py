@@ -287,6 +287,18 @@ def test_efficiency_report_of_a_20_element_array(retry_run: dict[str, Any], tmp_
     assert summary["completed"] == 20 and summary["percentiles"]["elapsed_s"]["n"] == 20
     assert summary["recommended"]["time"] >= 1 and summary["recommended"]["mem"].endswith("M")
     assert data["scheduler_calls"] == 1
+    # issue 11: `mace report --refresh` takes its histograms' figures from the same one sacct call
+    log.unlink()
+    page = subprocess.run([sys.executable, "-m", "mace_hpc.cli.main", "report", "rt-eff", "--refresh", "--json",
+                           "-o", str(tmp_path / "r.html")], capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert page.returncode == 0, page.stderr
+    report = json.loads(page.stdout)
+    cols = report["elements"]["columns"]
+    elements = [dict(zip(cols, r, strict=True)) for r in report["elements"]["rows"]]
+    assert report["resource_source"] == "sacct"
+    assert [e["sacct_elapsed_s"] for e in elements] == [r["elapsed_s"] for r in rows]
+    assert elements[7]["sacct_elapsed_s"] == int(elapsed)
+    assert len([c for c in log.read_text().splitlines() if "JobID,JobName,State,ExitCode" in c]) == 1
 
 
 def test_memory_is_not_enforced_here_and_the_classifier_reads_the_real_record(retry_run: dict[str, Any]) -> None:

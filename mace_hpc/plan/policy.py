@@ -32,6 +32,7 @@ class RetryPolicy:
     time_factor: float = 2.0
     mem_factor: float = 1.5
     next_partition: str | None = None
+    enabled: bool = False  # the plan has a `retry` key (without one, nothing is retried automatically)
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def failure_policy(fields: Any) -> FailurePolicy:
             max_attempts=int(retry.get("max_attempts", 3)),
             causes=tuple(retry.get("causes") or DEFAULT_RETRIED),
             time_factor=float(retry.get("time_factor", 2.0)), mem_factor=float(retry.get("mem_factor", 1.5)),
-            next_partition=retry.get("next_partition"),
+            next_partition=retry.get("next_partition"), enabled=True,
         )
     return FailurePolicy(
         retry=policy,

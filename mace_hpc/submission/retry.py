@@ -128,6 +128,8 @@ def decide(index: int, attempt: int, cause: Cause, old: dict[str, Any], policy: 
     ok, why = is_retried(cause, policy)
     if not ok:
         return replace(base, reason=why)
+    if not policy.enabled:
+        return replace(base, reason="the plan has no retry policy (add `retry` to it)")
     if attempt >= policy.max_attempts:
         return replace(base, reason=f"{EXHAUSTED} ({attempt} of {policy.max_attempts} attempts)")
     new, stuck = escalate(cause, old, policy, usage, limits)
@@ -228,6 +230,8 @@ def retry_pass(name_or_job: str, cfg: Config | None = None, *, dry_run: bool = F
     paths = SubmissionPaths(Path(directory))
     policy = failure_policy(submitted_plan_fields(paths.plan))
     result = RetryPass(record.plan)
+    if not dry_run and not policy.retry.enabled and policy.notify is None:
+        return result  # nothing to decide or tell: no scheduler call at all
     lock = None if dry_run else NfsLock(Path(directory).parent / f".{record.plan}.retry.lock", lifetime=600,
                                         timeout=300).acquire()
     try:
@@ -247,6 +251,8 @@ def retry_pass(name_or_job: str, cfg: Config | None = None, *, dry_run: bool = F
             result.decisions.append(decide(i, attempts.get(i, 1), causes[i], old, policy.retry, usage.get(i), limits))
         if dry_run:
             return result
+        if not policy.retry.enabled:
+            result.decisions = []  # only the milestones below: decisions nobody asked for are noise
         result.decisions = _submit_groups(record.plan, result, cfg)
         record = read_record(paths.record) or record
         record = record.replace(retries=(*record.retries, *(d.to_dict() for d in result.decisions)))
