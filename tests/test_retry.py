@@ -372,3 +372,40 @@ def test_percentiles_and_recommendation() -> None:
     s = summarize(rows)
     assert s["percentiles"]["elapsed_s"]["p95"] == 19 * 60.0
     assert s["recommended"] == {"time": 24, "mem": f"{math.ceil(1900 * 1.25)}M", "margin": 0.25}
+
+
+def test_retries_are_grouped_by_their_new_resources(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mace_hpc.records.submission import RetryDecision
+    from mace_hpc.submission import retry as retry_mod
+    from mace_hpc.submission.control import ResubmitResult
+
+    calls: list[tuple[list[int], dict[str, Any]]] = []
+
+    def fake_resubmit(plan: str, *, elements: list[int], cfg: Any, resources: dict[str, Any]) -> ResubmitResult:
+        calls.append((elements, resources))
+        if resources.get("mem") == "9G":
+            raise retry_mod.SchedulerError("sbatch: error: Memory specification can not be satisfied")
+        return ResubmitResult(plan, "slurm", elements, job_ids=[str(100 + len(calls))])
+
+    monkeypatch.setattr(retry_mod, "resubmit", fake_resubmit)
+    pass_ = retry_mod.RetryPass("p", decisions=[
+        RetryDecision(0, 1, "TIMEOUT", "retry", new={"time": 4}),
+        RetryDecision(1, 1, "OUT_OF_MEMORY", "retry", new={"mem": "9G"}),
+        RetryDecision(2, 1, "TIMEOUT", "retry", new={"time": 4}),
+        RetryDecision(3, 1, "CANCELLED", "give_up", reason="cancelled: never retried"),
+    ])
+    out = retry_mod._submit_groups("p", pass_, cfg=None)  # type: ignore[arg-type]
+    assert sorted(calls, key=str) == sorted([([0, 2], {"time": 4}), ([1], {"mem": "9G"})], key=str)
+    by = {d.index: d for d in out}
+    assert by[0].job_id == by[2].job_id and by[0].action == "retry"
+    assert by[1].action == "give_up" and by[1].reason.startswith("retry not queued: sbatch: error: Memory")
+    assert by[3].reason == "cancelled: never retried"
+
+
+def test_the_backstop_never_asks_more_time_than_the_partition_allows() -> None:
+    from mace_hpc.epilogue.backstop import backstop_request
+
+    req = backstop_request("p", ["12"], scratch_root="/tmp", work_dir="/tmp", scheduler={"partition": "short"},
+                           elements=10, max_time=3)
+    assert req.scheduler["time"] == 3 and req.scheduler["partition"] == "short"
+    assert backstop_request("p", ["12"], scratch_root="/tmp", work_dir="/tmp").scheduler["time"] == 10

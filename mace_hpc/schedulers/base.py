@@ -179,14 +179,16 @@ def get_backend(name: str, **opts: Any) -> Backend:
     return _load(target)(**opts)
 
 
-def get_accounting(name: str, **opts: Any) -> Any:
+def get_accounting(name: str, scheduler: Mapping[str, Any] | None = None) -> Any:
     """The backend's accounting reader: `.usage(job_ids, offsets)` -> {job id: {index: Usage}} in one
-    scheduler call per array at most, `.limits(partition)` -> what one job may ask for."""
+    scheduler call per array at most, `.limits(partition)` -> what one job may ask for.
+    `scheduler`: the submission's scheduler.* values (PBS: its flavor)."""
     try:
         target = _ACCOUNTING[name]
     except KeyError:
         raise InputError(f"backend '{name}' is unknown; allowed: {' | '.join(_ACCOUNTING)}") from None
-    return _load(target)(**opts)
+    flavor = (scheduler or {}).get("pbs_flavor")
+    return _load(target)(**({"flavor": flavor} if name == "pbs" and flavor else {}))
 
 
 def job_environment(environ: Mapping[str, str] | None = None) -> JobEnvironment:

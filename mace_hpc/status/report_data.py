@@ -37,7 +37,7 @@ def build_report_data(paths: SubmissionPaths, record: SubmissionRecord, manifest
     for the states and one accounting call (sacct) for elapsed time and MaxRSS per element."""
     t0 = time.perf_counter()
     status = collect(record, manifest, backend, query=backend is not None)
-    usage, usage_error = read_usage(record, get_accounting(record.backend)) if backend is not None else ({}, None)
+    usage, usage_error = read_usage(record, get_accounting(record.backend, record.scheduler)) if backend is not None else ({}, None)
     specs = read_element_specs(paths.elements)
     params, param_names = sweep_parameters(specs)
     owner = material_owners(specs)

@@ -237,7 +237,7 @@ def retry_pass(name_or_job: str, cfg: Config | None = None, *, dry_run: bool = F
     try:
         record = read_record(paths.record) or record  # another backstop may have decided meanwhile
         be = get_backend(record.backend)
-        accounting = accounting or get_accounting(record.backend)
+        accounting = accounting or get_accounting(record.backend, record.scheduler)
         report = collect(record, manifest, be)
         rows = ended_candidates(report, record, only_jobs, undecided=not dry_run)
         causes, usage = classify_rows(rows, record, policy, accounting)

@@ -22,7 +22,7 @@ def rightsize(plan: Plan, cfg: Config) -> tuple[Plan, str]:
     except Exception:  # noqa: BLE001 - RecordError: nothing submitted under this name yet
         raise InputError(f"--rightsize: plan {plan.name!r} has no earlier submission to measure; "
                          "submit it once without --rightsize") from None
-    report = efficiency_report(record, load_manifest(paths.manifest), get_accounting(record.backend))
+    report = efficiency_report(record, load_manifest(paths.manifest), get_accounting(record.backend, record.scheduler))
     rec = report["summary"]["recommended"]
     if rec["time"] is None:
         raise InputError(f"--rightsize: no completed element of {plan.name!r} to measure yet; "

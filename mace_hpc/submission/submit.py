@@ -185,7 +185,7 @@ def submit_backstop(
 def partition_max_time(backend: str, scheduler: dict[str, Any]) -> int | None:
     """The partition's (queue's) MaxTime in minutes, None when unlimited or unknown."""
     try:
-        return get_accounting(backend).limits(scheduler.get("partition")).max_time_min
+        return get_accounting(backend, scheduler).limits(scheduler.get("partition")).max_time_min
     except Exception:  # noqa: BLE001 - a limit we cannot read caps nothing
         return None
 

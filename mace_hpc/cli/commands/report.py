@@ -34,7 +34,7 @@ def _efficiency(args: argparse.Namespace) -> int:
     from ..output import print_json, print_table
 
     _, record, manifest = find_submission(args.target, load_config(site=args.site))
-    data = efficiency_report(record, manifest, get_accounting(record.backend))
+    data = efficiency_report(record, manifest, get_accounting(record.backend, record.scheduler))
     if args.json:
         print_json(data, compact=True)
         return 0
