@@ -4,6 +4,7 @@ backend for whole plans. The real-SLURM versions are in test_retry_slurm.py."""
 
 from __future__ import annotations
 
+import html
 import http.server
 import json
 import math
@@ -304,7 +305,8 @@ print("ok")
 """
 
 
-def test_local_plan_retries_named_errors_and_notifies_once(tmp_path: Path, mace_env: dict[str, Path]) -> None:
+def test_local_plan_retries_named_errors_and_notifies_once(tmp_path: Path, mace_env: dict[str, Path],
+                                                           chromium: Any) -> None:
     flaky = tmp_path / "flaky.py"
     flaky.write_text(FLAKY)
     out = tmp_path / "notified.txt"
@@ -328,6 +330,12 @@ def test_local_plan_retries_named_errors_and_notifies_once(tmp_path: Path, mace_
     assert out.read_text().splitlines() == ["finished loc"]
     assert run(["resubmit", "loc", "--failed", "--dry-run"]) == 0  # shows, queues nothing
     assert len(find_record(mace_env["scratch_root"], "loc")[1].jobs) == len(record.jobs)
+    # the report says why, in a real browser: the attention list carries the policy's decision
+    assert run(["report", "loc", "-o", str(tmp_path / "loc.html")]) == 0
+    page = chromium.load(tmp_path / "loc.html")
+    assert not [c for c in page.console if "error" in c.lower()] and page.page_requests == []
+    attention = html.unescape(page.dom.split('id="attention"')[1].split("</section>")[0])
+    assert "attempt 1 APP_ERROR:basis: not retried (named error basis is not retryable)" in attention
 
 
 def test_local_efficiency_report_from_the_runner_records(tmp_path: Path, mace_env: dict[str, Path], capsys) -> None:

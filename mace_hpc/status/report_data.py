@@ -28,7 +28,7 @@ from .results import read_merged, split_unit, unit_from_name
 REPORT_FORMAT = 1
 ELEMENT_COLUMNS = ("index", "workflow_id", "state", "run_state", "attempts", "job_id", "scheduler_state",
                    "message", "conflicts", "context_dir", "host", "queued_at", "started_at", "finished_at",
-                   "peak_rss_bytes", "cpu_seconds", "params", "sacct_elapsed_s", "sacct_max_rss_bytes")
+                   "peak_rss_bytes", "cpu_seconds", "params", "sacct_elapsed_s", "sacct_max_rss_bytes", "retries")
 
 
 def build_report_data(paths: SubmissionPaths, record: SubmissionRecord, manifest: Manifest,

@@ -60,7 +60,9 @@ function detail(e) {
 
 function why(e) {
   if (e.conflicts) return `${e.conflicts} merge conflict(s): the shared database kept its version. ${e.message || ""}`;
-  if (e.attempts > 1 && GOOD.has(e.state) && !BAD_RUN.has(e.run_state)) return `retried: ${e.attempts} attempts`;
+  const decided = (e.retries || []).length ? e.retries[e.retries.length - 1] : "";  // the retry policy's last word
+  if (decided && !(GOOD.has(e.state) && !BAD_RUN.has(e.run_state))) return decided + (e.message ? ` – ${e.message}` : "");
+  if (e.attempts > 1 && GOOD.has(e.state) && !BAD_RUN.has(e.run_state)) return `retried: ${e.attempts} attempts` + (decided ? ` (${decided})` : "");
   if (e.state === "PENDING") return e.message || (e.job_id ? `queued as job ${e.job_id}` : "not started yet");
   if (e.state === "RUNNING" && !e.message) return `running${e.host ? " on " + e.host : ""} since ${when(e.started_at)}`;
   return e.message || `${e.state}, no message recorded` + (e.run_state && e.run_state !== e.state ? ` (last run ${e.run_state})` : "");
