@@ -61,12 +61,14 @@ def backstop_request(
     scheduler: Mapping[str, Any] | None = None,
     elements: int = 0,
     extra_env: Mapping[str, str] | None = None,
+    max_time: int | None = None,
 ) -> ArrayRequest:
     """The backstop merge job for a submitted plan, as an ArrayRequest with `indices=None`.
 
     `job_ids`: every array job id of the submission (all chunks); the job depends on
     `afterany:<id>:<id>...` so it runs once, after all their elements ended however they ended.
     `scheduler`: the arrays' scheduler dict; only partition/account/qos/setup/python are kept.
+    `max_time`: the partition's MaxTime in minutes, when it has one.
     The job gets `MACE_SCRATCH_ROOT` so `mace merge` finds the submission record wherever the
     user's default config points.
     """
@@ -75,7 +77,9 @@ def backstop_request(
     if not ids or not all(_JOB_ID_RE.fullmatch(j) for j in ids):
         raise ValueError(f"backstop needs the array job ids (123 or 123[].server), got {list(job_ids)!r}")
     sched = {k: v for k, v in (scheduler or {}).items() if k in _INHERITED and v is not None}
-    sched.update(time=backstop_time_minutes(elements), cpus=1, requeue=False, signal_margin=60)
+    # never above the partition's MaxTime: SLURM would leave it pending (PartitionTimeLimit) forever
+    minutes = backstop_time_minutes(elements)
+    sched.update(time=min(minutes, max_time) if max_time else minutes, cpus=1, requeue=False, signal_margin=60)
     env = {env_names.SCRATCH_ROOT: str(Path(scratch_root).absolute()), env_names.BACKSTOP: "1"}
     env.update(extra_env or {})
     name = check_job_name(f"{plan_name}{BACKSTOP_SUFFIX}"[:128])

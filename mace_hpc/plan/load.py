@@ -15,6 +15,7 @@ from ..config import expand_path
 from ..errors import PlanError
 from ..util.inputs import InputProblem, check_depth, loads_json, loads_yaml, read_input_text
 from .model import Element, Plan
+from .policy import validate_policy_fields
 from .stages import check_step_stages, validate_stages
 from .sweep import (
     MAX_ELEMENTS,
@@ -79,7 +80,7 @@ def load_plan_data(data: Mapping[str, Any], plan_dir: Path | None = None, source
     except InputProblem as exc:
         raise PlanError(str(exc)) from None
     plan_dir = Path(plan_dir).resolve() if plan_dir is not None else Path.cwd().resolve()
-    fields = validate_plan_fields(data)
+    fields = {**validate_plan_fields(data), **validate_policy_fields(data)}
     name = fields["name"]
     if fields["shared_database"] is not None:
         db = expand_path(fields["shared_database"])
@@ -171,6 +172,6 @@ def submitted_plan_fields(path: str | Path) -> dict[str, Any]:
     without expanding its elements again; {} when the file is missing or not a valid plan."""
     try:
         data = parse_plan_text(read_input_text(Path(path), str(path), PlanError, "plan"), str(path))
-        return validate_plan_fields(data) if isinstance(data, dict) else {}
+        return {**validate_plan_fields(data), **validate_policy_fields(data)} if isinstance(data, dict) else {}
     except PlanError:
         return {}

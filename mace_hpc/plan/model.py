@@ -106,6 +106,10 @@ class Plan:
     max_parallel: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     analysis: str | None = None  # 'module:callable' over the merged results (`mace report`)
+    # the failure policy as validated plan data (plan/policy.py: failure_policy() types it)
+    retry: dict[str, Any] | None = None
+    app_errors: list[dict[str, Any]] | None = None
+    notify: dict[str, Any] | None = None
     elements: list[Element] = field(default_factory=list)
     stages: tuple[Stage, ...] = ()  # empty: one implicit stage (every step in one array task)
     source: Path | None = None
@@ -128,7 +132,8 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         """A plan file again (no sweep: every element explicit); `load_plan_data` reproduces it."""
         out: dict[str, Any] = {"version": PLAN_FORMAT_VERSION, "name": self.name}
-        for key in ("description", "isolation_mode", "on_complete", "on_failure", "shared_database", "analysis"):
+        for key in ("description", "isolation_mode", "on_complete", "on_failure", "shared_database", "analysis",
+                    "retry", "app_errors", "notify"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value

@@ -37,6 +37,9 @@ PLAN_KEYS = (
     "sweep",
     "analysis",
     "stages",
+    "retry",  # retry, app_errors, notify: validated in plan/policy.py
+    "app_errors",
+    "notify",
 )
 ELEMENT_KEYS = ("id", "materials", "env", "steps")
 TEMPLATE_KEYS = ("materials", "env", "steps")

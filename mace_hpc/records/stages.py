@@ -120,6 +120,15 @@ def chain_outcome(stages: Sequence[Stage], stages_done: Mapping[str, Any]) -> tu
     return True, COMPLETED, note
 
 
+def deciding_stage(stages: Sequence[Stage], stages_done: Mapping[str, Any]) -> str | None:
+    """The stage an ended chain is judged by: its first failed required stage, else the last stage
+    that ran (what status, classification and retries look at once the element is not moving)."""
+    ran = [s for s in stages if stage_state(stages_done, s.name) not in (PENDING, SKIPPED)]
+    failed = [s for s in ran if not s.optional and stage_state(stages_done, s.name) != COMPLETED]
+    chosen = failed[0] if failed else (ran[-1] if ran else None)
+    return chosen.name if chosen else None
+
+
 def current_stage(stages: Sequence[Stage], stages_done: Mapping[str, Any]) -> str | None:
     """The stage an element is in: the first running one, else the first not yet final."""
     states = {s.name: stage_state(stages_done, s.name) for s in stages}

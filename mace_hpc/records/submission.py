@@ -46,6 +46,7 @@ class JobEntry:
     submitted_at: float | None = None
     depends_on: tuple[str, ...] = ()  # the backstop's upstream arrays; a stage's upstream stage arrays
     stage: str | None = None  # multi-stage plans: the stage this array runs
+    resources: dict[str, Any] = field(default_factory=dict)  # a retry's escalated scheduler.* values
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> JobEntry:
@@ -54,6 +55,7 @@ class JobEntry:
             offset=int(d.get("offset") or 0), array=str(d.get("array") or ""),
             indices=tuple(int(i) for i in d.get("indices") or ()), submitted_at=d.get("submitted_at"),
             depends_on=tuple(str(j) for j in d.get("depends_on") or ()), stage=d.get("stage"),
+            resources=dict(d.get("resources") or {}),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,7 +65,7 @@ class JobEntry:
                "array": self.array, "indices": list(self.indices), "submitted_at": self.submitted_at}
         if self.stage is not None:
             out.update(stage=self.stage, depends_on=list(self.depends_on))
-        return out
+        return {**out, "resources": dict(self.resources)} if self.resources else out
 
     @property
     def is_array(self) -> bool:
@@ -73,6 +75,47 @@ class JobEntry:
         """Is `query` this job or one of its elements (`123`, `123_4`, `123[4].server`)?"""
         query = str(query).strip()
         return query == self.job_id or base_job_id(query) == base_job_id(self.job_id)
+
+
+GIVE_UP, RETRY = "give_up", "retry"
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    """What the retry policy decided about one ended attempt of one element, and why.
+
+    `cause` is a `records.causes.Cause` spelling; `old`/`new` the scheduler values that changed
+    (time in minutes, mem, partition); `job_id` the retry's array once it is queued.
+    """
+
+    index: int
+    attempt: int
+    cause: str
+    action: str  # RETRY | GIVE_UP
+    reason: str = ""
+    old: dict[str, Any] = field(default_factory=dict)
+    new: dict[str, Any] = field(default_factory=dict)
+    job_id: str | None = None
+    at: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RetryDecision:
+        return cls(index=int(d["index"]), attempt=int(d.get("attempt") or 1), cause=str(d.get("cause") or ""),
+                   action=str(d.get("action") or GIVE_UP), reason=str(d.get("reason") or ""),
+                   old=dict(d.get("old") or {}), new=dict(d.get("new") or {}), job_id=d.get("job_id"), at=d.get("at"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def summary(self) -> str:
+        """One line for `mace status`: `attempt 1 TIMEOUT: retried (time 2 -> 3 min) as job 123`."""
+        if self.action != RETRY:
+            return f"attempt {self.attempt} {self.cause}: not retried ({self.reason})"
+        changes = ", ".join(f"{k} {self.old.get(k, '-')} -> {v}" for k, v in self.new.items()
+                            if self.old.get(k) != v)
+        extra = f" ({changes})" if changes else ""
+        job = f" as job {self.job_id}" if self.job_id else ""
+        return f"attempt {self.attempt} {self.cause}: retried{extra}{job}"
 
 
 @dataclass(frozen=True)
@@ -111,6 +154,9 @@ class SubmissionRecord:
     resubmissions: tuple[dict[str, Any], ...] = ()
     cancelled_at: float | None = None
     backstop_error: str | None = None
+    # the retry policy's decisions, one per ended attempt it looked at (see `RetryDecision`)
+    retries: tuple[dict[str, Any], ...] = ()
+    notified: dict[str, float] = field(default_factory=dict)  # milestone -> when it was sent (once each)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "record") -> SubmissionRecord:
@@ -130,6 +176,8 @@ class SubmissionRecord:
                 if isinstance(runner, Mapping) and runner.get("pid") else None,
                 history=tuple(d.get("history") or ()), resubmissions=tuple(d.get("resubmissions") or ()),
                 cancelled_at=d.get("cancelled_at"), backstop_error=d.get("backstop_error"),
+                retries=tuple(r for r in d.get("retries") or () if isinstance(r, Mapping)),
+                notified={str(k): float(v) for k, v in (d.get("notified") or {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RecordError(f"{where}: not a mace-hpc submission record ({type(exc).__name__}: {exc}); "
@@ -141,6 +189,7 @@ class SubmissionRecord:
             version=VERSION, command=list(self.command), jobs=[j.to_dict() for j in self.jobs],
             runner=dataclasses.asdict(self.runner) if self.runner else None,
             history=list(self.history), resubmissions=list(self.resubmissions),
+            retries=[dict(r) for r in self.retries],
         )
         return out
 
@@ -183,6 +232,22 @@ class SubmissionRecord:
         """This submission's jobs and those of earlier submissions of the same plan."""
         older = [JobEntry.from_dict(j) for old in self.history for j in old.get("jobs") or ()]
         return [*self.jobs, *older]
+
+    def resources_of(self, index: int) -> dict[str, Any]:
+        """The scheduler.* values element `index` last ran with: the plan's, updated by its retry."""
+        job = self.current_jobs().get(index)
+        return {**self.scheduler, **(job.resources if job else {})}
+
+    def attempts_of(self, index: int) -> int:
+        """How many arrays of this submission ran element `index` (first run + retries/resubmits)."""
+        return sum(1 for j in self.array_jobs() if index in j.indices)
+
+    def retry_notes(self) -> dict[int, list[str]]:
+        """Element index -> one line per retry decision, oldest first (what `mace status` shows)."""
+        out: dict[int, list[str]] = {}
+        for d in map(RetryDecision.from_dict, self.retries):
+            out.setdefault(d.index, []).append(d.summary())
+        return out
 
     def runner_alive(self) -> bool:
         return self.runner is not None and self.runner.alive()

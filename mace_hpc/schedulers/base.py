@@ -196,6 +196,11 @@ _BACKENDS = {
     "slurm": "mace_hpc.schedulers.slurm.backend:SlurmBackend",
     "pbs": "mace_hpc.schedulers.pbs.backend:PbsBackend",
 }
+_ACCOUNTING = {
+    "local": "mace_hpc.schedulers.local.accounting:LocalAccounting",
+    "slurm": "mace_hpc.schedulers.slurm.accounting:SlurmAccounting",
+    "pbs": "mace_hpc.schedulers.pbs.accounting:PbsAccounting",
+}
 _JOB_ENVIRONMENTS = (
     "mace_hpc.schedulers.slurm.jobenv:SlurmJobEnv",
     "mace_hpc.schedulers.pbs.jobenv:PbsJobEnv",
@@ -214,6 +219,18 @@ def get_backend(name: str, **opts: Any) -> Backend:
     except KeyError:
         raise InputError(f"backend '{name}' is unknown; allowed: {' | '.join(_BACKENDS)}") from None
     return _load(target)(**opts)
+
+
+def get_accounting(name: str, scheduler: Mapping[str, Any] | None = None) -> Any:
+    """The backend's accounting reader: `.usage(job_ids, offsets)` -> {job id: {index: Usage}} in one
+    scheduler call per array at most, `.limits(partition)` -> what one job may ask for.
+    `scheduler`: the submission's scheduler.* values (PBS: its flavor)."""
+    try:
+        target = _ACCOUNTING[name]
+    except KeyError:
+        raise InputError(f"backend '{name}' is unknown; allowed: {' | '.join(_ACCOUNTING)}") from None
+    flavor = (scheduler or {}).get("pbs_flavor")
+    return _load(target)(**({"flavor": flavor} if name == "pbs" and flavor else {}))
 
 
 def job_environment(environ: Mapping[str, str] | None = None) -> JobEnvironment:

@@ -22,7 +22,7 @@ from ..errors import SchedulerError
 from ..records import states as st
 from ..records.element_state import ElementState, read_state
 from ..records.manifest import Manifest
-from ..records.stages import Stage, current_stage, stage_state
+from ..records.stages import Stage, current_stage, deciding_stage, stage_state
 from ..records.states import ACTIVE, BAD_FINAL, SETTLED, SUCCESS, State
 from ..records.submission import JobEntry, SubmissionRecord
 from ..schedulers import Backend
@@ -168,13 +168,15 @@ def collect(record: SubmissionRecord, manifest: Manifest, backend: Backend | Non
             error = str(exc)
     current = record.current_jobs()
     staged = record.stage_jobs() if manifest.stages else {}
+    notes = record.retry_notes()
     rows = []
     for entry in manifest.elements:
         index = entry.index
         file_state = read_state(entry.context_dir)
         stage = None
         if manifest.stages:  # the element's current stage decides which array's state counts
-            stage = file_state.stage or current_stage(manifest.stages, file_state.stages)
+            stage = (file_state.stage or current_stage(manifest.stages, file_state.stages)
+                     or deciding_stage(manifest.stages, file_state.stages))
             job = staged.get((index, stage)) if stage else None
         else:
             job = current.get(index)
@@ -196,6 +198,7 @@ def collect(record: SubmissionRecord, manifest: Manifest, backend: Backend | Non
                 "job_id": job_id,
                 "message": _message(state, note, file_state),
                 "conflicts": _conflicts(file_state),
+                "retries": notes.get(index, []),
                 "context_dir": entry.context_dir,
                 "settled": state in SETTLED and (sched is None or sched not in ACTIVE),
                 **{k: getattr(file_state, k) for k in TIMING_FIELDS},

@@ -20,25 +20,32 @@ from ..records.manifest import Manifest, read_element_specs
 from ..records.states import ORDER
 from ..records.submission import SubmissionRecord
 from ..schedulers import Backend
+from ..schedulers.base import get_accounting
+from .efficiency import read_usage
 from .reconcile import collect
 from .results import read_merged, split_unit, unit_from_name
 
 REPORT_FORMAT = 1
 ELEMENT_COLUMNS = ("index", "workflow_id", "state", "run_state", "attempts", "job_id", "scheduler_state",
                    "message", "conflicts", "context_dir", "host", "queued_at", "started_at", "finished_at",
-                   "peak_rss_bytes", "cpu_seconds", "params")
+                   "peak_rss_bytes", "cpu_seconds", "params", "sacct_elapsed_s", "sacct_max_rss_bytes", "retries")
 
 
 def build_report_data(paths: SubmissionPaths, record: SubmissionRecord, manifest: Manifest,
                       backend: Backend | None = None) -> dict[str, Any]:
-    """Everything the report shows; one scheduler query only when `backend` is given."""
+    """Everything the report shows; only when `backend` is given (`--refresh`): one scheduler query
+    for the states and one accounting call (sacct) for elapsed time and MaxRSS per element."""
     t0 = time.perf_counter()
     status = collect(record, manifest, backend, query=backend is not None)
+    usage, usage_error = read_usage(record, get_accounting(record.backend, record.scheduler)) if backend is not None else ({}, None)
     specs = read_element_specs(paths.elements)
     params, param_names = sweep_parameters(specs)
     owner = material_owners(specs)
     for row in status.rows:
         row["params"] = params.get(row["index"], {})
+        used = usage.get(row["job_id"] or "", {}).get(row["index"])
+        row["sacct_elapsed_s"] = used.elapsed_s if used else None
+        row["sacct_max_rss_bytes"] = used.max_rss_bytes if used else None
         row["queued_at"] = row["queued_at"] or record.submitted_at  # a first submission writes no state file
     merged = read_merged(Path(manifest.shared_database), list(owner))
     by_index = {r["index"]: r for r in status.rows}
@@ -63,7 +70,8 @@ def build_report_data(paths: SubmissionPaths, record: SubmissionRecord, manifest
         "scratch_root": manifest.scratch_root,
         "jobs": [j.to_dict() for j in status.jobs],
         "scheduler_queries": status.scheduler_queries,
-        "scheduler_error": status.scheduler_error,
+        "scheduler_error": status.scheduler_error or usage_error,
+        "resource_source": "sacct" if usage and any(usage.values()) else "state files",
         "state_order": [str(s) for s in ORDER],
         "summary": status.counts,
         "total": status.total,

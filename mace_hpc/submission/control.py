@@ -131,8 +131,13 @@ def resubmit(
     max_parallel: int | None = None,
     cfg: Config | None = None,
     progress: Any = None,
+    resources: dict[str, Any] | None = None,
 ) -> ResubmitResult:
-    """Queue the chosen elements again (default: the FAILED/TIMEOUT/CANCELLED ones) as a sparse array."""
+    """Queue the chosen elements again (default: the FAILED/TIMEOUT/CANCELLED ones) as a sparse array.
+
+    `resources`: scheduler.* values that replace the plan's for these elements (a retry's
+    escalated time/mem/partition); recorded on the array's entry so the next retry starts there.
+    """
     cfg = cfg or load_config()
     directory, record, manifest = find_submission(name_or_job, cfg)
     backend_name = record.backend
@@ -175,7 +180,7 @@ def resubmit(
     groups = rerun_groups(manifest.stages, wanted, contexts)
     requests = chain_requests(
         plan, manifest.stages, groups, max_parallel=parallel, command=command, env=env,
-        work_dir=directory / "logs", scheduler=scheduler, backend=be,
+        work_dir=directory / "logs", scheduler=scheduler, backend=be, overrides=resources,
     )
     for req in requests:
         be.render(req)  # refuse bad values before touching any state file
@@ -187,7 +192,8 @@ def resubmit(
     # the runner is recorded until the arrays are queued (or, locally, have run)
     running = write_record(directory, record.replace(runner=own_runner()))
     try:
-        record, result.job_ids = submit_requests(be, requests, running, directory, kind=RESUBMIT, attempt=attempt)
+        record, result.job_ids = submit_requests(be, requests, running, directory, kind=RESUBMIT, attempt=attempt,
+                                                 resources=resources)
     except KeyboardInterrupt:
         if backend_name == "local":
             cancel_unstarted([by_index[i] for i in wanted], "interrupted before it started")

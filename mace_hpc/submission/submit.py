@@ -33,7 +33,7 @@ from ..records.manifest import ManifestEntry, read_manifest
 from ..records.stages import Stage
 from ..records.submission import ARRAY, JobEntry, Runner, SubmissionRecord, read_record, write_record
 from ..schedulers import ArrayRequest, Backend, get_backend
-from ..schedulers.base import array_spec, chunk_indices, placeholder_id
+from ..schedulers.base import array_spec, chunk_indices, get_accounting, placeholder_id
 from ..status.reconcile import ACTIVE, collect
 from ..util.atomic import atomic_write_bytes
 from ..util.nfslock import LockTimeout, NfsLock
@@ -126,19 +126,22 @@ def chain_requests(
     work_dir: Path,
     scheduler: dict[str, Any],
     backend: Backend,
+    overrides: dict[str, Any] | None = None,
 ) -> list[ArrayRequest]:
     """The arrays of a submission: per group (element indices, the stages they run), one array per
     stage and chunk, each stage's chunk after the same chunk of the stages it needs.
 
     Every stage is chunked with the same limit, so chunk k of each stage holds the same elements at
     the same task ids and `aftercorr` pairs element i with element i. A single-stage plan (no
-    stages) is one group of one array per chunk.
+    stages) is one group of one array per chunk. `overrides` (a retry's escalated resources)
+    win over the plan's and each stage's own.
     """
+    overrides = dict(overrides or {})
     limit = array_limit(scheduler, backend)
     if not stages:
         return [r for indices, _ in groups for r in make_requests(
             name, indices, max_parallel=max_parallel, command=command, env=env, work_dir=work_dir,
-            scheduler=scheduler, max_array_size=limit)]
+            scheduler={**scheduler, **overrides}, max_array_size=limit)]
     out: list[ArrayRequest] = []
     for indices, names in groups:
         placed: dict[tuple[str, int], int] = {}
@@ -148,7 +151,7 @@ def chain_requests(
             for req in make_requests(
                 f"{name}.{stage.name}", indices, max_parallel=max_parallel, command=command,
                 env={**env, env_names.STAGE: stage.name}, work_dir=work_dir,
-                scheduler={**scheduler, **stage.resources}, max_array_size=limit,
+                scheduler={**scheduler, **stage.resources, **overrides}, max_array_size=limit,
             ):
                 req.stage = stage.name
                 req.after = tuple(placed[(n, req.index_offset)] for n in stage.needs if (n, req.index_offset) in placed)
@@ -173,10 +176,11 @@ def job_name_of(req: ArrayRequest) -> str:
     return f"{req.name}@{req.index_offset}" if req.index_offset else req.name
 
 
-def job_entry(req: ArrayRequest, job_id: str, kind: str, attempt: int) -> JobEntry:
+def job_entry(req: ArrayRequest, job_id: str, kind: str, attempt: int,
+              resources: dict[str, Any] | None = None) -> JobEntry:
     return JobEntry(job_id, kind=kind, attempt=attempt, offset=req.index_offset, array=array_spec(req.task_ids()),
                     indices=tuple(sorted(req.indices or [])), submitted_at=time.time(), stage=req.stage,
-                    depends_on=tuple(req.after_ids))
+                    depends_on=tuple(req.after_ids), resources=dict(resources or {}))
 
 
 def submit_requests(
@@ -187,6 +191,7 @@ def submit_requests(
     *,
     kind: str,
     attempt: int,
+    resources: dict[str, Any] | None = None,
 ) -> tuple[SubmissionRecord, list[str]]:
     """Submit every array (stages after their upstream arrays), recording each job id as soon as
     it exists; on failure cancel those queued.
@@ -199,7 +204,7 @@ def submit_requests(
 
     def queued(req: ArrayRequest, job_id: str) -> None:
         job_ids.append(job_id)
-        latest[0] = write_record(record_dir, latest[0].with_jobs([job_entry(req, job_id, kind, attempt)]))
+        latest[0] = write_record(record_dir, latest[0].with_jobs([job_entry(req, job_id, kind, attempt, resources)]))
 
     try:
         be.submit_all(requests, queued)
@@ -224,13 +229,21 @@ def submit_backstop(
     try:
         req = backstop_request(
             sub.name, job_ids, scratch_root=sub.scratch_root, work_dir=sub.directory / "logs",
-            scheduler=scheduler, elements=len(sub.entries),
+            scheduler=scheduler, elements=len(sub.entries), max_time=partition_max_time(be.name, scheduler),
         )
         job_id = be.submit(req)
     except (SchedulerError, InputError, ValueError) as exc:
         warning = f"backstop merge job not queued ({exc}); run `mace merge {sub.name}` once the arrays end"
         return record.replace(backstop_error=warning), None, warning
     return record.with_jobs([backstop_record(job_id, job_ids)]), job_id, None
+
+
+def partition_max_time(backend: str, scheduler: dict[str, Any]) -> int | None:
+    """The partition's (queue's) MaxTime in minutes, None when unlimited or unknown."""
+    try:
+        return get_accounting(backend, scheduler).limits(scheduler.get("partition")).max_time_min
+    except Exception:  # noqa: BLE001 - a limit we cannot read caps nothing
+        return None
 
 
 # ------------------------------------------------------------------ already submitted?

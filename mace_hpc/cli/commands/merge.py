@@ -42,6 +42,8 @@ def _run(args: argparse.Namespace) -> int:
     by = "backstop" if os.environ.get("MACE_BACKSTOP") == "1" else "mace merge"
     opts = Options(args.on_complete, args.on_failure, lock_timeout=args.lock_timeout, ended=args.ended, by=by)
     summary = merge_pending(args.scratch_root, args.plans, all_plans=args.all, options=opts)
+    if by == "backstop":  # after the merge: classify, retry with more resources, notify (no daemon)
+        _retry_from_backstop(args.plans)
     if args.json:
         print_json(summary.to_dict())
     else:
@@ -61,3 +63,24 @@ def _run(args: argparse.Namespace) -> int:
         plans = ", ".join(summary.plans) or "no plans"
         print(f"mace merge ({plans}): {text}{extra}", file=sys.stdout)
     return 1 if summary.problems() else 0
+
+
+def _retry_from_backstop(plans: list[str]) -> None:
+    """The backstop's retry pass for each plan; its failure is printed, never raised (the merge
+    above is the backstop's first duty, and an element's results must never wait on a retry)."""
+    import sys
+
+    from ...submission.retry import backstop_retry
+
+    for plan in plans:
+        try:
+            result = backstop_retry(plan)
+        except Exception as exc:  # noqa: BLE001 - one line in the backstop's log
+            print(f"mace merge: retry pass of {plan} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        if result is None:
+            continue
+        for d in result.decisions:
+            print(f"mace merge: element {d.index}: {d.summary()}")
+        for line in result.warnings + [f"notified {n}" for n in result.notified]:
+            print(f"mace merge: {line}")

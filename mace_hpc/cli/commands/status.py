@@ -51,10 +51,16 @@ def _show(report: Any, as_json: bool) -> None:
     if report.stage_counts:  # multi-stage: the stage each element is in, after its state
         at = TABLE_COLUMNS.index("state") + 1
         columns = (*TABLE_COLUMNS[:at], "stage", *TABLE_COLUMNS[at:])
-    rows = [[(r.get(c) or "-") if c == "stage" else _short(r[c]) if c == "message" else r[c] for c in columns]
+    rows = [[(r.get(c) or "-") if c == "stage" else _short(_why(r)) if c == "message" else r[c] for c in columns]
             for r in report.rows]
     sys.stdout.write(format_table(columns, rows) + "\n")
     print("\n".join([report.summary_line(), *report.stage_lines()]))
+
+
+def _why(row: dict[str, Any]) -> str:
+    """The message, after the last retry decision when there is one (why it was retried or given up)."""
+    retries = row.get("retries") or []
+    return "; ".join(x for x in (retries[-1] if retries else "", row["message"]) if x)
 
 
 def _short(text: str, width: int = 70) -> str:

@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-submit", action="store_true",
         help="create the contexts and manifest only; submit yourself (jobscripts/slurm-array.sh)",
     )
+    p.add_argument("--rightsize", action="store_true",
+                   help="set resources time/mem from what the plan's previous submission used "
+                        "(`mace report PLAN --efficiency`: p95 + 25%%)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_run)
 
@@ -103,8 +106,16 @@ def _run(args: argparse.Namespace) -> int:
     from ..output import Progress, print_json
 
     progress = None if args.json else Progress("elements")
+    plan: Any = args.plan
+    if args.rightsize:
+        from ...config import load_config
+        from ...plan import plan_from_any
+        from ...submission.rightsize import rightsize
+
+        plan, note = rightsize(plan_from_any(args.plan), load_config(site=args.site))
+        print(f"mace-submit: {note}", file=sys.stderr)
     result = submit_plan(
-        args.plan, site=args.site, backend=args.backend, isolation_mode=args.isolation_mode,
+        plan, site=args.site, backend=args.backend, isolation_mode=args.isolation_mode,
         max_parallel=args.max_parallel, dry_run=args.dry_run, prepare_only=args.no_submit, progress=progress,
     )
     sub = result.submission
@@ -140,6 +151,15 @@ def _run(args: argparse.Namespace) -> int:
                 f"{result.seconds:.2f} s; follow with `mace status {sub.name}`"
             )
         return 0
+    if result.plan is not None and result.plan.retry and not args.dry_run:
+        from ...config import load_config
+        from ...records.submission import read_record
+        from ...submission.retry import local_retries
+
+        for p in local_retries(sub.name, load_config(site=args.site, cli={"backend": "local"})):
+            for d in p.decisions:
+                print(f"mace-submit: element {d.index}: {d.summary()}", file=sys.stderr)
+        result.record = read_record(sub.record_path) or result.record
     return _local_report(args, result)
 
 

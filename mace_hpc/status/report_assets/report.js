@@ -60,7 +60,9 @@ function detail(e) {
 
 function why(e) {
   if (e.conflicts) return `${e.conflicts} merge conflict(s): the shared database kept its version. ${e.message || ""}`;
-  if (e.attempts > 1 && GOOD.has(e.state) && !BAD_RUN.has(e.run_state)) return `retried: ${e.attempts} attempts`;
+  const decided = (e.retries || []).length ? e.retries[e.retries.length - 1] : "";  // the retry policy's last word
+  if (decided && !(GOOD.has(e.state) && !BAD_RUN.has(e.run_state))) return decided + (e.message ? ` – ${e.message}` : "");
+  if (e.attempts > 1 && GOOD.has(e.state) && !BAD_RUN.has(e.run_state)) return `retried: ${e.attempts} attempts` + (decided ? ` (${decided})` : "");
   if (e.state === "PENDING") return e.message || (e.job_id ? `queued as job ${e.job_id}` : "not started yet");
   if (e.state === "RUNNING" && !e.message) return `running${e.host ? " on " + e.host : ""} since ${when(e.started_at)}`;
   return e.message || `${e.state}, no message recorded` + (e.run_state && e.run_state !== e.state ? ` (last run ${e.run_state})` : "");
@@ -215,7 +217,13 @@ function selftest() {
 }
 
 header(); counts(); grid(); attention(); analysis(); timeline();
-histogram("hist-runtime", elements.filter(e => e.started_at && e.finished_at).map(e => e.finished_at - e.started_at), "s", "#2563eb");
-histogram("hist-memory", elements.filter(e => e.peak_rss_bytes).map(e => e.peak_rss_bytes / 1048576), "MiB", "#7c3aed");
+// the scheduler's accounting (`mace report --refresh`: sacct Elapsed / MaxRSS) where it has a figure,
+// else what the runner recorded in the state file
+const runtime = e => e.sacct_elapsed_s != null ? e.sacct_elapsed_s : (e.started_at && e.finished_at ? e.finished_at - e.started_at : null);
+const memory = e => e.sacct_max_rss_bytes || e.peak_rss_bytes || null;
+for (const [id, some] of [["hist-runtime", elements.some(e => e.sacct_elapsed_s != null)], ["hist-memory", elements.some(e => e.sacct_max_rss_bytes)]])
+  $(id).previousElementSibling.querySelector("small").textContent = some ? "per element (sacct, else state files)" : "per element (state files)";
+histogram("hist-runtime", elements.map(runtime).filter(v => v != null), "s", "#2563eb");
+histogram("hist-memory", elements.map(memory).filter(v => v != null).map(v => v / 1048576), "MiB", "#7c3aed");
 resultsTable(); propertyPlots();
 if (location.hash === "#selftest") selftest();
