@@ -203,3 +203,29 @@ def test_metals_chain_example_runs(tmp_path: Path, mace_env: dict[str, Any], cap
         props = dict(db.execute("SELECT material_id || ':' || property_name, property_value FROM properties "
                                 "WHERE property_name IN ('a0_relaxed_A', 'B_GPa')").fetchall())
     assert abs(props["Cu_fcc:a0_relaxed_A"] - 3.59) < 0.01 and 120 < props["Cu_fcc:B_GPa"] < 150
+
+
+def test_retry_policy_restarts_a_staged_element_at_its_failed_stage(tmp_path: Path, mace_env: dict[str, Any]) -> None:
+    """issue 10 on stages: a retryable named error in stage b is retried automatically from b;
+    stage a (completed) does not run again, and the element is merged once at the end."""
+    flaky = ("import os, sys; mark = os.path.join(os.environ['MACE_CONTEXT_DIR'], 'tried'); "
+             "first = not os.path.exists(mark); open(mark, 'w').close(); "
+             "print('SCF NOT CONVERGED' if first else 'ok'); sys.exit(1 if first else 0)")
+    stages = [{"name": "a"}, {"name": "b"}, {"name": "c"}]
+    plan = _plan(tmp_path, "stretry", stages, [{"id": "x", "steps": [
+        _probe("a", 0), {"name": "b", "stage": "b", "command": [sys.executable, "-c", flaky]}, _probe("c", 0)]}],
+        retry={"max_attempts": 2}, app_errors=[{"name": "scf", "pattern": "SCF NOT CONVERGED", "retryable": True}])
+    assert run(["submit", str(plan)]) == 0
+    scratch = mace_env["scratch_root"]
+    state = _state(scratch, "stretry-x")
+    assert state["state"] == "MERGED"
+    assert {s: (v["state"], v["attempts"]) for s, v in state["stages"].items()} == {
+        "a": ("COMPLETED", 1), "b": ("COMPLETED", 2), "c": ("COMPLETED", 1)}
+    record = read_json(scratch / ".submissions" / "stretry" / "record.json")
+    assert [(d["index"], d["cause"], d["action"]) for d in record["retries"]] == [(0, "APP_ERROR:scf", "retry")]
+    assert [(j["stage"], j["kind"]) for j in record["jobs"] if j["kind"] != "backstop"] == [
+        ("a", "array"), ("b", "array"), ("c", "array"), ("b", "resubmit"), ("c", "resubmit")]
+    with sqlite3.connect(mace_env["shared_database"]) as db:
+        rows = db.execute("SELECT status, COUNT(*) FROM calculations WHERE workflow_id = 'stretry-x' "
+                          "GROUP BY 1").fetchall()
+    assert dict(rows) == {"completed": 3, "failed": 1}

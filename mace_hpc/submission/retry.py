@@ -173,11 +173,13 @@ def ended_candidates(report: Report, record: SubmissionRecord, only_jobs: Sequen
 
 
 def attempt_counts(record: SubmissionRecord) -> dict[int, int]:
-    counts: dict[int, int] = {}
+    """Element index -> how many times it was submitted: the distinct attempts of the arrays that
+    cover it (a multi-stage plan submits one array per stage in each attempt)."""
+    seen: dict[int, set[int]] = {}
     for job in record.array_jobs():
         for i in job.indices:
-            counts[i] = counts.get(i, 0) + 1
-    return counts
+            seen.setdefault(i, set()).add(job.attempt)
+    return {i: len(attempts) for i, attempts in seen.items()}
 
 
 def classify_rows(rows: list[dict[str, Any]], record: SubmissionRecord, policy: FailurePolicy,
