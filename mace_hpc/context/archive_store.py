@@ -145,8 +145,9 @@ def restore_from(source: str | os.PathLike[str], scratch_root: Path, *, sha256: 
         return restore_archive(path, scratch_root)
     url = str(source)
     where = S3Url.parse(url)
-    store = ObjectStore(where.url(""), settings)
     key = where.prefix
+    # the archive's own prefix, where its plan's manifest object is
+    store = ObjectStore(where.url(key.rpartition("/")[0]), settings)
     if not key.endswith(".tar.gz"):
         raise InputError(f"restore: {url} does not name an archive (s3://bucket/prefix/<workflow_id>.tar.gz)")
     scratch_root.mkdir(parents=True, exist_ok=True)

@@ -176,8 +176,9 @@ class ObjectStore:
         """Fail early (before an archive is built) when the bucket is missing or refuses us."""
         from botocore.exceptions import ClientError  # lazy: optional [s3] extra
 
+        client = self.s3  # outside the try: a missing boto3 is its own one line
         try:
-            self.s3.head_bucket(Bucket=self.where.bucket)
+            client.head_bucket(Bucket=self.where.bucket)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchBucket", "NotFound"):
@@ -190,8 +191,9 @@ class ObjectStore:
         """The object's head (size, metadata, checksum), or None when there is none."""
         from botocore.exceptions import ClientError  # lazy: optional [s3] extra
 
+        client = self.s3
         try:
-            return dict(self.s3.head_object(Bucket=self.where.bucket, Key=key, ChecksumMode="ENABLED"))
+            return dict(client.head_object(Bucket=self.where.bucket, Key=key, ChecksumMode="ENABLED"))
         except ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
                 self.check_bucket()  # a missing bucket also answers 404: say which
@@ -211,15 +213,15 @@ class ObjectStore:
 
         url = self.where.url(key)
         size = path.stat().st_size
-        found = self.head(key)
-        if found is not None and _matches(found, size, sha256):
-            return found
         part = max(self.settings.part_size, 5 * MIB)
+        found = self.head(key)
+        if found is not None and _matches(found, size, sha256, whole=size < part):
+            return found
         extra = {"Metadata": {**metadata, "sha256": sha256, "size": str(size)}, "ChecksumAlgorithm": "SHA256"}
         self._call(f"uploading {url}", self.s3.upload_file, Filename=str(path), Bucket=self.where.bucket, Key=key,
                    ExtraArgs=extra, Config=TransferConfig(multipart_threshold=part, multipart_chunksize=part))
         landed = self.head(key)
-        if landed is None or not _matches(landed, size, sha256):
+        if landed is None or not _matches(landed, size, sha256, whole=size < part):
             got = "no object" if landed is None else f"{landed.get('ContentLength')} bytes, sha256 " \
                 f"{(landed.get('Metadata') or {}).get('sha256', '?')[:12]}"
             if landed is not None:
@@ -247,8 +249,9 @@ class ObjectStore:
     def _get(self, key: str, **kw: Any) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError  # lazy: optional [s3] extra
 
+        client = self.s3
         try:
-            return dict(self.s3.get_object(Bucket=self.where.bucket, Key=key, **kw))
+            return dict(client.get_object(Bucket=self.where.bucket, Key=key, **kw))
         except ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -279,13 +282,14 @@ class ObjectStore:
         from botocore.exceptions import ClientError  # lazy: optional [s3] extra
 
         key = self.where.manifest_key(plan)
+        client = self.s3
         for _ in range(attempts):
             data, etag = self.read_manifest(plan)
             data["elements"][entry["workflow_id"]] = entry
             body = json.dumps(data, indent=1, sort_keys=True).encode()
             cond = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
             try:
-                self.s3.put_object(Bucket=self.where.bucket, Key=key, Body=body, ContentType="application/json", **cond)
+                client.put_object(Bucket=self.where.bucket, Key=key, Body=body, ContentType="application/json", **cond)
                 return
             except ClientError as exc:
                 code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -302,14 +306,15 @@ class ObjectStore:
         raise StorageUnavailable(f"writing {self.where.url(key)}: still contended after {attempts} attempts; retry later")
 
 
-def _matches(head: dict[str, Any], size: int, sha256: str) -> bool:
-    """The object has this size and carries this SHA-256 (metadata and, when the store keeps a
-    whole-object checksum, that too)."""
+def _matches(head: dict[str, Any], size: int, sha256: str, whole: bool) -> bool:
+    """The object has this size and carries this SHA-256: in its metadata and, for a single-part
+    upload (`whole`), in the checksum the store computed itself from the bytes it received (a
+    multipart object's is a checksum of part checksums; each part was verified on arrival)."""
     meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
     if int(head.get("ContentLength", -1)) != size or meta.get("sha256") != sha256:
         return False
     stored = head.get("ChecksumSHA256")
-    if stored and "-" not in stored and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
+    if whole and stored:
         return stored == base64.b64encode(bytes.fromhex(sha256)).decode()
     return True
 
