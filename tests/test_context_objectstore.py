@@ -353,3 +353,77 @@ def test_without_boto3_an_s3_archive_dir_is_one_line(mace_env, monkeypatch, caps
     assert run(["contexts", "archive", "nb-e0"]) == 2
     assert capsys.readouterr().err == ("mace: error: archive_dir is an s3:// URL but boto3 is not installed; "
                                        "pip install 'mace-hpc[s3]'\n")
+
+
+# ---------------------------------------------------------------------------- real SLURM
+@pytest.mark.slurm
+def test_slurm_array_archives_into_the_bucket_and_restores(slurm_cluster, s3_env, tmp_path, monkeypatch,
+                                                          capsys) -> None:
+    """Four elements on the real cluster, merge+archive with cleanup: each job's epilogue uploads
+    its context (the jobs inherit AWS_* and MACE_* through --export=ALL) and records it in the
+    plan's manifest object concurrently; then one context comes back from the bucket."""
+    import subprocess
+    import time
+
+    from mace_hpc.submission.submit import submit_plan
+
+    server, root, n = s3_env["server"], s3_env["scratch_root"], 4
+    monkeypatch.setenv("MACE_AUTO_CLEANUP", "true")
+    os.chmod(tmp_path, 0o755)
+    write = "import json; json.dump(dict(energy=-IDX, volume=16.5), open('results.json', 'w'))"
+    plan = {"name": "s3slurm", "isolation_mode": "isolated", "on_complete": "merge+archive", "max_parallel": n,
+            "resources": {"time": 5, "signal_margin": 30},
+            "elements": [{"id": f"e{i}", "materials": [{"material_id": f"m{i}", "formula": "Al", "space_group": 225}],
+                          "steps": [{"name": "s", "calc_type": "SP",
+                                     "command": [PY, "-c", write.replace("IDX", str(i))]}]} for i in range(n)]}
+    result = submit_plan(plan, site="ci-slurm", backend="slurm")
+    jobs = [*result.job_ids, *([result.backstop_job_id] if result.backstop_job_id else [])]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        q = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(jobs), "-o", "%i"], capture_output=True, text=True)
+        if q.returncode == 0 and not q.stdout.strip():
+            break
+        time.sleep(1)
+    states = [read_state(root / f"s3slurm-e{i}") for i in range(n)]
+    assert [(s.state, s.removed) for s in states] == [(st.MERGED, True)] * n, [s.pending_reason for s in states]
+    manifest = _plan_manifest(server, "s3slurm")
+    assert sorted(manifest["elements"]) == [f"s3slurm-e{i}" for i in range(n)]  # no concurrent write lost
+    for i, state in enumerate(states):
+        body, meta = _object(server, f"runs/s3slurm-e{i}.tar.gz")
+        assert meta["sha256"] == _sha(body) == state.epilogue["archive_sha256"] == \
+            manifest["elements"][f"s3slurm-e{i}"]["sha256"]
+    capsys.readouterr()
+    assert run(["contexts", "restore", "s3slurm-e2"]) == 0
+    assert json.loads((root / "s3slurm-e2" / "calculations" / "s" / "results.json").read_text())["energy"] == -2
+
+
+def test_a_local_archive_restores_over_its_tombstone_by_workflow_id(mace_env, monkeypatch, capsys) -> None:
+    """The same interface with a directory: restore by workflow id replaces the tombstone."""
+    monkeypatch.setenv("MACE_AUTO_CLEANUP", "true")
+    make_submission(mace_env["scratch_root"], "loc", 1, shared_database=mace_env["shared_database"],
+                    archive_dir=mace_env["archive_dir"], on_complete="archive")
+    assert run(["merge", "loc"]) == 0
+    ctx = mace_env["scratch_root"] / "loc-e0"
+    archived = read_state(ctx)
+    assert archived.removed and archived.epilogue["archive"] == str(mace_env["archive_dir"] / "loc-e0.tar.gz")
+    assert archived.epilogue["archive_sha256"] == _sha((mace_env["archive_dir"] / "loc-e0.tar.gz").read_bytes())
+    assert run(["contexts", "restore", "loc-e0"]) == 0
+    state = read_state(ctx)
+    assert state.state == st.ARCHIVED and not state.removed and (ctx / "materials.db").is_file()
+
+
+def test_concurrent_manifest_updates_lose_no_entry(s3_env) -> None:
+    """Sixteen epilogues recording into one plan manifest at once (compare-and-swap on the ETag)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mace_hpc.context.objectstore import ObjectStore
+
+    def record(i: int) -> None:
+        ObjectStore(URL).record("cc", {"workflow_id": f"cc-e{i}", "index": i, "key": f"runs/cc-e{i}.tar.gz",
+                                       "size": i, "sha256": _sha(str(i).encode()), "time": 0.0})
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(record, range(16)))
+    elements = _plan_manifest(s3_env["server"], "cc")["elements"]
+    assert sorted(elements) == sorted(f"cc-e{i}" for i in range(16))
+    assert all(elements[f"cc-e{i}"]["sha256"] == _sha(str(i).encode()) for i in range(16))
