@@ -42,6 +42,7 @@ class MotoServer:
         self.log_path = log
         self.proc: subprocess.Popen[bytes] | None = None
         self.key_id = self.secret = ""
+        self.reader = ("", "")
 
     @property
     def url(self) -> str:
@@ -51,7 +52,7 @@ class MotoServer:
         exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
         if not os.path.exists(exe):
             pytest.fail("moto_server not installed: pip install -e '.[test]' (moto[server] is in the test extra)")
-        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}  # the 3 bootstrap calls below, then IAM checks
+        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "6"}  # the 6 bootstrap calls below, then IAM checks
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=log, stderr=log,
                                          env=env, start_new_session=True)
@@ -73,6 +74,13 @@ class MotoServer:
         iam.put_user_policy(UserName="mace", PolicyName="s3", PolicyDocument=json.dumps({
             "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
         self.key_id, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
+        # a user who may read and check but not write (a store refusing the upload itself)
+        iam.create_user(UserName="reader")
+        reader = iam.create_access_key(UserName="reader")["AccessKey"]
+        iam.put_user_policy(UserName="reader", PolicyName="s3read", PolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+                                                   {"Effect": "Deny", "Action": "s3:PutObject", "Resource": "*"}]}))
+        self.reader = (reader["AccessKeyId"], reader["SecretAccessKey"])
         return self
 
     def client(self, endpoint: str | None = None) -> Any:

@@ -168,6 +168,19 @@ def test_wrong_credentials_leave_the_archive_pending_and_never_show_the_key(s3_e
     assert server.secret not in seen and server.key_id not in seen and "not-the-secret" not in seen
 
 
+def test_a_store_refusing_the_upload_itself_is_one_line(s3_env, monkeypatch, capsys) -> None:
+    """HEAD allowed, PUT denied: the error inside boto3's managed upload is named, not a traceback."""
+    server = s3_env["server"]
+    make_context(s3_env["scratch_root"] / "ro-e0", "ro-e0")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.reader[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.reader[1])
+    assert run(["contexts", "archive", "ro-e0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mace: error: uploading {URL}/ro-e0.tar.gz: the object store at {server.url} "
+                          "refused the credentials (AccessDenied)") and err.count("\n") == 1, err
+    assert _keys(server) == set() and (s3_env["scratch_root"] / "ro-e0" / "materials.db").is_file()
+
+
 def test_a_missing_bucket_is_one_line_and_the_archive_pending(s3_env, monkeypatch, capsys) -> None:
     server = s3_env["server"]
     _submission(s3_env, "nb", 1, on_complete="archive")

@@ -183,10 +183,14 @@ class ObjectStore:
         return StorageError(f"{what}: {type(exc).__name__}: {exc}")
 
     def _call(self, what: str, fn: Any, **kw: Any) -> Any:
+        from boto3.exceptions import Boto3Error  # lazy: optional [s3] extra
         from botocore.exceptions import BotoCoreError, ClientError  # lazy: optional [s3] extra
 
         try:
             return fn(**kw)
+        except Boto3Error as exc:  # S3UploadFailedError wraps the ClientError that says why
+            inner = exc.__cause__ or exc.__context__
+            raise self._fail(inner if isinstance(inner, ClientError | BotoCoreError) else exc, what) from None
         except (BotoCoreError, ClientError, ConnectionError, TimeoutError) as exc:
             raise self._fail(exc, what) from None
 

@@ -1,7 +1,8 @@
 """`mace cleanup`: free scratch space by removing finished-and-safe contexts, oldest first.
 
 Safe means the results are provably elsewhere: state ARCHIVED and the archive (with a matching
-sidecar checksum) is on disk, or state MERGED and the shared database's ledger lists the workflow
+sidecar checksum) is on disk, or its object in an s3:// archive_dir has the size and SHA-256 the
+state recorded, or state MERGED and the shared database's ledger lists the workflow
 id (a MERGED context is archived first when `context_settings.archive_results` is on, the
 default, because its step outputs are not in the database). Anything else (KEPT, PENDING_MERGE,
 QUARANTINED, running, active in some process) is never removed. Removing keeps a tombstone
