@@ -56,6 +56,33 @@ def _opt_str(value: Any) -> str | None:
     return None if value is None else _str(value)
 
 
+S3_SCHEME = "s3://"
+_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://.*")
+# S3 bucket naming rules (3-63 chars, lower case, digits, dots, hyphens; no leading/trailing dot or hyphen)
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9!_.*'()/+=@,:-]*")
+
+
+def is_object_store_url(value: object) -> bool:
+    """Whether an archive location names an object store (`s3://bucket/prefix`) rather than a directory."""
+    return isinstance(value, str) and value.startswith(S3_SCHEME)
+
+
+def _archive_dir(value: Any) -> str:
+    """A directory, or `s3://bucket[/prefix]` with a valid bucket name and a plain prefix."""
+    value = _str(value)
+    if not _URL_RE.fullmatch(value):
+        return value
+    if not value.startswith(S3_SCHEME):
+        raise ValueError("a directory or an s3://bucket/prefix URL (no other scheme)")
+    bucket, _, prefix = value[len(S3_SCHEME):].partition("/")
+    if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
+        raise ValueError(f"s3://BUCKET/prefix with a valid bucket name (3-63 of a-z 0-9 . -), not {bucket!r}")
+    if not _PREFIX_RE.fullmatch(prefix) or any(p in (".", "..") for p in prefix.split("/")):
+        raise ValueError("s3://bucket/PREFIX made of letters, digits and !_.*'()/+=@,:- (no . or .. parts)")
+    return value
+
+
 def _pos_int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("a positive integer")
@@ -66,6 +93,16 @@ def _pos_int(value: Any) -> int:
     if n <= 0 or (isinstance(value, float) and value != n):
         raise ValueError("a positive integer")
     return n
+
+
+def _min_int(least: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        n = _pos_int(value) if not isinstance(value, bool) else -1
+        if n < least:
+            raise ValueError(f"an integer of at least {least}")
+        return n
+
+    return check
 
 
 def _opt_pos_int(value: Any) -> int | None:
@@ -112,7 +149,11 @@ KEYS: dict[str, Key] = {
         _k("context_settings.archive_results", True, _bool, "archive a context before cleaning it up", "MACE_ARCHIVE_RESULTS"),
         _k("scratch_root", "~/.mace/contexts", _str, "where isolated context directories live ($VARS expanded)", "MACE_SCRATCH_ROOT"),
         _k("shared_database", "materials.db", _str, "the shared materials database (shared mode, merges)", "MACE_SHARED_DATABASE"),
-        _k("archive_dir", "~/.mace/archives", _str, "where context archives (.tar.gz) are written", "MACE_ARCHIVE_DIR"),
+        _k("archive_dir", "~/.mace/archives", _archive_dir, "where context archives (.tar.gz) go: a directory or s3://bucket/prefix", "MACE_ARCHIVE_DIR"),
+        _k("archive_endpoint_url", None, _opt_str, "S3 API endpoint of an s3:// archive_dir (default: AWS_ENDPOINT_URL, else AWS)", "MACE_ARCHIVE_ENDPOINT_URL"),
+        _k("archive_region", None, _opt_str, "region of an s3:// archive_dir (default: AWS_DEFAULT_REGION / the profile's)", "MACE_ARCHIVE_REGION"),
+        _k("archive_profile", None, _opt_str, "AWS profile whose credentials reach an s3:// archive_dir (default: AWS_PROFILE / env keys)", "MACE_ARCHIVE_PROFILE"),
+        _k("archive_part_size", 64, _min_int(5), "MiB per part when uploading an archive to s3:// (S3's minimum is 5)", "MACE_ARCHIVE_PART_SIZE"),
         _k("backend", "local", _choice(*BACKENDS), "scheduler backend for mace-submit", "MACE_BACKEND"),
         _k("max_parallel", 4, _pos_int, "array elements running at once (the %N throttle)", "MACE_MAX_PARALLEL"),
         _k("on_complete", "merge", _choice(*ON_COMPLETE), "what the epilogue does with a finished element", "MACE_ON_COMPLETE"),
@@ -158,6 +199,10 @@ class Config:
         self.values[key] = convert(key, value, source)
         self.sources[key] = source
 
+    def archive_dir(self) -> str | Path:
+        """`archive_dir` resolved: an `s3://` URL as it is, a directory expanded and absolute."""
+        return archive_location(self.values["archive_dir"]) or self.path("archive_dir").absolute()
+
     def scheduler(self) -> dict[str, Any]:
         return {k.split(".", 1)[1]: v for k, v in self.values.items() if k.startswith("scheduler.")}
 
@@ -180,6 +225,16 @@ def expand_path(value: str) -> Path:
         return os.environ.get(name, m.group(0))
 
     return Path(os.path.expanduser(_VAR_RE.sub(var, value)))
+
+
+def archive_location(value: str | os.PathLike[str] | None) -> str | Path | None:
+    """An archive location as recorded (manifest, config): an `s3://` URL stays a string (a Path
+    would fold its `//`), a directory becomes an absolute Path with `~` and `$VARS` expanded."""
+    if value is None or value == "":
+        return None
+    if is_object_store_url(value):
+        return str(value)
+    return expand_path(os.fspath(value)).absolute()
 
 
 def resolve_scratch_root(cfg: Config, override: str | os.PathLike[str] | None = None) -> Path:

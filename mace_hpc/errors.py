@@ -45,3 +45,19 @@ class SchedulerUnavailable(SchedulerError):
     """
 
     exit_code = EXIT_SCHEDULER
+
+
+class StorageError(MaceError, OSError):
+    """The object store refused a request (bad credentials, bucket missing, checksum mismatch): exit 2.
+
+    An OSError too, so every caller that keeps a context when a local archive cannot be written
+    (disk full) keeps it, and leaves the element pending, when an upload fails the same way.
+    """
+
+    exit_code = EXIT_INPUT
+
+
+class StorageUnavailable(StorageError):
+    """The object store could not be reached (endpoint down, timeout, 5xx): exit 3, try again later."""
+
+    exit_code = EXIT_SCHEDULER

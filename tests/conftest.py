@@ -4,7 +4,7 @@
 # `slurm_cluster`: session fixture, fails in CI / skips elsewhere when SLURM is not running.
 # Tests that need it are marked `@pytest.mark.slurm` (marker registered in pyproject.toml).
 # (a plugin module rather than an import, so this section needs no import ordering)
-pytest_plugins = ["slurm_fixtures", "browser_fixtures"]  # browser: tests/browser_fixtures.py
+pytest_plugins = ["slurm_fixtures", "browser_fixtures", "s3_fixtures"]  # browser: tests/browser_fixtures.py; s3: a moto server
 # ---------------------------------------------------------------- end slurm ---------------------
 
 # ---------------------------------------------------------------- environment isolation ---------

@@ -160,11 +160,11 @@ def _hang(*args, **kwargs):
 
 
 def test_a_hanging_epilogue_is_stopped_at_its_deadline(sub, mace_env, monkeypatch) -> None:
-    import mace_hpc.epilogue.finalize as archive_mod  # where finalize looks archive_context up
+    import mace_hpc.epilogue.finalize as archive_mod  # where finalize looks archive_to up
 
     manifest = sub(1, on_complete="merge+archive")
     with monkeypatch.context() as patch:
-        patch.setattr(archive_mod, "archive_context", _hang)
+        patch.setattr(archive_mod, "archive_to", _hang)
         state = run_epilogue(_ctx(mace_env, 0), manifest=manifest, deadline=1.0)
     assert state.state.state == st.PENDING_MERGE
     assert "deadline" in state.state.pending_reason
@@ -209,8 +209,8 @@ def test_epilogue_child_that_fails_leaves_pending_merge(sub, mace_env, monkeypat
 
 _HANGING_ARCHIVE_DRIVER = r"""
 import sys, time
-import mace_hpc.epilogue.finalize as archive_mod  # where finalize looks archive_context up
-archive_mod.archive_context = lambda *a, **k: time.sleep(3600)
+import mace_hpc.epilogue.finalize as archive_mod  # where finalize looks archive_to up
+archive_mod.archive_to = lambda *a, **k: time.sleep(3600)
 from mace_hpc.element import run
 sys.exit(run.main([sys.argv[1], "--index", "0"]))
 """

@@ -117,11 +117,13 @@ def test_resubmitted_failed_element_whose_context_was_cleaned_is_merged(tmp_path
     first = read_state(ctx)
     assert first.state == "ARCHIVED" and first.run_state == "FAILED" and first.removed
     flag.touch()
-    resubmit("again")
+    resubmit("again")  # restores the context from its archive first (docs/object-storage.md), then resumes
     state = read_state(ctx)
-    assert state.run_state == "COMPLETED"
+    assert state.run_state == "COMPLETED" and state.restored_from == first.epilogue["archive"]
     assert state.state == "MERGED", state
-    assert _calcs_and_props(mace_env["shared_database"]) == (1, 1)
+    # the failed attempt's calculation came back with the context: the same two calculations (one
+    # failed, one completed) and one property as when a kept context is resubmitted
+    assert _calcs_and_props(mace_env["shared_database"]) == (2, 1)
 
 
 def test_submitting_a_finished_cleaned_plan_again_adds_nothing(tmp_path, mace_env, monkeypatch):

@@ -31,6 +31,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from ..errors import InputError
+from ..records.element_state import read_state, write_state
+from ..records.layout import EPILOGUE_LOCK, TOMBSTONE_FILES
 from ..util.ids import path_inside, validate_workflow_id
 from ..util.private import ensure_private_dir
 
@@ -215,14 +217,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def verify_sidecar(archive: Path) -> bool | None:
-    """True/False if `<archive>.sha256` exists and matches/doesn't; None when there is none."""
+def read_sidecar(archive: Path) -> str | None:
+    """The SHA-256 `<archive>.sha256` records, or None when there is none (or it is unreadable)."""
     sidecar = archive.with_name(archive.name + SIDECAR_SUFFIX)
     try:
-        expected = sidecar.read_text(encoding="utf-8").split()[0].lower()
+        return sidecar.read_text(encoding="utf-8").split()[0].lower()
     except (OSError, IndexError, UnicodeDecodeError):
         return None
-    return sha256_file(archive) == expected
+
+
+def verify_sidecar(archive: Path) -> bool | None:
+    """True/False if `<archive>.sha256` exists and matches/doesn't; None when there is none."""
+    expected = read_sidecar(archive)
+    return None if expected is None else sha256_file(archive) == expected
 
 
 # ---------------------------------------------------------------------------- restore
@@ -276,11 +283,22 @@ def _second_opinion(member: tarfile.TarInfo, scratch_root: Path) -> None:
         raise InputError(f"archive member {member.name!r}: refused by tarfile's data filter: {exc}") from None
 
 
-def restore_archive(archive: Path, scratch_root: Path) -> Path:
+def is_tombstone(context_dir: Path) -> bool:
+    """A merged or archived context whose data was removed: only its state and identity are left."""
+    if context_dir.is_symlink() or not context_dir.is_dir():
+        return False
+    names = [n for n in os.listdir(context_dir) if not n.startswith(EPILOGUE_LOCK)]
+    return set(names) <= set(TOMBSTONE_FILES) and read_state(context_dir).removed
+
+
+def restore_archive(archive: Path, scratch_root: Path, *, source: str | None = None) -> Path:
     """Restore a context archive into `<scratch_root>/<workflow_id>`; returns that directory.
 
     Raises InputError (nothing written) for an unsafe or corrupt archive, a checksum mismatch, or
-    when the context already exists.
+    when the context already exists. A tombstone (the context was cleaned up after archiving) is
+    replaced: its state file is kept, since it says how the element ended (ARCHIVED, MERGED), with
+    `removed` cleared and `restored_from` set. `source` names the archive in messages and the state
+    (an object-store URL when `archive` is its downloaded copy).
     """
     archive = Path(archive)
     scratch_root = Path(scratch_root).absolute()
@@ -302,7 +320,7 @@ def restore_archive(archive: Path, scratch_root: Path) -> Path:
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise InputError(f"archive {archive}: truncated or corrupt ({exc})") from None
         target = path_inside(scratch_root, workflow_id)
-        if os.path.lexists(target):
+        if os.path.lexists(target) and not is_tombstone(target):
             raise InputError(f"context {target} already exists; remove or move it before restoring {archive.name}")
         manifest_member = next((m for m, rel in members if rel == (MANIFEST_NAME,) and m.isfile()), None)
         if manifest_member is None:
@@ -336,9 +354,18 @@ def restore_archive(archive: Path, scratch_root: Path) -> Path:
                 digest = _write_member(tar, member, parent / rel[-1])
                 if digest != expected[rel_name]:
                     raise InputError(f"archive {archive}: {rel_name} does not match its SHA-256 in the manifest")
-            if os.path.lexists(target):
+            tombstone = os.path.lexists(target) and is_tombstone(target)
+            if os.path.lexists(target) and not tombstone:
                 raise InputError(f"context {target} already exists; remove or move it before restoring {archive.name}")
+            if tombstone:
+                for name in TOMBSTONE_FILES:  # how the element ended outranks the archive's earlier copy
+                    if (target / name).is_file():
+                        os.replace(target / name, root / name)
+                os.rename(target, tmp / ".tombstone")
             os.rename(root, target)
+            if tombstone:
+                write_state(target, removed=False, removed_at=None, removed_by=None,
+                            restored_from=source or str(archive), restored_at=time.time())
         except (tarfile.TarError, EOFError) as exc:
             raise InputError(f"archive {archive}: truncated or corrupt ({exc})") from None
         except OSError as exc:  # ENOSPC, EDQUOT, EIO while writing: the temp dir goes, nothing is restored

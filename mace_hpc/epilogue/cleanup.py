@@ -1,7 +1,8 @@
 """`mace cleanup`: free scratch space by removing finished-and-safe contexts, oldest first.
 
 Safe means the results are provably elsewhere: state ARCHIVED and the archive (with a matching
-sidecar checksum) is on disk, or state MERGED and the shared database's ledger lists the workflow
+sidecar checksum) is on disk, or its object in an s3:// archive_dir has the size and SHA-256 the
+state recorded, or state MERGED and the shared database's ledger lists the workflow
 id (a MERGED context is archived first when `context_settings.archive_results` is on, the
 default, because its step outputs are not in the database). Anything else (KEPT, PENDING_MERGE,
 QUARANTINED, running, active in some process) is never removed. Removing keeps a tombstone
@@ -17,9 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, load_config, resolve_scratch_root
+from ..config import Config, archive_location, load_config, resolve_scratch_root
 from ..context import registry
-from ..context.archive import archive_context, archive_path, verify_sidecar
+from ..context.archive_store import archive_intact, archive_to, locate
+from ..context.objectstore import ObjectStore
 from ..database.merge import merged_workflow_ids
 from ..errors import InputError
 from ..records import states as st
@@ -104,9 +106,10 @@ def _shared_db_of(context_dir: Path, manifests: dict[str, Manifest], cfg: Config
                 else cfg.path("shared_database").absolute())
 
 
-def _archive_dir_of(context_dir: Path, manifests: dict[str, Manifest], cfg: Config) -> Path:
+def _archive_dir_of(context_dir: Path, manifests: dict[str, Manifest], cfg: Config) -> str | Path:
+    """The context's archive location: its submission's (a directory or an s3:// URL), else the config's."""
     manifest = manifests.get(context_dir.name)
-    return Path(manifest.archive_dir) if manifest and manifest.archive_dir else cfg.path("archive_dir")
+    return (archive_location(manifest.archive_dir) if manifest else None) or cfg.archive_dir()
 
 
 def _manifest_index(root: Path) -> dict[str, Manifest]:
@@ -133,6 +136,7 @@ def survey(root: Path, cfg: Config) -> list[Candidate]:
         rows.append((d, read_state_strict(d)))
     merged = _merged_ids({_shared_db_of(d, manifests, cfg) for d, s in rows if s and s.state == st.MERGED})
     out = []
+    stores: dict[str, ObjectStore] = {}  # one client per bucket: a HEAD per archived context, never a listing
     for d, state in rows:
         name = str(state.state) if state else "UNREADABLE"
         finished = float((state.finished_at or state.updated_at if state else None) or d.stat().st_mtime)
@@ -144,11 +148,9 @@ def survey(root: Path, cfg: Config) -> list[Candidate]:
         elif d.name in active:
             cand.why = "active in a running process"
         elif name == st.ARCHIVED:
-            arch = Path(state.epilogue.get("archive") or archive_path(_archive_dir_of(d, manifests, cfg), d.name))
-            if not arch.is_file() or verify_sidecar(arch) is False:
-                cand.why = f"archive {arch} missing or damaged"
-            else:
-                cand.safe = True
+            arch = str(state.epilogue.get("archive") or locate(_archive_dir_of(d, manifests, cfg), d.name))
+            cand.safe, cand.why = archive_intact(arch, state.epilogue.get("archive_sha256"),
+                                                 state.epilogue.get("archive_size"), stores)
         elif name == st.MERGED:
             shared = _shared_db_of(d, manifests, cfg)
             manifest, ident = manifests.get(d.name), read_identity(d)
@@ -222,13 +224,18 @@ def _remove_one(d: Path, c: Candidate, archive_merged: bool, manifests: dict[str
         state = read_state_strict(d)
         if state is None or state.state != c.state or state.removed:
             return False, "state changed while cleaning up"
+        epilogue = state.epilogue
         if c.state == st.MERGED and archive_merged:
+            manifest = manifests.get(d.name)
+            entry = manifest.entry_for_context(d) if manifest else None
             try:
-                archive_context(d, _archive_dir_of(d, manifests, cfg), d.name)
+                record = archive_to(d, _archive_dir_of(d, manifests, cfg), d.name,
+                                    plan=manifest.plan if manifest else None, index=entry.index if entry else None)
             except OSError as exc:
                 return False, f"archiving before removal failed: {exc}"
+            epilogue = {**epilogue, **record.info()}
         remove_data(d)
-        write_state(d, removed=True, removed_at=time.time(), removed_by="mace cleanup")
+        write_state(d, removed=True, removed_at=time.time(), removed_by="mace cleanup", epilogue=epilogue)
         return True, ""
     finally:
         lock.release()

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ON_COMPLETE, ON_FAILURE, Config, effective_cleanup_on_exit, load_config
-from ..context.archive import archive_context
+from ..config import ON_COMPLETE, ON_FAILURE, Config, archive_location, effective_cleanup_on_exit, load_config
+from ..context.archive_store import archive_to
 from ..database.merge import MergeReport, merge_many
 from ..errors import InputError
 from ..records import states as st
@@ -53,7 +53,7 @@ class Target:
     workflow_id: str
     isolation_mode: str = "isolated"
     shared_database: Path | None = None
-    archive_dir: Path | None = None
+    archive_dir: str | Path | None = None  # a directory or an s3:// URL
     on_complete: str = "merge"
     on_failure: str = "keep"
     cleanup: bool = False  # remove the data once merged or archived
@@ -156,7 +156,7 @@ def target_from_manifest(entry: ManifestEntry, manifest: Manifest, cfg: Config |
         workflow_id=validate_workflow_id(entry.workflow_id),
         isolation_mode=manifest.isolation_mode or cfg["isolation_mode"],
         shared_database=Path(manifest.shared_database or cfg.path("shared_database").absolute()),
-        archive_dir=Path(manifest.archive_dir or cfg.path("archive_dir").absolute()),
+        archive_dir=archive_location(manifest.archive_dir) or cfg.archive_dir(),
         on_complete=manifest.on_complete or cfg["on_complete"],
         on_failure=manifest.on_failure or cfg["on_failure"],
         cleanup=effective_cleanup_on_exit(cfg),
@@ -176,7 +176,7 @@ def target_from_context(context_dir: Path, cfg: Config | None = None) -> Target:
         workflow_id=validate_workflow_id(ident.workflow_id if ident else context_dir.name),
         isolation_mode=ident.isolation_mode if ident else cfg["isolation_mode"],
         shared_database=cfg.path("shared_database").absolute(),
-        archive_dir=cfg.path("archive_dir").absolute(),
+        archive_dir=cfg.archive_dir(),
         on_complete=cfg["on_complete"],
         on_failure=cfg["on_failure"],
         cleanup=effective_cleanup_on_exit(cfg),
@@ -396,9 +396,10 @@ def _apply(w: _Work, report: Any, opts: Options) -> Outcome:
     wants_archive = "archive" in policy or (t.cleanup and t.archive_before_cleanup and "merge" in policy)
     if wants_archive:
         try:
-            archived = str(archive_context(ctx, t.archive_dir or ctx.parent, t.workflow_id))
-            info["archive"] = archived
-        except OSError as exc:
+            record = archive_to(ctx, t.archive_dir or ctx.parent, t.workflow_id, plan=t.plan, index=t.index)
+            archived = record.location
+            info.update(record.info())
+        except OSError as exc:  # disk full, or the object store down / refusing (StorageError)
             reason = f"archiving to {t.archive_dir} failed: {exc}; context kept"
             if "archive" in policy:
                 return _pending(w, reason, opts, policy=policy, merged=merged, merge=merge_dict)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import load_config
+from ..config import archive_location, load_config
 from ..database.merge import lock_path
 from ..records import states as st
 from ..records.element_state import ElementState, read_state, read_state_strict, write_state
@@ -87,7 +87,7 @@ def build_target(
     if shared_database:
         target.shared_database = Path(shared_database).absolute()
     if archive_dir:
-        target.archive_dir = Path(archive_dir).absolute()
+        target.archive_dir = archive_location(archive_dir)
     return target
 
 

@@ -56,6 +56,8 @@ class ElementState:
     removed: bool = False
     removed_at: float | None = None
     removed_by: str | None = None
+    restored_from: str | None = None  # the archive (path or s3:// URL) a removed context came back from
+    restored_at: float | None = None
     history: list[list[Any]] = field(default_factory=list)
     stage: str | None = None  # multi-stage plans: the stage the element is in (records/stages.py)
     stages: dict[str, Any] = field(default_factory=dict)  # stage name -> {state, started_at, finished_at, ...}

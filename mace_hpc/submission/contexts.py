@@ -37,7 +37,7 @@ class Submission:
     shared_database: Path
     on_complete: str
     on_failure: str
-    archive_dir: Path
+    archive_dir: str | Path  # a directory or an s3:// URL
     plan_dir: str = ""
     stages: tuple[Stage, ...] = ()
     entries: list[ManifestEntry] = field(default_factory=list)
@@ -100,7 +100,7 @@ def build_submission(plan: Plan, cfg: Config, isolation_mode: str | None = None)
         name=plan.name,
         directory=submission_dir(scratch_root, plan.name),
         scratch_root=scratch_root,
-        archive_dir=cfg.path("archive_dir").absolute(),
+        archive_dir=cfg.archive_dir(),
         plan_dir=str(plan.plan_dir),
         stages=plan.stages,
         **settings,

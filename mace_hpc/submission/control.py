@@ -17,8 +17,10 @@ from typing import Any
 
 import psutil
 
-from ..config import Config, load_config
-from ..errors import InputError
+from ..config import Config, archive_location, load_config
+from ..context.archive import is_tombstone
+from ..context.archive_store import restore_from
+from ..errors import InputError, MaceError
 from ..records import states as st
 from ..records.element_state import read_state, write_state
 from ..records.layout import STATE_FILE, SubmissionPaths
@@ -123,6 +125,27 @@ def parse_elements(text: str, total: int) -> list[int]:
     return sorted(out)
 
 
+def restore_archived(contexts: Sequence[Path]) -> list[Path]:
+    """Bring back every context that was archived and cleaned up (a tombstone naming its archive),
+    so its element resumes from its completed steps instead of starting over; the restored ones.
+
+    A failure (object store down, checksum mismatch) is one line and nothing is resubmitted.
+    """
+    restored = []
+    for d in contexts:
+        state = read_state(d)
+        source = state.epilogue.get("archive")
+        if not source or not state.removed or not is_tombstone(d):
+            continue
+        try:
+            restore_from(source, d.parent, sha256=state.epilogue.get("archive_sha256"))
+        except MaceError as exc:
+            exc.args = (f"resubmit: restoring {d.name} from its archive failed: {exc}; nothing resubmitted",)
+            raise
+        restored.append(d)
+    return restored
+
+
 def resubmit(
     name_or_job: str,
     *,
@@ -185,6 +208,7 @@ def resubmit(
     for req in requests:
         be.render(req)  # refuse bad values before touching any state file
     attempt = record.next_attempt()
+    restore_archived(contexts)
     for d in contexts:
         d.mkdir(mode=0o700, exist_ok=True)  # removed by hand since: recreated, the runner starts afresh
     saved = reset_states(contexts, resubmitted_at=time.time())
@@ -212,7 +236,7 @@ def resubmit(
             name=plan, directory=directory, scratch_root=Path(manifest.scratch_root or directory.parent.parent),
             isolation_mode=manifest.isolation_mode, shared_database=Path(manifest.shared_database),
             on_complete=manifest.on_complete, on_failure=manifest.on_failure,
-            archive_dir=Path(manifest.archive_dir or "."), entries=list(manifest.elements),
+            archive_dir=archive_location(manifest.archive_dir) or Path("."), entries=list(manifest.elements),
         )
         record, result.backstop_job_id, warning = submit_backstop(be, sub, record, result.job_ids, scheduler)
         if warning:

@@ -1,7 +1,7 @@
 """`mace cleanup [--older-than 14d] [--max-total-size 50G] [--dry-run]`: free scratch space safely.
 
 Removes the data of finished-and-safe contexts, oldest first: ARCHIVED ones whose archive is on
-disk, MERGED ones the shared database's ledger lists (archived first unless
+disk (sidecar checksum) or in the bucket (object size and SHA-256, one HEAD each), MERGED ones the shared database's ledger lists (archived first unless
 context_settings.archive_results is off). Never an unmerged, unarchived, running or quarantined
 context. A tombstone (state.json, context.json) stays so `mace status` still knows the outcome.
 Without limits: --older-than 14d.

@@ -30,13 +30,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--to", metavar="FILE", help=".json file or .db database (default: JSON in the context)")
     exp.set_defaults(handler=_export)
 
-    arc = csub.add_parser("archive", help="archive a context to a .tar.gz (and keep it unless --remove)")
+    arc = csub.add_parser("archive", help="archive a context to archive_dir, a directory or s3:// (kept unless --remove)")
     arc.add_argument("workflow_id")
     arc.add_argument("--remove", action="store_true", help="remove the context once archived")
     arc.set_defaults(handler=_archive)
 
     res = csub.add_parser("restore", help="restore an archived context (to resume it)")
-    res.add_argument("archive", help="a .tar.gz written by `mace contexts archive` or the epilogue")
+    res.add_argument("archive", metavar="ARCHIVE|s3://...|WORKFLOW_ID",
+                     help="a .tar.gz written by `mace contexts archive` or the epilogue, its s3:// URL, "
+                          "or a workflow id (its recorded archive, else archive_dir/<id>.tar.gz)")
     res.set_defaults(handler=_restore)
 
     cl = csub.add_parser("cleanup", help="remove old finished contexts that are merged or archived (see mace cleanup)")
@@ -126,20 +128,25 @@ def _export(args: argparse.Namespace) -> int:
 
 def _archive(args: argparse.Namespace) -> int:
     from ...config import load_config
-    from ...context.archive import archive_context
+    from ...context.archive_store import archive_to
+    from ...records.manifest import plan_of_context
 
     ctx = _context(args)
-    path = archive_context(ctx.directory, load_config().path("archive_dir"), ctx.workflow_id)
-    if args.remove:
+    record = archive_to(ctx.directory, load_config().archive_dir(), ctx.workflow_id,
+                        plan=plan_of_context(ctx.directory))
+    if args.remove:  # only now: archive_to raised if the archive is not complete and verified
         shutil.rmtree(ctx.directory)
-    print(path)
+    print(record.location)
     return 0
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from ...context.archive import restore_archive
+    from ...config import load_config
+    from ...context.archive_store import resolve_source, restore_from
 
-    print(restore_archive(Path(args.archive), _root(args)))
+    root = _root(args)
+    source, sha256 = resolve_source(args.archive, root, load_config().archive_dir())
+    print(restore_from(source, root, sha256=sha256))
     return 0
 
 
