@@ -88,6 +88,13 @@ def staged(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
                     "elements": [{"id": f"c{i}", "steps": [_stage_step(probe, "first", 0),
                                                              _stage_step(probe, "second", 0)]} for i in range(5)]},
                    cfg(**{"scheduler.max_array_size": 2})),
+        # element 1's runner is killed hard in its first stage (SIGKILL: nothing recorded by it)
+        "lost": ({"name": "lost", "isolation_mode": "isolated", "max_parallel": 2,
+                  "stages": [{"name": "first"}, {"name": "second"}],
+                  "elements": [{"id": f"l{i}", "steps": [
+                      {"name": "first", "stage": "first",
+                       "command": ["sh", "-c", "kill -9 $PPID; sleep 5" if i == 1 else "true"]},
+                      _stage_step(probe, "second", 0)]} for i in range(2)]}, cfg()),
     }
     results = {}
     for name, (data, c) in plans.items():
@@ -209,3 +216,34 @@ def test_resubmit_failed_reruns_element_2_from_its_failed_stage(
         assert _state(staged, f"chain-e{i}")["stages"] == before[i]["stages"]
     rows = _calc_rows(staged)
     assert (rows[("chain-e2", "completed")], rows[("chain-e2", "failed")]) == (3, 1)  # the failed try, kept
+
+
+def test_runner_killed_in_a_stage_is_settled_not_left_waiting(staged: dict[str, Any]) -> None:
+    """The settle job after stage `first` records the killed element's stage FAILED, skips and
+    cancels its second stage (aftercorr would keep it PENDING forever), and the backstop runs."""
+    report = _wait(staged, "lost")
+    rows = {r["index"]: r for r in report.rows}
+    assert rows[0]["state"] == "MERGED" and rows[1]["run_state"] == "FAILED"
+    assert rows[1]["stages"] == {"first": "FAILED", "second": "SKIPPED"}
+    state = _state(staged, "lost-l1")
+    assert "runner ended without recording an end" in state["stages"]["first"]["message"]
+    record = read_json(staged["scratch"] / ".submissions" / "lost" / "record.json")
+    arrays = {j["stage"]: j for j in record["jobs"] if j["kind"] == "array"}
+    [settle] = [j for j in record["jobs"] if j["kind"] == "settle"]
+    assert (settle["stage"], settle["depends_on"]) == ("first", [arrays["first"]["job_id"]])
+    second = arrays["second"]["job_id"]
+    end = time.monotonic() + 60
+    while time.monotonic() < end:  # the cancelled task leaves the queue; the backstop then runs
+        queued = subprocess.run(["squeue", "-h", "-r", "-j", second, "-o", "%i %T %r"], capture_output=True, text=True)
+        if f"{second}_1 " not in queued.stdout:
+            break
+        time.sleep(1)
+    assert f"{second}_1 " not in queued.stdout, queued.stdout
+    backstop = next(j for j in record["jobs"] if j["kind"] == "backstop")["job_id"]
+    end = time.monotonic() + 90
+    while time.monotonic() < end:
+        acct = subprocess.run(["sacct", "-n", "-X", "-P", "-j", backstop, "-o", "State"], capture_output=True, text=True)
+        if acct.stdout.strip() in ("COMPLETED", "FAILED"):
+            break
+        time.sleep(1)
+    assert acct.stdout.strip() == "COMPLETED", acct.stdout

@@ -12,6 +12,7 @@ The runner runs a stage's steps; this module decides around them, from the eleme
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from ..context.archive import sha256_file
+from ..epilogue.hook import run_epilogue as run_epilogue_hook
 from ..errors import InputError, SchedulerError
 from ..records import env as env_names
 from ..records import states as st
-from ..records.element_state import ElementState, read_state, write_stage
+from ..records.element_state import ElementState, read_state, write_stage, write_state
 from ..records.layout import SubmissionPaths
+from ..records.manifest import Manifest, load_manifest
 from ..records.stages import (
     STAGE_FINAL,
     Stage,
@@ -145,3 +148,42 @@ def stage_of(environ: Mapping[str, str], explicit: str | None, stages: Sequence[
         known = ", ".join(s.name for s in stages) or "none (a single-stage plan)"
         raise InputError(f"--stage: {name!r} is not a stage of this plan; stages: {known}")
     return name
+
+
+def after_stage(context_dir: Path, submission: SubmissionPaths, index: int, end: StageEnd, usage: dict[str, Any],
+                manifest: Manifest, run_epilogue: bool) -> None:
+    """The element's own fields after a stage; its skipped tasks cancelled; the epilogue when the chain ended."""
+    write_state(context_dir, **end.element, **usage)
+    warning = cancel_downstream(submission, index, end.skipped)
+    if warning:
+        print(f"mace run-element: warning: {warning}", file=sys.stderr)
+    if end.chain_ended and run_epilogue:
+        run_epilogue_hook(context_dir, manifest=manifest)
+
+
+def settle_stage(manifest_path: Path, stage: str, job_ids: Sequence[str]) -> list[int]:
+    """The settle job's work, once stage `stage`'s arrays `job_ids` have ended: every element of
+    theirs whose stage is still RUNNING (its runner was killed hard) or PENDING (its task was
+    cancelled or lost before it started) is recorded FAILED / CANCELLED; what needs it is skipped
+    and cancelled, and an ended chain gets its epilogue. Returns the settled indices."""
+    manifest = load_manifest(manifest_path)
+    submission = SubmissionPaths(manifest_path.parent)
+    record = read_record(submission.record)
+    wanted = set(job_ids)
+    indices = sorted({i for j in (record.array_jobs() if record else []) if j.job_id in wanted for i in j.indices})
+    settled = []
+    for index in indices:
+        entry = manifest.entry(index, str(manifest_path))
+        context_dir = Path(entry.context_dir)
+        state = read_state(context_dir)
+        mine = stage_state(state.stages, stage)
+        if mine in STAGE_FINAL or state.results_home or not context_dir.is_dir():
+            continue
+        if mine == st.RUNNING:
+            how, why = st.FAILED, "its runner ended without recording an end (killed: out of memory, node failure?)"
+        else:
+            how, why = st.CANCELLED, "its task ended without starting (cancelled or lost)"
+        end = stop(context_dir, manifest.stages, stage, how, why)
+        after_stage(context_dir, submission, index, end, {}, manifest, True)
+        settled.append(index)
+    return settled

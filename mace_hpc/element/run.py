@@ -132,7 +132,7 @@ def run_element(
         if chain.stage_state(read_state(context_dir).stages, stage_def.name) in st.SETTLED | {st.SKIPPED}:
             return 0  # ran (or was skipped) already: nothing to do twice
         end = chain.stop(context_dir, manifest.stages, stage_def.name, st.SKIPPED, why)
-        _after_stage(context_dir, submission, index, end, {}, manifest, run_epilogue)
+        chain.after_stage(context_dir, submission, index, end, {}, manifest, run_epilogue)
         return 0
     started_at = time.time()
     attempt = previous.attempts + 1
@@ -206,7 +206,7 @@ def run_element(
             final, message = st.FAILED, f"outputs: {', '.join(not_written)} not written by stage {stage}"
     end = chain.stop(context_dir, manifest.stages, stage_def.name, final, message, outputs=outputs,
                      steps=record["steps"], **usage)
-    _after_stage(context_dir, submission, index, end, usage, manifest, run_epilogue)
+    chain.after_stage(context_dir, submission, index, end, usage, manifest, run_epilogue)
     if final == st.COMPLETED or stage_def.optional:
         return 0  # an optional stage's failure must not stop `aftercorr` downstream
     return {st.TIMEOUT: EXIT_TIMEOUT}.get(final, 1)
@@ -248,17 +248,6 @@ def _run_steps(ctx: WorkflowContext, workflow_id: str, element: dict[str, Any], 
     return st.COMPLETED, ""
 
 
-def _after_stage(context_dir: Path, submission: SubmissionPaths, index: int, end: chain.StageEnd,
-                 usage: dict[str, Any], manifest: Any, run_epilogue: bool) -> None:
-    """The element's own fields after a stage; its skipped tasks cancelled; the epilogue when the chain ended."""
-    write_state(context_dir, **end.element, **usage)
-    warning = chain.cancel_downstream(submission, index, end.skipped)
-    if warning:
-        print(f"mace run-element: warning: {warning}", file=sys.stderr)
-    if end.chain_ended and run_epilogue:
-        epilogue(context_dir, manifest=manifest)
-
-
 def _run_chain_here(manifest_path: Path, index: int, stages: Any, run_epilogue: bool) -> int:
     """`--index N` by hand on a multi-stage plan: every stage in order, in this process."""
     code = 0
@@ -288,9 +277,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, help="element index (default: from the scheduler's array env)")
     parser.add_argument("--stage", help="the stage to run (multi-stage plans; default: $MACE_STAGE, "
                         "else every stage in order)")
+    parser.add_argument("--settle-stage", metavar="NAME", help="after stage NAME's arrays ended (the settle job): "
+                        "record its elements that did not record an end, skip and cancel what waits for them")
+    parser.add_argument("--jobs", default="", help="with --settle-stage: the stage's array job ids (comma-separated)")
     parser.add_argument("--no-epilogue", action="store_true", help="do not merge/archive when the element ends")
     args = parser.parse_args(argv)
     try:
+        if args.settle_stage:
+            settled = chain.settle_stage(Path(args.manifest), args.settle_stage, [j for j in args.jobs.split(",") if j])
+            print(f"mace settle: stage {args.settle_stage}: {len(settled)} element(s) settled {settled}")
+            return 0
         return run_element(args.manifest, args.index, stage=args.stage, run_epilogue=not args.no_epilogue)
     except InputError as exc:
         print(f"mace run-element: error: {exc}", file=sys.stderr)

@@ -24,6 +24,7 @@ from .layout import RECORD_FILE, SubmissionPaths, submissions_root
 
 VERSION = 1
 ARRAY, RESUBMIT, BACKSTOP = "array", "resubmit", "backstop"
+SETTLE = "settle"  # after a stage's arrays: settles elements whose runner died in it (multi-stage, SLURM)
 _BASE_ID = re.compile(r"^[^_.\[]+")
 
 
@@ -61,6 +62,8 @@ class JobEntry:
     def to_dict(self) -> dict[str, Any]:
         if self.kind == BACKSTOP:
             return {"job_id": self.job_id, "kind": self.kind, "depends_on": list(self.depends_on)}
+        if self.kind == SETTLE:
+            return {"job_id": self.job_id, "kind": self.kind, "stage": self.stage, "depends_on": list(self.depends_on)}
         out = {"job_id": self.job_id, "kind": self.kind, "attempt": self.attempt, "offset": self.offset,
                "array": self.array, "indices": list(self.indices), "submitted_at": self.submitted_at}
         if self.stage is not None:
@@ -69,7 +72,7 @@ class JobEntry:
 
     @property
     def is_array(self) -> bool:
-        return self.kind != BACKSTOP
+        return self.kind in (ARRAY, RESUBMIT)
 
     def matches(self, query: str) -> bool:
         """Is `query` this job or one of its elements (`123`, `123_4`, `123[4].server`)?"""

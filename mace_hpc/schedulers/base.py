@@ -61,6 +61,7 @@ class Backend(Protocol):
     """What every scheduler backend implements (local, slurm, pbs): the same calls, the same types."""
 
     name: str
+    elementwise_dependencies: bool  # can task i of an array wait for task i of another (SLURM aftercorr)?
 
     def render(self, req: ArrayRequest) -> tuple[str, list[str]]:
         """Job script text and the submit argv, without submitting (dry-run)."""

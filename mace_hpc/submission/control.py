@@ -238,7 +238,7 @@ def resubmit(
             on_complete=manifest.on_complete, on_failure=manifest.on_failure,
             archive_dir=archive_location(manifest.archive_dir) or Path("."), entries=list(manifest.elements),
         )
-        record, result.backstop_job_id, warning = submit_backstop(be, sub, record, result.job_ids, scheduler)
+        record, result.backstop_job_id, warning = submit_backstop(be, sub, record, result.job_ids, scheduler, requests)
         if warning:
             result.warnings.append(warning)
     record = record.replace(resubmissions=(

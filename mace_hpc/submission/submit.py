@@ -8,6 +8,7 @@ previous submission still has elements queued or running is refused rather than 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -31,7 +32,7 @@ from ..records.element_state import read_state, write_state
 from ..records.layout import STATE_FILE, submissions_root
 from ..records.manifest import ManifestEntry, read_manifest
 from ..records.stages import Stage
-from ..records.submission import ARRAY, JobEntry, Runner, SubmissionRecord, read_record, write_record
+from ..records.submission import ARRAY, SETTLE, JobEntry, Runner, SubmissionRecord, read_record, write_record
 from ..schedulers import ArrayRequest, Backend, get_backend
 from ..schedulers.base import array_spec, chunk_indices, get_accounting, placeholder_id
 from ..status.reconcile import ACTIVE, collect
@@ -219,13 +220,17 @@ def submit_requests(
 
 
 def submit_backstop(
-    be: Backend, sub: Submission, record: SubmissionRecord, job_ids: list[str], scheduler: dict[str, Any]
+    be: Backend, sub: Submission, record: SubmissionRecord, job_ids: list[str], scheduler: dict[str, Any],
+    requests: Sequence[ArrayRequest] = (),
 ) -> tuple[SubmissionRecord, str | None, str | None]:
     """Queue the backstop merge job (runs once after every array); (record, job id, warning).
+    Before it, on a scheduler that chains stages element by element, one settle job per stage
+    that others wait for (`submit_settlers`).
 
     A backstop that cannot be queued is a warning, not a failed submission: every element still
     runs its own epilogue, and `mace merge PLAN` does the backstop's work by hand.
     """
+    record, settle_warning = submit_settlers(be, sub, record, requests, job_ids, scheduler)
     try:
         req = backstop_request(
             sub.name, job_ids, scratch_root=sub.scratch_root, work_dir=sub.directory / "logs",
@@ -234,8 +239,44 @@ def submit_backstop(
         job_id = be.submit(req)
     except (SchedulerError, InputError, ValueError) as exc:
         warning = f"backstop merge job not queued ({exc}); run `mace merge {sub.name}` once the arrays end"
+        warning = f"{settle_warning}; {warning}" if settle_warning else warning
         return record.replace(backstop_error=warning), None, warning
-    return record.with_jobs([backstop_record(job_id, job_ids)]), job_id, None
+    return record.with_jobs([backstop_record(job_id, job_ids)]), job_id, settle_warning
+
+
+def submit_settlers(
+    be: Backend, sub: Submission, record: SubmissionRecord, requests: Sequence[ArrayRequest], job_ids: list[str],
+    scheduler: dict[str, Any],
+) -> tuple[SubmissionRecord, str | None]:
+    """After each upstream stage's arrays (`afterany`), a small job that settles what they left
+    unsettled: an element whose runner was killed hard (out of memory, node failure) records
+    nothing, so under `aftercorr` its downstream tasks would wait forever. The settle job records
+    that stage FAILED, its downstream stages SKIPPED, and cancels their tasks
+    (`python -m mace_hpc.element MANIFEST --settle-stage NAME --jobs IDS`). Only where the
+    scheduler chains element by element; elsewhere every downstream task starts and its runner
+    settles the lost stage itself."""
+    if not getattr(be, "elementwise_dependencies", False):
+        return record, None
+    upstream = {u for req in requests for u in req.after}
+    by_stage: dict[str, list[str]] = {}
+    for k in sorted(upstream):
+        by_stage.setdefault(str(requests[k].stage), []).append(job_ids[k])
+    for stage, ids in by_stage.items():
+        try:
+            req = backstop_request(
+                sub.name, ids, scratch_root=sub.scratch_root, work_dir=sub.directory / "logs", scheduler=scheduler,
+                elements=len(sub.entries), max_time=partition_max_time(be.name, scheduler),
+            )
+            req = dataclasses.replace(req, name=f"{sub.name}.{stage}.settle"[:128], command=[
+                *element_command(sub.manifest_path, scheduler.get("python")), "--settle-stage", stage,
+                "--jobs", ",".join(ids)])
+            job_id = be.submit(req)
+        except (SchedulerError, InputError, ValueError) as exc:
+            return record, (f"settle job of stage {stage} not queued ({exc}); if an element's runner is killed "
+                            f"in that stage, `mace cancel {sub.name}` its waiting tasks")
+        record = write_record(sub.directory, record.with_jobs(
+            [JobEntry(job_id, kind=SETTLE, stage=stage, depends_on=tuple(ids))]))
+    return record, None
 
 
 def partition_max_time(backend: str, scheduler: dict[str, Any]) -> int | None:
@@ -430,7 +471,7 @@ def submit_plan(
         raise
     if backend_name != "local":
         record, result.backstop_job_id, warning = submit_backstop(be, sub, record, result.job_ids,
-                                                                  requests[0].scheduler)
+                                                                  requests[0].scheduler, requests)
         if warning:
             result.warnings.append(warning)
     else:

@@ -48,6 +48,7 @@ class LocalBackend:
     """Runs the array in the foreground; `submit` returns when every element has finished."""
 
     name = "local"
+    elementwise_dependencies = False  # stages wait for whole arrays (or, locally, our own scheduler)
 
     def __init__(self, progress: ProgressFn | None = None, poll_interval: float = 0.02) -> None:
         self.progress = progress

@@ -48,6 +48,7 @@ class PbsBackend:
     """
 
     name = "pbs"
+    elementwise_dependencies = False  # stages wait for whole arrays (or, locally, our own scheduler)
 
     def __init__(self, flavor: str | None = None, max_array_size: int | None = None,
                  timeout: float = CLIENT_TIMEOUT_S) -> None:

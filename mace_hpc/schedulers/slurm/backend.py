@@ -106,6 +106,7 @@ class SlurmBackend:
     """`sbatch`/`squeue`/`sacct`/`scancel` through argv lists; submitit writes the job script."""
 
     name = "slurm"
+    elementwise_dependencies = True  # aftercorr: task i of a stage after task i of its upstream
 
     def __init__(self, max_array_size: int | None = None, timeout: float = _TIMEOUT_S) -> None:
         self._max_array_size = max_array_size
