@@ -282,7 +282,7 @@ def main() -> None:
                       f"max {row['gap_max']:.1f} s (runner start-up {row.get('startup', -1):.1f}, tail {row.get('tail', -1):.1f}, "
                       f"in SLURM, end -> start {row.get('slurm_gap', -1):.1f}); other jobs in queue {row['others']}, load {row['load']:.1f}; wall {time.monotonic() - t:.0f} s)",
                       flush=True)
-    print("| run | chaining | makespan | lower bound | ideal (critical path first) | FIFO ideal | whole-array FIFO ideal "
+    print("| run | chaining | makespan | lower bound | ideal (best list schedule) | FIFO ideal | whole-array FIFO ideal "
           "| ideal of slot times (sacct) | makespan / ideal | other jobs, load |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
