@@ -224,6 +224,14 @@ def pbs_run(pbs_server: PbsServer) -> Iterator[Run]:
                                       "elements": [_element(0, [{"name": "nap", "command": ["sleep", "300"]}])]}),
         # the runner is killed hard: only the mom's epilogue (jobscripts/pbs-epilogue.sh) can finalize it
         "hardkill": plan("hardkill", {"elements": [_element(0, [{"name": "die", "command": [python, "-c", KILL_RUNNER]}])]}),
+        # two stages chained as whole arrays (PBS has no element-wise array dependency): element 1's
+        # first stage fails, so its second stage's subjob starts and the runner skips it
+        "stages": plan("stages", {"max_parallel": 3, "stages": [{"name": "first"}, {"name": "second"}],
+                                  "elements": [_element(i, [
+                                      {**_probe_steps(python, probe, 1, [str(root / "never")] if i == 1 else None)[0],
+                                       "name": "probe", "stage": "first"},
+                                      {"name": "after", "stage": "second", "command": ["sh", "-c", "echo ran > after.txt"]},
+                                  ]) for i in range(3)]}),
         # long sleepers, one at a time: cancelled by the test
         "cancelme": plan("cancelme", {"max_parallel": 1, "elements": [
             _element(i, [{"name": "nap", "command": ["sleep", "300"]}]) for i in range(3)]}),
@@ -390,3 +398,20 @@ def test_cancel_running_and_queued(pbs_run: Run) -> None:
     subjobs = pbs_run.srv.qstat(array)
     queued = subjobs[array.replace("[]", "[1]")]
     assert queued["Exit_status"] == 1 and "exec_host" not in queued
+
+
+def test_stages_chain_whole_arrays_and_skip_failed_elements(pbs_run: Run) -> None:
+    report = pbs_run.wait("stages")
+    assert _states(report) == ["MERGED", "KEPT", "MERGED"]
+    assert report["stages"] == {"first": {"COMPLETED": 2, "FAILED": 1}, "second": {"COMPLETED": 2, "SKIPPED": 1}}
+    arrays = {j["stage"]: j for j in pbs_run.jobs("stages") if j["kind"] == "array"}
+    first, second = arrays["first"]["job_id"], arrays["second"]["job_id"]
+    assert arrays["second"]["depends_on"] == [first]
+    rec = pbs_run.srv.qstat(second)[second]
+    assert rec["Exit_status"] == 0  # the skipped element's runner ended at once, successfully
+    for i in (0, 2):
+        assert (pbs_run.scratch / f"stages-e{i}" / "calculations" / "after" / "after.txt").read_text() == "ran\n"
+        assert pbs_run.seen(f"stages-e{i}")["env"]["MACE_STAGE"] == "first"
+    assert not (pbs_run.scratch / "stages-e1" / "calculations" / "after").exists()
+    skipped = pbs_run.state("stages-e1")["stages"]["second"]
+    assert skipped["state"] == "SKIPPED" and skipped["message"].startswith("stage first FAILED")
