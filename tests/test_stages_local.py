@@ -83,7 +83,7 @@ def test_stage_cpus_count_against_the_cores(tmp_path: Path, mace_env: dict[str, 
     assert peak_overlap([(t["start"], t["end"]) for k, t in spans.items() if k[1] == "a"]) >= 2 or cores == 1
 
 
-def test_handoff_files_optional_failure_and_skips(tmp_path: Path, mace_env: dict[str, Any]) -> None:
+def test_handoff_files_optional_failure_and_skips(tmp_path: Path, mace_env: dict[str, Any], chromium: Any) -> None:
     write = "import os; open(os.path.join(os.environ['MACE_CONTEXT_DIR'], 'fort.9'), 'w').write('wave')"
     read = "import os, sys; sys.exit(0 if open(os.path.join(os.environ['MACE_CONTEXT_DIR'], 'fort.9')).read() == 'wave' else 4)"
     stages = [
@@ -122,6 +122,16 @@ def test_handoff_files_optional_failure_and_skips(tmp_path: Path, mace_env: dict
     with sqlite3.connect(mace_env["shared_database"]) as db:  # merged once each, when the chain ended
         merged = dict(db.execute("SELECT workflow_id, COUNT(*) FROM calculations GROUP BY 1").fetchall())
     assert merged == {"hand-e0": 4, "hand-e2": 4}
+    # the report shows the stage view in a real browser: one row per stage with its counts
+    assert run(["report", "hand", "-o", str(tmp_path / "hand.html")]) == 0
+    page = chromium.load(tmp_path / "hand.html")
+    assert not [c for c in page.console if "error" in c.lower()] and page.page_requests == []
+    table = page.dom.split('id="stage-counts"')[1].split("</table>")[0]
+    rows = {r.split("stage ", 1)[1].split("<", 1)[0]: r for r in table.split("<tr")[1:]}
+    assert list(rows) == ["opt", "band", "doss", "post"]
+    assert '<b>2</b> COMPLETED' in rows["opt"] and '<b>1</b> FAILED' in rows["opt"]
+    assert '<b>1</b> SKIPPED' in rows["doss"] and '<b>2</b> COMPLETED' in rows["doss"]
+    chromium.screenshot(tmp_path / "hand.html", tmp_path / "hand.png", height=1400)
 
 
 def test_missing_input_fails_the_stage_before_it_runs(tmp_path: Path, mace_env: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ from .results import read_merged, split_unit, unit_from_name
 REPORT_FORMAT = 1
 ELEMENT_COLUMNS = ("index", "workflow_id", "state", "run_state", "attempts", "job_id", "scheduler_state",
                    "message", "conflicts", "context_dir", "host", "queued_at", "started_at", "finished_at",
-                   "peak_rss_bytes", "cpu_seconds", "params", "sacct_elapsed_s", "sacct_max_rss_bytes", "retries")
+                   "peak_rss_bytes", "cpu_seconds", "params", "sacct_elapsed_s", "sacct_max_rss_bytes", "retries", "stage", "stages")
 
 
 def build_report_data(paths: SubmissionPaths, record: SubmissionRecord, manifest: Manifest,
@@ -74,6 +74,7 @@ def build_report_data(paths: SubmissionPaths, record: SubmissionRecord, manifest
         "resource_source": "sacct" if usage and any(usage.values()) else "state files",
         "state_order": [str(s) for s in ORDER],
         "summary": status.counts,
+        "stages": status.stage_counts,  # multi-stage plans: stage -> state -> elements (plan order)
         "total": status.total,
         "settled": status.settled(),
         "elements": {"columns": list(ELEMENT_COLUMNS), "rows": [[r.get(c) for c in ELEMENT_COLUMNS] for r in status.rows]},

@@ -4,7 +4,7 @@ const D = JSON.parse(document.getElementById("mace-data").textContent);
 const COLORS = {
   PENDING: "#9aa5b1", RUNNING: "#3b82f6", COMPLETED: "#86efac", FAILED: "#dc2626", TIMEOUT: "#f97316",
   CANCELLED: "#52606d", MERGED: "#16a34a", ARCHIVED: "#0d9488", PENDING_MERGE: "#f59e0b", KEPT: "#64748b",
-  QUARANTINED: "#7c3aed",
+  QUARANTINED: "#7c3aed", SKIPPED: "#e5e7eb",
 };
 const GOOD = new Set(["COMPLETED", "MERGED", "ARCHIVED", "KEPT"]), BAD_RUN = new Set(["FAILED", "TIMEOUT", "CANCELLED"]);
 // an element kept or archived after a failed run is shown by how its run ended
@@ -35,6 +35,10 @@ function counts() {
   elements.filter(e => BAD_RUN.has(e.run_state) && e.state !== e.run_state).forEach(e => { failedRuns[e.run_state] = (failedRuns[e.run_state] || 0) + 1; });
   if (Object.keys(failedRuns).length) $("counts").insertAdjacentHTML("beforeend", `<span class="muted" style="align-self:center">of which the run ended</span>` +
     Object.entries(failedRuns).map(([s, n]) => chip(s, n, "run")).join(""));
+  const stages = Object.entries(D.stages || {});
+  if (stages.length) $("counts").insertAdjacentHTML("afterend", `<table class="stages" id="stage-counts"><tbody>` +
+    stages.map(([name, c]) => `<tr data-stage="${esc(name)}"><th>stage ${esc(name)}</th><td>` +
+      D.state_order.filter(s => c[s]).map(s => chip(s, c[s], "stage-state")).join("") + `</td></tr>`).join("") + `</tbody></table>`);
 }
 
 function grid() {
@@ -55,7 +59,8 @@ function detail(e) {
   const mem = e.peak_rss_bytes ? `peak ${fmt(e.peak_rss_bytes / 1048576)} MiB` : "";
   $("detail").innerHTML = `<span class="state" style="color:${color(e.state)}">${esc(e.state)}</span> #${e.index} <b>${esc(e.workflow_id)}</b> · attempts ${e.attempts} ` +
     [run, mem, e.host && "on " + esc(e.host), e.job_id && "job " + esc(e.job_id)].filter(Boolean).join(" · ") +
-    ` · ${contextLinks(e)}<br>${esc(e.message || "")} <code>${esc(e.context_dir)}</code>`;
+    ` · ${contextLinks(e)}<br>${esc(e.message || "")} <code>${esc(e.context_dir)}</code>` +
+    (e.stages ? `<br>stages: ` + Object.entries(e.stages).map(([n, st]) => `${esc(n)} <span style="color:${color(st)}">${esc(st)}</span>`).join(" → ") : "");
 }
 
 function why(e) {
