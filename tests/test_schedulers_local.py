@@ -95,8 +95,8 @@ def _wait_for(path: Path) -> str:
 
 # ---------------------------------------------------------------------------- running an array
 def test_max_parallel_is_never_exceeded_and_every_element_runs(tmp_path: Path) -> None:
-    calls: list[tuple[int, int, int]] = []
-    backend = LocalBackend(progress=lambda done, total, failed: calls.append((done, total, failed)))
+    calls: list[tuple[int, int, int, int]] = []
+    backend = LocalBackend(progress=lambda done, total, failed, running: calls.append((done, total, failed, running)))
     req = _request(tmp_path, SPAN, [0, 1, 2, 3, 4], max_parallel=2, env={"PLAN_VAR": "x y"})
     job_id = backend.submit(req)
     spans = {i: json.loads((tmp_path / f"{i}.json").read_text()) for i in range(5)}
@@ -107,7 +107,9 @@ def test_max_parallel_is_never_exceeded_and_every_element_runs(tmp_path: Path) -
     assert {s["job"] for s in spans.values()} == {job_id} and job_id.startswith("local-")
     assert {s["plan_var"] for s in spans.values()} == {"x y"}
     assert backend.returncodes == {0: 0, 1: 0, 2: 0, 3: 3, 4: 0}
-    assert [c[0] for c in calls] == [1, 2, 3, 4, 5] and calls[-1] == (5, 5, 1)
+    ended = [c for k, c in enumerate(calls) if k == 0 or c[0] != calls[k - 1][0]]  # a call per start and per end
+    assert [c[0] for c in ended] == [0, 1, 2, 3, 4, 5] and calls[-1] == (5, 5, 1, 0)
+    assert max(c[3] for c in calls) == 2 and all(c[3] <= 2 for c in calls)  # running never above max_parallel
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [f"{job_id}_{i}.out" for i in range(5)]
 
 

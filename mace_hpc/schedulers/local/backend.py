@@ -32,7 +32,7 @@ from ...records.states import State
 from ..base import ArrayRequest, check_script_value
 from .states import LOCAL_STATES
 
-ProgressFn = Callable[[int, int, int], None]
+ProgressFn = Callable[[int, int, int, int], None]  # done, total, failed, running
 _LOCAL_JOB = re.compile(r"^local-(\d+)-(\d+)(?:-\d+)?$")
 
 
@@ -125,6 +125,8 @@ class LocalBackend:
                     pending.remove(key)
                     running[key] = (self._start(req, ids[key[0]], key[1]), time.monotonic(), False, cpus)
                     in_use += cpus
+                    if self.progress:
+                        self.progress(done, len(tasks), failed, len(running))
                 time.sleep(self.poll_interval)
                 now = time.monotonic()
                 for key, (proc, started, signalled, cpus) in list(running.items()):
@@ -144,7 +146,7 @@ class LocalBackend:
                     done += 1
                     failed += rc != 0
                     if self.progress:
-                        self.progress(done, len(tasks), failed)
+                        self.progress(done, len(tasks), failed, len(running))
         except BaseException:
             for proc, *_ in running.values():
                 _signal(proc, signal.SIGTERM)
