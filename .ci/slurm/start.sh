@@ -131,7 +131,10 @@ if [ "$ACCOUNTING" = 1 ]; then
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
 JobAcctGatherType=jobacct_gather/linux
-JobAcctGatherFrequency=30"
+# sampled every 2 s; a step above its --mem is killed at the next sample (no cgroups here), so an
+# element that runs out of memory ends OUT_OF_MEMORY as on a production cluster (issue 10's retries)
+JobAcctGatherFrequency=2
+JobAcctGatherParams=OverMemoryKill"
 else
     acct="AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none"
@@ -167,7 +170,10 @@ SwitchType=switch/none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+# memory is a consumable resource so a job's --mem is its step's limit (OverMemoryKill above);
+# a job that asks for none gets 1 GB per CPU
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1024
 SchedulerType=sched/backfill
 # a small array would otherwise wait 10-20 s for the next backfill pass
 SchedulerParameters=bf_interval=1,sched_min_interval=100000,batch_sched_delay=0

@@ -107,13 +107,17 @@ def parse_sacct(text: str, offsets: Mapping[str, int] | None = None,
         rss = size_bytes(cols[8]) if cols[8] else None
         cpu = duration_s(cols[9]) if cols[9] else None
         offset = offsets[job] if offsets and job in offsets else _offset_from_name(cols[1])
+        req_mem = size_bytes(cols[7], cpus) if cols[7] else None
+        max_rss = max((v for v in (rss, rss_step) if v is not None), default=None)
+        # without cgroups, JobAcctGatherParams=OverMemoryKill kills the step with SIGKILL and the
+        # record says FAILED 0:9 (verified on 22.05 here); a peak at or above the request says why
+        oom = oom or (sig == 9 and req_mem is not None and max_rss is not None and max_rss >= req_mem)
         u = Usage(
             index=task + offset, job_id=job,
             # the batch step was killed for memory; the allocation row may only say FAILED
             state="OUT_OF_MEMORY" if oom else cols[2].split(" ", 1)[0].rstrip("+"), exit_code=code, signal=sig,
             elapsed_s=_int(cols[5]), time_limit_s=(_int(cols[6]) or 0) * 60 or None,
-            req_mem_bytes=size_bytes(cols[7], cpus) if cols[7] else None,
-            max_rss_bytes=max((v for v in (rss, rss_step) if v is not None), default=None),
+            req_mem_bytes=req_mem, max_rss_bytes=max_rss,
             total_cpu_s=cpu if cpu is not None else cpu_step, alloc_cpus=cpus, partition=cols[11] or None,
             node=cols[12] or None,
         )
