@@ -20,7 +20,7 @@ from typing import Any
 from ..context.workflow_context import WorkflowContext
 from ..epilogue.hook import run_epilogue as epilogue
 from ..errors import InputError
-from ..plan.sweep import resolve_context_dir
+from ..plan.model import resolve_context_dir
 from ..records import env as env_names
 from ..records import states as st
 from ..records.element_state import read_state, write_state

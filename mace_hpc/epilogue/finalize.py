@@ -23,14 +23,12 @@ import os
 import shutil
 import socket
 import time
-import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import ON_COMPLETE, ON_FAILURE, Config, effective_cleanup_on_exit, load_config
-from ..context.archive import archive_context
 from ..database.merge import MergeReport, merge_many
 from ..errors import InputError
 from ..records import states as st
@@ -43,6 +41,12 @@ from ..util.atomic import atomic_write_json
 from ..util.ids import validate_workflow_id
 from ..util.nfslock import LockTimeout, NfsLock
 from ..util.private import ensure_private_dir
+
+
+def _traceback() -> str:
+    import traceback  # lazy: only a failing finalizer formats one; elements start without it
+
+    return traceback.format_exc()
 
 
 @dataclass
@@ -279,7 +283,7 @@ def finalize(targets: Iterable[Target], opts: Options | None = None) -> list[Out
             try:
                 outcomes[wid] = _apply(w, merge_reports.get(wid), opts)
             except Exception as exc:  # noqa: BLE001 - record, go on with the rest
-                outcomes[wid] = _pending(w, f"{type(exc).__name__}: {exc}", opts, detail=traceback.format_exc())
+                outcomes[wid] = _pending(w, f"{type(exc).__name__}: {exc}", opts, detail=_traceback())
     finally:
         for lock in locks.values():
             try:
@@ -396,6 +400,8 @@ def _apply(w: _Work, report: Any, opts: Options) -> Outcome:
     wants_archive = "archive" in policy or (t.cleanup and t.archive_before_cleanup and "merge" in policy)
     if wants_archive:
         try:
+            from ..context.archive import archive_context  # lazy: tar and hashing only when archiving
+
             archived = str(archive_context(ctx, t.archive_dir or ctx.parent, t.workflow_id))
             info["archive"] = archived
         except OSError as exc:
