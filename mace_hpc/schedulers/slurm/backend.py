@@ -18,8 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from submitit.slurm.slurm import _make_sbatch_string
-
 from ...errors import InputError, SchedulerError, SchedulerUnavailable
 from ...records.states import PENDING, State
 from ..base import (
@@ -173,6 +171,8 @@ class SlurmBackend:
             if not _DEPENDENCY.fullmatch(dep):
                 raise InputError(f"dependency {dep!r} is invalid; e.g. afterany:123 or afterok:123_4")
             opts["dependency"] = dep
+
+        from submitit.slurm.slurm import _make_sbatch_string  # lazy: status, cancel and queries never render scripts
 
         text = _make_sbatch_string(
             command=command,
