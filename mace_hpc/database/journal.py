@@ -108,6 +108,12 @@ def is_network_filesystem(path: str | os.PathLike[str]) -> bool:
     nested inside an NFS one (or the reverse) is classified by the innermost mount.
     """
     target = _existing_ancestor(Path(path))
+    try:
+        device: int | None = os.stat(target).st_dev
+    except OSError:
+        device = None
+    if device in _NETWORK_BY_DEVICE:
+        return _NETWORK_BY_DEVICE[device]  # type: ignore[index]
     best: tuple[int, str] = (-1, "")
     try:
         mounts = _mount_table()
@@ -119,7 +125,15 @@ def is_network_filesystem(path: str | os.PathLike[str]) -> bool:
             depth = len(mount.parts)
             if depth > best[0]:
                 best = (depth, fstype)
-    return _fstype_is_network(best[1]) if best[0] >= 0 else False
+    network = _fstype_is_network(best[1]) if best[0] >= 0 else False
+    if device is not None:
+        _NETWORK_BY_DEVICE[device] = network
+    return network
+
+
+#: Answers of `is_network_filesystem` by device id, for this process: every mount has its own
+#: device, and an element opens its context database and the shared one (~1 ms each to classify).
+_NETWORK_BY_DEVICE: dict[int, bool] = {}
 
 
 def journal_mode_for(path: str | os.PathLike[str]) -> str:
