@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ON_COMPLETE, ON_FAILURE, Config, effective_cleanup_on_exit, load_config
+from ..context.archive import archive_context
 from ..database.merge import MergeReport, merge_many
 from ..errors import InputError
 from ..records import states as st
@@ -400,8 +401,6 @@ def _apply(w: _Work, report: Any, opts: Options) -> Outcome:
     wants_archive = "archive" in policy or (t.cleanup and t.archive_before_cleanup and "merge" in policy)
     if wants_archive:
         try:
-            from ..context.archive import archive_context  # lazy: tar and hashing only when archiving
-
             archived = str(archive_context(ctx, t.archive_dir or ctx.parent, t.workflow_id))
             info["archive"] = archived
         except OSError as exc:

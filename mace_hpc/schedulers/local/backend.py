@@ -268,6 +268,10 @@ def _run_forked(module: str, args: list[str], env: Mapping[str, str], out_fd: in
         os.dup2(out_fd, 2)
         os.environ.clear()
         os.environ.update(env)
+        # fresh standard streams on fds 0-2, as a new interpreter has (this process's may be replaced)
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115
+        sys.stdout = open(1, "w", closefd=False, buffering=1 if env.get("PYTHONUNBUFFERED") else -1)  # noqa: SIM115
+        sys.stderr = open(2, "w", closefd=False, buffering=1, errors="backslashreplace")  # noqa: SIM115
         sys.argv = [module, *args]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         code = 0
