@@ -93,7 +93,8 @@ def run_mace(root: Path, tree: Path, n: int, backend: str, throttle: int, timeou
     plan_path = root / "plan.json"
     plan_path.write_text(json.dumps(plan(n, f"ovh-{root.name}", throttle)))
     t0, cpu0 = time.perf_counter(), children_cpu()
-    proc = subprocess.run(submit_argv(plan_path, backend, throttle), env=env, capture_output=True, text=True)
+    # cwd: not this checkout, or `python -c`/`-m` would import its mace_hpc ahead of PYTHONPATH
+    proc = subprocess.run(submit_argv(plan_path, backend, throttle), env=env, capture_output=True, text=True, cwd=root)
     if backend == "local":
         CPU.setdefault(f"local: {tree}", []).append(children_cpu() - cpu0)
     if proc.returncode != 0:

@@ -94,22 +94,23 @@ def compare(baseline: Path, n: int) -> None:
             environ = {"MACE_SCRATCH_ROOT": str(root / "scratch"), "MACE_CONFIG": str(root / "none.json"),
                        "MACE_SHARED_DATABASE": str(root / "shared.db")}
             env = {**os.environ, **environ, "PYTHONPATH": str(tree)}
+            # cwd: not a checkout, or `python -c`/`-m` would import its mace_hpc ahead of PYTHONPATH
             manifest = subprocess.run([sys.executable, "-c", PREPARE, str(root), str(n), json.dumps(environ)],
-                                      env=env, capture_output=True, text=True, check=True).stdout.strip()
-            sides.append((f"{label} ({tree.name})", manifest, env, [], []))
+                                      env=env, capture_output=True, text=True, check=True, cwd=root).stdout.strip()
+            sides.append((f"{label} ({tree.name})", manifest, env, [], [], root))
         for i in range(n):
-            for label, manifest, env, wall, cpu in sides if i % 2 == 0 else sides[::-1]:
+            for label, manifest, env, wall, cpu, root in sides if i % 2 == 0 else sides[::-1]:
                 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.perf_counter()
                 proc = subprocess.run([sys.executable, "-m", "mace_hpc.element", manifest, "--index", str(i)],
-                                      env=env, capture_output=True)
+                                      env=env, capture_output=True, cwd=root)
                 wall.append(time.perf_counter() - t0)
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cpu.append(after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime)
                 if proc.returncode != 0:
                     raise SystemExit(f"{label}: element {i} failed: {proc.stderr.decode()[-800:]}")
     print(f"{n} elements each, alternating (one `true` step, isolated, on_complete=merge), median (min-max):")
-    for label, _, _, wall, cpu in sides:
+    for label, _, _, wall, cpu, _ in sides:
         print(f"  {label:<24} wall {statistics.median(wall) * 1000:6.1f} ms ({min(wall) * 1000:.0f}-{max(wall) * 1000:.0f}); "
               f"CPU {statistics.median(cpu) * 1000:6.1f} ms")
 

@@ -17,13 +17,13 @@ doubled and reaches the program literally, like every other substituted value.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .context_dir import CONTEXT_DIR_TOKEN as CONTEXT_DIR_TOKEN  # defined there: the runner imports only that
+
 PLAN_FORMAT_VERSION = 1
-CONTEXT_DIR_TOKEN = "{context_dir}"
 
 
 @dataclass(frozen=True)
@@ -184,25 +184,4 @@ def escape_braces(value: Any) -> Any:
         return [escape_braces(v) for v in value]
     if isinstance(value, dict):
         return {k: escape_braces(v) for k, v in value.items()}
-    return value
-
-
-_RESOLVED_RE = re.compile(r"\{\{|\}\}|\{context_dir\}")
-
-
-def resolve_context_dir(value: Any, context_dir: str | Path) -> Any:
-    """Fill in `{context_dir}` at run time (for the step runner) and undo the literal escaping.
-
-    A string in template form (it contains the token) reads `{{`/`}}` as literal braces; any
-    other string is returned as it is (see `plan.model`).
-    """
-    if isinstance(value, str):
-        if CONTEXT_DIR_TOKEN not in value:
-            return value
-        directory = str(context_dir)
-        return _RESOLVED_RE.sub(lambda m: directory if len(m.group(0)) > 2 else m.group(0)[0], value)
-    if isinstance(value, list):
-        return [resolve_context_dir(v, context_dir) for v in value]
-    if isinstance(value, dict):
-        return {k: resolve_context_dir(v, context_dir) for k, v in value.items()}
     return value

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PlanError
+from .context_dir import resolve_context_dir as resolve_context_dir  # re-exported
 from .model import CONTEXT_DIR_TOKEN, Element, double_braces, literal_text, protect_literals
-from .model import resolve_context_dir as resolve_context_dir  # re-exported: it lives in model for the runner
 from .validate import (
     ELEMENT_KEYS,
     TEMPLATE_KEYS,

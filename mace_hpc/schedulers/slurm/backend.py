@@ -172,7 +172,7 @@ class SlurmBackend:
                 raise InputError(f"dependency {dep!r} is invalid; e.g. afterany:123 or afterok:123_4")
             opts["dependency"] = dep
 
-        from submitit.slurm.slurm import _make_sbatch_string  # lazy: status, cancel and queries never render scripts
+        from submitit.slurm.slurm import _make_sbatch_string  # lazy: only rendering needs it
 
         text = _make_sbatch_string(
             command=command,
