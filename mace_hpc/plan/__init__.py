@@ -8,8 +8,9 @@ importing this package must not pull in the loader, the validator and YAML with 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..util.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .load import load_plan, load_plan_data, plan_from_any
@@ -21,9 +22,4 @@ _HOMES = {"load_plan": "load", "load_plan_data": "load", "plan_from_any": "load"
           "Plan": "model", "Element": "model", "Step": "model"}
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _HOMES, globals())
