@@ -6,6 +6,12 @@ step's command directly). Elements run one after another so the figure is per el
 hidden by parallelism. Prints a table; no assertion.
 
     python benchmarks/bench_runner.py [--elements 20]
+    python benchmarks/bench_runner.py --baseline TREE [--elements 40]
+
+`--baseline TREE` (a checkout of an older commit: `git worktree add /tmp/old ddd8200`) compares
+that commit's runner with this one's instead, element by element in alternation (old, new, new,
+old, ...), so a machine shared with other work slows both alike; each side prepares its plan with
+its own code (isolated, on_complete=merge).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -63,11 +70,60 @@ def run_elements(root: Path, mode: str, on_complete: str, n: int) -> list[float]
     return times
 
 
+PREPARE = """
+import json, sys
+from pathlib import Path
+from mace_hpc.config import load_config
+from mace_hpc.submission.submit import submit_plan
+root, n = Path(sys.argv[1]), int(sys.argv[2])
+environ = json.loads(sys.argv[3])
+plan = {"name": "ab", "isolation_mode": "isolated", "on_complete": "merge",
+        "elements": [{"id": f"e{i}", "steps": [{"name": "calc", "command": ["true"]}]} for i in range(n)]}
+print(submit_plan(plan, config=load_config(environ=environ), backend="local", prepare_only=True).submission.manifest_path)
+"""
+
+
+def compare(baseline: Path, n: int) -> None:
+    """Old and new runners alternating element by element; medians and CPU time per element."""
+    sides = []
+    with tempfile.TemporaryDirectory(prefix="bench-runner-ab-", dir="/tmp") as tmp:
+        for label, tree in (("baseline", baseline.resolve()), ("current", Path(__file__).resolve().parent.parent)):
+            root = Path(tmp) / label
+            root.mkdir()
+            (root / "none.json").write_text("{}")
+            environ = {"MACE_SCRATCH_ROOT": str(root / "scratch"), "MACE_CONFIG": str(root / "none.json"),
+                       "MACE_SHARED_DATABASE": str(root / "shared.db")}
+            env = {**os.environ, **environ, "PYTHONPATH": str(tree)}
+            # cwd: not a checkout, or `python -c`/`-m` would import its mace_hpc ahead of PYTHONPATH
+            manifest = subprocess.run([sys.executable, "-c", PREPARE, str(root), str(n), json.dumps(environ)],
+                                      env=env, capture_output=True, text=True, check=True, cwd=root).stdout.strip()
+            sides.append((f"{label} ({tree.name})", manifest, env, [], [], root))
+        for i in range(n):
+            for label, manifest, env, wall, cpu, root in sides if i % 2 == 0 else sides[::-1]:
+                usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+                t0 = time.perf_counter()
+                proc = subprocess.run([sys.executable, "-m", "mace_hpc.element", manifest, "--index", str(i)],
+                                      env=env, capture_output=True, cwd=root)
+                wall.append(time.perf_counter() - t0)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu.append(after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime)
+                if proc.returncode != 0:
+                    raise SystemExit(f"{label}: element {i} failed: {proc.stderr.decode()[-800:]}")
+    print(f"{n} elements each, alternating (one `true` step, isolated, on_complete=merge), median (min-max):")
+    for label, _, _, wall, cpu, _ in sides:
+        print(f"  {label:<24} wall {statistics.median(wall) * 1000:6.1f} ms ({min(wall) * 1000:.0f}-{max(wall) * 1000:.0f}); "
+              f"CPU {statistics.median(cpu) * 1000:6.1f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--elements", type=int, default=20)
+    ap.add_argument("--baseline", type=Path, help="an older commit's checkout to compare with, interleaved")
     args = ap.parse_args()
     print(machine())
+    if args.baseline:
+        compare(args.baseline, args.elements)
+        return
     env = dict(os.environ)
     n = args.elements
     direct = timed(STEP, env, n)

@@ -268,8 +268,9 @@ def test_is_network_filesystem_longest_mountpoint(
         Part("u@h:/", "/mnt/sshfs", "fuse.sshfs", ""),
         Part("tmpfs", "/tmp", "tmpfs", ""),
     ]
-    monkeypatch.setattr(journal.psutil, "disk_partitions", lambda all=False: parts)
+    monkeypatch.setattr(journal, "_mount_table", lambda: [(p.mountpoint, p.fstype) for p in parts])
     monkeypatch.setattr(journal, "_existing_ancestor", lambda p: Path(p))
+    monkeypatch.setattr(journal, "_NETWORK_BY_DEVICE", {})  # answers cached from the real mounts
     assert is_network_filesystem(path) is expected
 
 

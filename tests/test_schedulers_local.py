@@ -168,6 +168,68 @@ def test_hard_kill_past_the_limit_reaches_the_steps_of_a_hung_runner(tmp_path: P
             os.kill(step_pid, signal.SIGKILL)
 
 
+# ---------------------------------------------------------------------------- the runner in a fork
+# a `python -m` package whose __main__ only imports when imported; run, it reports what it saw
+FORKABLE_MAIN = (
+    "import json, os, sys\n"
+    "if __name__ == '__main__':\n"
+    "    out, index = sys.argv[1], int(sys.argv[-1])\n"
+    "    json.dump({'argv': sys.argv[1:], 'job': os.environ['MACE_JOB_ID'], 'plan_var': os.environ['PLAN_VAR'],\n"
+    "               'parent': os.getppid(), 'own_session': os.getsid(0) == os.getpid(),\n"
+    "               'interpreter_reused': 'pytest' in sys.modules, 'stdin': sys.stdin.read()},\n"
+    "              open(os.path.join(out, f'{index}.json'), 'w'))\n"
+    "    print('hello from', index)\n"
+    "    if index == 1:\n"
+    "        raise RuntimeError('boom')\n"
+    "    sys.exit(index)\n"
+)
+
+
+@pytest.fixture
+def forkable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A package `forkme` on sys.path and PYTHONPATH alike, allowed to run in a fork."""
+    pkg = tmp_path / "lib" / "forkme"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(FORKABLE_MAIN)
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path / "lib"), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setattr(local_mod, "FORKABLE_MODULES", frozenset({"forkme"}))
+    return "forkme"
+
+
+def _module_request(tmp_path: Path, module: str, env: dict[str, str]) -> ArrayRequest:
+    out = tmp_path / "out"
+    out.mkdir()
+    return ArrayRequest(name="loc", indices=[0, 1, 2], max_parallel=2, command=[PY, "-m", module, str(out)],
+                        env=env, work_dir=tmp_path / "logs", scheduler={"time": 1})
+
+
+def test_the_runner_module_runs_in_a_fork_as_a_new_process_would(tmp_path: Path, forkable: str) -> None:
+    """Same argv, environment, own session, output file, empty stdin and exit codes (sys.exit(n),
+    an exception -> 1 with its traceback in the output) as `python -m`, without a new interpreter."""
+    backend = LocalBackend()
+    job_id = backend.submit(_module_request(tmp_path, forkable, {"PLAN_VAR": "x y"}))
+    seen = {i: json.loads((tmp_path / "out" / f"{i}.json").read_text()) for i in range(3)}
+    assert backend.returncodes == {0: 0, 1: 1, 2: 2}
+    for i, s in seen.items():
+        assert s["argv"] == [str(tmp_path / "out"), "--index", str(i)]
+        assert (s["job"], s["plan_var"], s["stdin"]) == (job_id, "x y", "")
+        assert s["parent"] == os.getpid() and s["own_session"] and s["interpreter_reused"]
+    logs = {i: (tmp_path / "logs" / f"{job_id}_{i}.out").read_text() for i in range(3)}
+    assert logs[0] == "hello from 0\n" and "RuntimeError: boom" in logs[1]
+
+
+def test_a_different_python_path_starts_a_new_interpreter(tmp_path: Path, forkable: str) -> None:
+    """A request whose PYTHON* variables differ from this process's would import other code: it
+    gets a new process, as before."""
+    backend = LocalBackend()
+    backend.submit(_module_request(tmp_path, forkable, {"PLAN_VAR": "v", "PYTHONPATH": os.environ["PYTHONPATH"],
+                                                        "PYTHONHASHSEED": "7"}))
+    seen = json.loads((tmp_path / "out" / "0.json").read_text())
+    assert seen["interpreter_reused"] is False and backend.returncodes == {0: 0, 1: 1, 2: 2}
+
+
 # ---------------------------------------------------------------------------- render, query, cancel
 def test_render_shows_the_environment_and_the_first_commands(tmp_path: Path) -> None:
     command = [PY, "-m", "mace_hpc.element", "/sub/manifest.json"]

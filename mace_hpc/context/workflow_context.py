@@ -9,16 +9,13 @@ jobs) resolve the same database.
 
 from __future__ import annotations
 
-import logging
 import os
-import secrets
 import shutil
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..config import ISOLATION_MODES, Config, effective_cleanup_on_exit, load_config, resolve_scratch_root
-from ..database.export import TABLES, dump_database, export_json
 from ..database.materials_contextual import (
     ContextualMaterialDatabase,
     pop_active_database,
@@ -32,14 +29,12 @@ from ..records.layout import CONTEXT_SUBDIRS, ContextPaths
 from ..util.ids import path_inside, validate_workflow_id
 from ..util.private import ensure_private_dir
 from . import registry
-from .archive import archive_context
 
 DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-_log = logging.getLogger("mace_hpc")
 
 
 def generate_workflow_id(prefix: str = "wf") -> str:
-    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
 
 
 class WorkflowContext:
@@ -175,7 +170,9 @@ class WorkflowContext:
             if others:  # invariant 8: never remove a context another live process still writes to
                 who = ", ".join(f"pid {e.get('pid')} on {e.get('host')}" for e in others[:3])
                 self.state = "cleanup deferred"
-                _log.warning("context %s: cleanup deferred to its last holder (still used by %s)",
+                import logging  # lazy: a rare warning; the element runner must not import logging
+
+                logging.getLogger("mace_hpc").warning("context %s: cleanup deferred to its last holder (still used by %s)",
                              self.workflow_id, who)
                 return
             self.cleanup()
@@ -194,6 +191,8 @@ class WorkflowContext:
         if not self.directory.exists():
             return None
         if self.archive_results:
+            from .archive import archive_context  # lazy: only archiving contexts need zip and hashing
+
             self.archive_path = archive_context(self.directory, self.config.path("archive_dir"), self.workflow_id)
         shutil.rmtree(self.directory)
         self.state = "cleaned"
@@ -215,6 +214,8 @@ class WorkflowContext:
         No target: a JSON file in the context's `exports/`. A `.db` target: rows merged into that
         database exactly once (exporting twice adds nothing). A `.json` target: JSON there.
         """
+        from ..database.export import export_json  # lazy: exporting is rare; elements must start fast
+
         self.get_database()  # the schema exists even when nothing was stored yet
         header = {"workflow_id": self.workflow_id, "isolation_mode": self.isolation_mode}
         if target is None:
@@ -242,6 +243,8 @@ class WorkflowContext:
                         pass
         counts: dict[str, int] = {}
         if self.database_path.exists():
+            from ..database.export import TABLES, dump_database  # lazy: as in export_results
+
             dump = dump_database(self.database_path)
             counts = {t: len(dump[t]) for t in TABLES}
         return {

@@ -10,13 +10,12 @@ front: a writer waits on the busy timeout instead of failing half-way with "data
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
-
-import psutil
 
 from ..errors import ConfigError
 from ..util.paths import absolute, usable_directory
@@ -83,6 +82,25 @@ def _existing_ancestor(path: Path) -> Path:
     return Path("/")
 
 
+def _unescape_mount(field: str) -> str:
+    """A /proc/self/mounts field: the kernel writes space, tab, newline and backslash as `\\ooo`."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field) if "\\" in field else field
+
+
+def _mount_table() -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of every mount: /proc/self/mounts on Linux (the table
+    psutil reads too, without importing psutil on every database open), else psutil's."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError:
+        import psutil  # lazy: platforms without /proc only
+
+        return [(p.mountpoint, p.fstype) for p in psutil.disk_partitions(all=True)]
+    fields = (line.split(" ") for line in lines)
+    return [(_unescape_mount(f[1]), f[2]) for f in fields if len(f) >= 3]
+
+
 def is_network_filesystem(path: str | os.PathLike[str]) -> bool:
     """True if `path` lives on a filesystem shared between hosts (nfs, lustre, gpfs, cifs…).
 
@@ -90,18 +108,32 @@ def is_network_filesystem(path: str | os.PathLike[str]) -> bool:
     nested inside an NFS one (or the reverse) is classified by the innermost mount.
     """
     target = _existing_ancestor(Path(path))
+    try:
+        device: int | None = os.stat(target).st_dev
+    except OSError:
+        device = None
+    if device in _NETWORK_BY_DEVICE:
+        return _NETWORK_BY_DEVICE[device]  # type: ignore[index]
     best: tuple[int, str] = (-1, "")
     try:
-        partitions = psutil.disk_partitions(all=True)
+        mounts = _mount_table()
     except (OSError, RuntimeError):
         return False
-    for part in partitions:
-        mount = Path(part.mountpoint)
+    for mountpoint, fstype in mounts:
+        mount = Path(mountpoint)
         if target == mount or mount in target.parents:
             depth = len(mount.parts)
             if depth > best[0]:
-                best = (depth, part.fstype)
-    return _fstype_is_network(best[1]) if best[0] >= 0 else False
+                best = (depth, fstype)
+    network = _fstype_is_network(best[1]) if best[0] >= 0 else False
+    if device is not None:
+        _NETWORK_BY_DEVICE[device] = network
+    return network
+
+
+#: Answers of `is_network_filesystem` by device id, for this process: every mount has its own
+#: device, and an element opens its context database and the shared one (~1 ms each to classify).
+_NETWORK_BY_DEVICE: dict[int, bool] = {}
 
 
 def journal_mode_for(path: str | os.PathLike[str]) -> str:

@@ -19,7 +19,6 @@ import os
 import shutil
 import sqlite3
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -28,6 +27,7 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import InputError
+from ..util.ids import random_uid
 from .analysis import AnalysisMixin
 from .compat import create_material_id_from_file, extract_formula_from_d12, find_material_by_similarity
 from .journal import BUSY_TIMEOUT_S, connect, write_transaction
@@ -87,7 +87,7 @@ def default_database_path() -> Path:
 
 def new_uid() -> str:
     """A globally unique row identity (32 hex digits): rows from many databases never collide."""
-    return uuid.uuid4().hex
+    return random_uid()
 
 
 class MaterialConflictError(InputError, sqlite3.IntegrityError):

@@ -259,7 +259,7 @@ def _detect_conflicts(conn: sqlite3.Connection, src: _Source, now: str) -> list[
 
 def _calc_id_map(conn: sqlite3.Connection, calcs: list[tuple[Any, ...]]) -> dict[str, str]:
     """Context calc id -> the id the same calculation (same uid) has, or gets, in the shared
-    database. Upstream-style ids are only unique per database: one already taken by another
+    database, for the ids that differ (rows are copied as they are when none do). Upstream-style ids are only unique per database: one already taken by another
     calculation gets its uid appended (deterministic, so a re-merge finds the same row)."""
     cols = COLUMNS["calculations"]
     i_id, i_uid = cols.index("calc_id"), cols.index("uid")
@@ -276,7 +276,7 @@ def _calc_id_map(conn: sqlite3.Connection, calcs: list[tuple[Any, ...]]) -> dict
             new = f"{calc_id}~{uid}"
         taken.add(new)
         mapping[calc_id] = new
-    return mapping
+    return {old: new for old, new in mapping.items() if old != new}  # only ids that change: usually none
 
 
 def _remapped(table: str, rows: list[tuple[Any, ...]], mapping: dict[str, str]) -> list[tuple[Any, ...]]:

@@ -21,12 +21,12 @@ import sqlite3
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import InputError
+from ..util.ids import random_uid
 from .journal import BUSY_TIMEOUT_S
 from .schema import (
     ALL_COLUMNS,
@@ -224,7 +224,7 @@ def upgrade(conn: sqlite3.Connection, *, uid_seed: str | None = None, backup: bo
                 _register_functions(conn)
                 if backup and path is not None:
                     backup_path = write_backup(path)
-                _rebuild(conn, existing, uid_seed or uuid.uuid4().hex)
+                _rebuild(conn, existing, uid_seed or random_uid())
             if version < SCHEMA_VERSION:
                 for statement in (*TABLE_SQL.values(), *INDEX_SQL, *TRIGGER_SQL):
                     conn.execute(statement)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..context.archive import sha256_file
 from ..epilogue.hook import run_epilogue as run_epilogue_hook
 from ..errors import InputError, SchedulerError
 from ..records import env as env_names
@@ -37,8 +36,6 @@ from ..records.stages import (
     descendants,
     stage_state,
 )
-from ..records.submission import read_record
-from ..schedulers import get_backend
 
 
 @dataclass(frozen=True)
@@ -73,6 +70,8 @@ def missing_inputs(context_dir: Path, stage: Stage) -> list[str]:
 
 def record_outputs(context_dir: Path, stage: Stage) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """({path: {size, sha256}}, missing paths) of a stage's declared outputs."""
+    from ..context.archive import sha256_file  # lazy: only a stage that declares outputs hashes files
+
     found: dict[str, dict[str, Any]] = {}
     missing = []
     for rel in stage.outputs:
@@ -122,8 +121,13 @@ def cancel_downstream(submission: SubmissionPaths, index: int, stages: Sequence[
     PENDING forever); where a backend names no per-element task, the skipped stage's runner reads
     SKIPPED and ends at once.
     """
+    if not stages:
+        return None
+    from ..records.submission import read_record  # lazy: only a failed stage with work downstream asks
+    from ..schedulers import get_backend  # lazy: as above
+
     record = read_record(submission.record)
-    if record is None or record.backend == "local" or not stages:
+    if record is None or record.backend == "local":
         return None
     try:
         backend = get_backend(record.backend)
@@ -166,6 +170,8 @@ def settle_stage(manifest_path: Path, stage: str, job_ids: Sequence[str]) -> lis
     theirs whose stage is still RUNNING (its runner was killed hard) or PENDING (its task was
     cancelled or lost before it started) is recorded FAILED / CANCELLED; what needs it is skipped
     and cancelled, and an ended chain gets its epilogue. Returns the settled indices."""
+    from ..records.submission import read_record  # lazy: the settle job only
+
     manifest = load_manifest(manifest_path)
     submission = SubmissionPaths(manifest_path.parent)
     record = read_record(submission.record)

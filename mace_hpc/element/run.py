@@ -20,15 +20,13 @@ from typing import Any
 from ..context.workflow_context import WorkflowContext
 from ..epilogue.hook import run_epilogue as epilogue
 from ..errors import InputError
-from ..plan.stages import ordered
-from ..plan.sweep import resolve_context_dir
+from ..plan.context_dir import resolve_context_dir
 from ..records import env as env_names
 from ..records import states as st
 from ..records.element_state import read_state, write_stage, write_state
 from ..records.layout import ContextPaths, SubmissionPaths
 from ..records.manifest import load_element_spec, load_manifest, write_element_copy
-from ..records.stages import by_name
-from ..records.submission import read_record
+from ..records.stages import by_name, ordered
 from ..schedulers import JobEnvironment, job_environment
 from . import chain
 from . import steps as step_runner
@@ -88,6 +86,8 @@ def _completed_steps(db: Any, workflow_id: str) -> set[str]:
 
 def _cancelled_since(submission: SubmissionPaths, started: float) -> bool:
     """Did `mace cancel` cancel this submission after this attempt started (record.json)?"""
+    from ..records.submission import read_record  # lazy: only a stopped element asks; starts stay lean
+
     record = read_record(submission.record)
     at = record.cancelled_at if record else None
     return isinstance(at, (int, float)) and at >= started

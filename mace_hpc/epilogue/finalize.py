@@ -23,7 +23,6 @@ import os
 import shutil
 import socket
 import time
-import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +42,12 @@ from ..util.atomic import atomic_write_json
 from ..util.ids import validate_workflow_id
 from ..util.nfslock import LockTimeout, NfsLock
 from ..util.private import ensure_private_dir
+
+
+def _traceback() -> str:
+    import traceback  # lazy: only a failing finalizer formats one; elements start without it
+
+    return traceback.format_exc()
 
 
 @dataclass
@@ -279,7 +284,7 @@ def finalize(targets: Iterable[Target], opts: Options | None = None) -> list[Out
             try:
                 outcomes[wid] = _apply(w, merge_reports.get(wid), opts)
             except Exception as exc:  # noqa: BLE001 - record, go on with the rest
-                outcomes[wid] = _pending(w, f"{type(exc).__name__}: {exc}", opts, detail=traceback.format_exc())
+                outcomes[wid] = _pending(w, f"{type(exc).__name__}: {exc}", opts, detail=_traceback())
     finally:
         for lock in locks.values():
             try:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ..records.stages import Stage
+from .context_dir import CONTEXT_DIR_TOKEN as CONTEXT_DIR_TOKEN  # defined there: the runner imports only that
 
 PLAN_FORMAT_VERSION = 1
-CONTEXT_DIR_TOKEN = "{context_dir}"
 
 
 @dataclass(frozen=True)

@@ -146,19 +146,3 @@ def _check_acyclic(stages: Sequence[Stage]) -> None:
 
     for s in stages:
         visit(s.name, [])
-
-
-def ordered(stages: Sequence[Stage]) -> tuple[Stage, ...]:
-    """The stages in an order where every stage comes after the stages it needs (plan order kept
-    where it already is one): the order arrays are submitted in."""
-    out: list[Stage] = []
-    placed: set[str] = set()
-    pending = list(stages)
-    while pending:
-        for s in pending:
-            if set(s.needs) <= placed:
-                out.append(s)
-                placed.add(s.name)
-                pending.remove(s)
-                break
-    return tuple(out)

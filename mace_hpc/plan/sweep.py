@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PlanError
+from .context_dir import resolve_context_dir as resolve_context_dir  # re-exported
 from .model import CONTEXT_DIR_TOKEN, Element, double_braces, literal_text, protect_literals
 from .validate import (
     ELEMENT_KEYS,
@@ -47,8 +48,6 @@ MAX_ELEMENTS = 1_000_000
 # the expanded plan, estimated as JSON before it is built (in memory it takes about 7 times this)
 MAX_EXPANDED_BYTES = 256 << 20
 _TOKEN_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-_RESOLVED_RE = re.compile(r"\{\{|\}\}|\{context_dir\}")
-
 # A compiled template: (typed values, their text forms) -> rendered value.
 Render = Callable[[Mapping[str, Any], Mapping[str, str]], Any]
 
@@ -140,24 +139,6 @@ def _substitute(
     if isinstance(value, Mapping):
         at = join(path, key)
         return {k: _substitute(v, at, str(k), names, values, texts) for k, v in value.items()}
-    return value
-
-
-def resolve_context_dir(value: Any, context_dir: str | Path) -> Any:
-    """Fill in `{context_dir}` at run time (for the step runner) and undo the literal escaping.
-
-    A string in template form (it contains the token) reads `{{`/`}}` as literal braces; any
-    other string is returned as it is (see `plan.model`).
-    """
-    if isinstance(value, str):
-        if CONTEXT_DIR_TOKEN not in value:
-            return value
-        directory = str(context_dir)
-        return _RESOLVED_RE.sub(lambda m: directory if len(m.group(0)) > 2 else m.group(0)[0], value)
-    if isinstance(value, list):
-        return [resolve_context_dir(v, context_dir) for v in value]
-    if isinstance(value, dict):
-        return {k: resolve_context_dir(v, context_dir) for k, v in value.items()}
     return value
 
 

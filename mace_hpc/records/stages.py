@@ -163,3 +163,19 @@ def stage_results(stages: Sequence[Stage], stages_done: Mapping[str, Any]) -> di
         info = info if isinstance(info, Mapping) else {}
         out[s.name] = {"state": str(stage_state(stages_done, s.name)), **{k: info.get(k) for k in STAGE_RESULT_KEYS}}
     return out
+
+
+def ordered(stages: Sequence[Stage]) -> tuple[Stage, ...]:
+    """The stages in an order where every stage comes after the stages it needs (plan order kept
+    where it already is one): the order arrays are submitted in."""
+    out: list[Stage] = []
+    placed: set[str] = set()
+    pending = list(stages)
+    while pending:
+        for s in pending:
+            if set(s.needs) <= placed:
+                out.append(s)
+                placed.add(s.name)
+                pending.remove(s)
+                break
+    return tuple(out)

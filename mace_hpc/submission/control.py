@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from ..config import Config, archive_location, load_config
 from ..context.archive import is_tombstone
 from ..context.archive_store import restore_from
@@ -76,6 +74,8 @@ def cancel(name_or_job: str, cfg: Config | None = None) -> CancelResult:
     try:
         if record.backend == "local":
             if record.runner_alive():
+                import psutil  # lazy: only cancelling a local submission signals its runner
+
                 psutil.Process(record.runner.pid).terminate()  # type: ignore[union-attr]
         elif jobs:
             get_backend(record.backend).cancel(jobs)

@@ -25,13 +25,12 @@ from ..epilogue.finalize import Options
 from ..epilogue.pending import merge_pending
 from ..errors import InputError, SchedulerError
 from ..plan import Plan, plan_from_any
-from ..plan.stages import ordered
 from ..records import env as env_names
 from ..records import states as st
 from ..records.element_state import read_state, write_state
 from ..records.layout import STATE_FILE, submissions_root
 from ..records.manifest import ManifestEntry, read_manifest
-from ..records.stages import Stage
+from ..records.stages import Stage, ordered
 from ..records.submission import ARRAY, SETTLE, JobEntry, Runner, SubmissionRecord, read_record, write_record
 from ..schedulers import ArrayRequest, Backend, get_backend
 from ..schedulers.base import array_spec, chunk_indices, get_accounting, placeholder_id

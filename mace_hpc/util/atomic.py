@@ -51,7 +51,19 @@ def atomic_write_json(
 def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
     """Read a JSON file; a missing, truncated or corrupt file returns `default` (never raises)."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+        return json.loads(read_bytes(path))  # bytes: JSON is UTF-8; no text wrapper (status reads 10,000)
     except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep for json
         return default
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The whole file through one descriptor and plain reads: a third cheaper than `open()` for
+    the small state files `mace status` reads by the thousand."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

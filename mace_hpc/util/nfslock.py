@@ -28,15 +28,14 @@ import os
 import random
 import socket
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import psutil
-
 from ..errors import MaceError
+from .ids import random_uid
+from .procs import process_start_time
 
 EMPTY_GRACE_S = 5.0  # an empty/unparsable lock file younger than this is being written
 BREAK_LOCK_STALE_S = 30.0  # lifetime of the `.break` guard: breaking takes milliseconds
@@ -56,11 +55,6 @@ class _Seen:
     mtime: float
 
 
-def _process_start_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.Error, OSError):
-        return None
 
 
 def _read(path: Path) -> _Seen | None:
@@ -88,6 +82,8 @@ def _holder_is_dead(info: dict[str, Any]) -> bool:
         pid = int(info["pid"])
     except (KeyError, TypeError, ValueError):
         return False
+    import psutil  # lazy: only a contended lock asks; taking a free one must not import it
+
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -133,7 +129,7 @@ def describe_holder(seen: _Seen | None) -> str:
 
 
 def _unique_sibling(path: Path, tag: str) -> Path:
-    return path.with_name(f"{path.name}.{tag}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}")
+    return path.with_name(f"{path.name}.{tag}.{socket.gethostname()}.{os.getpid()}.{random_uid()[:12]}")
 
 
 def _remove_if(path: Path, accept: _Seen | str) -> bool:
@@ -177,7 +173,7 @@ def _holder_content(token: str, lifetime: float) -> bytes:
         {
             "host": socket.gethostname(),
             "pid": pid,
-            "start_time": _process_start_time(pid),
+            "start_time": process_start_time(pid),
             "acquired_at": time.time(),
             "lifetime": lifetime,
             "token": token,
@@ -224,7 +220,7 @@ class NfsLock:
     def _try_break(self, seen: _Seen) -> bool:
         """Remove `seen` if it is still the lock file; serialised with other breakers."""
         guard = self.path.with_name(self.path.name + ".break")
-        guard_token = uuid.uuid4().hex
+        guard_token = random_uid()
         if not _create(guard, _holder_content(guard_token, BREAK_LOCK_STALE_S)):
             guard_seen = _read(guard)
             if guard_seen is not None and stale_reason(guard_seen) is not None:
@@ -247,7 +243,7 @@ class NfsLock:
             raise RuntimeError(f"lock {self.path} is already held by this NfsLock (not reentrant)")
         timeout = self.timeout if timeout is None else float(timeout)
         deadline = time.monotonic() + timeout
-        token = uuid.uuid4().hex
+        token = random_uid()
         while True:
             if _create(self.path, _holder_content(token, self.lifetime)):
                 self.token = token

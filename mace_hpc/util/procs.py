@@ -6,12 +6,31 @@ from __future__ import annotations
 import os
 import socket
 
-import psutil
-
 START_TOLERANCE_S = 1.0  # create_time() is rounded differently across psutil versions/platforms
+_PROC = "/proc"
+
+
+def _linux_start_time(pid: int) -> float | None:
+    """psutil's `create_time()` on Linux, by its own formula (start ticks from /proc/PID/stat over
+    the clock rate, plus the boot time), without importing psutil: every element records its
+    start this way, and importing psutil is ~8 ms of every element's start."""
+    try:
+        with open(f"{_PROC}/{int(pid)}/stat", "rb") as fh:
+            stat = fh.read()
+        ticks = float(stat[stat.rindex(b")") + 2 :].split()[19])
+        with open(f"{_PROC}/stat", "rb") as fh:
+            boot = next(float(line.split()[1]) for line in fh if line.startswith(b"btime"))
+        return ticks / os.sysconf("SC_CLK_TCK") + boot
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def process_start_time(pid: int) -> float | None:
+    """When `pid` started (seconds since the epoch, as psutil's `create_time()`); None if it is gone."""
+    if os.path.exists(f"{_PROC}/self/stat"):
+        return _linux_start_time(pid)
+    import psutil  # lazy: elements start without it (Linux reads /proc above)
+
     try:
         return psutil.Process(pid).create_time()
     except (psutil.Error, OSError, ValueError):
@@ -26,6 +45,8 @@ def process_alive(pid: object, started: object = None, *, started_by: object = N
     provably alive here: False (callers that must not break another host's hold check the host)."""
     if host is not None and host != socket.gethostname():
         return False
+    import psutil  # lazy: only status and stale-lock checks ask; elements start without it
+
     try:
         pid = int(pid)  # type: ignore[call-overload]
         if pid <= 0:

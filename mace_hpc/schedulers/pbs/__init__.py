@@ -42,7 +42,8 @@ PBS Pro, checked against a real OpenPBS 23.06 in CI (tests/test_submission_pbs_r
 """
 
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .dialect import (
     FLAVORS,
@@ -57,8 +58,10 @@ from .dialect import (
     translate_dependency,
 )
 from .jobenv import PbsJobEnv
-from .qstat import element_states, normalize_pbs_state, parse_qstat, parse_qstat_json, parse_qstat_text
-from .script import JobSpec, render_script
+
+if TYPE_CHECKING:
+    from .qstat import element_states, normalize_pbs_state, parse_qstat, parse_qstat_json, parse_qstat_text
+    from .script import JobSpec, render_script
 
 __all__ = [
     "FLAVORS", "JobSpec", "PbsBackend", "PbsExecutor", "PbsJobEnv", "PbsInfoWatcher", "PbsJob", "PbsJobEnvironment",
@@ -69,6 +72,9 @@ __all__ = [
 
 _NEEDS_SUBMITIT = {"PbsBackend": "backend", "PbsExecutor": "plugin", "PbsInfoWatcher": "plugin", "PbsJob": "plugin",
                    "PbsJobEnvironment": "plugin"}
+#: Parsers and the script renderer: only submitting and querying need them, not a job's environment.
+_ON_USE = {"element_states": "qstat", "normalize_pbs_state": "qstat", "parse_qstat": "qstat",
+           "parse_qstat_json": "qstat", "parse_qstat_text": "qstat", "JobSpec": "script", "render_script": "script"}
 
 
 def __getattr__(name: str) -> Any:
@@ -80,4 +86,6 @@ def __getattr__(name: str) -> Any:
         else:
             from . import plugin as module  # lazy: submitit only for submitting
         return getattr(module, name)
+    if name in _ON_USE:
+        return getattr(importlib.import_module(f".{_ON_USE[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

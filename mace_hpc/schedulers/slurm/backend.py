@@ -18,8 +18,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from submitit.slurm.slurm import _make_sbatch_string
-
 from ...errors import InputError, SchedulerError, SchedulerUnavailable
 from ...records.states import PENDING, State
 from ..base import (
@@ -179,6 +177,8 @@ class SlurmBackend:
             if not _DEPENDENCY.fullmatch(dep) and not are_placeholders(req.after_ids):
                 raise InputError(f"dependency {dep!r} is invalid; e.g. afterany:123 or afterok:123_4")
             opts["dependency"] = dep
+
+        from submitit.slurm.slurm import _make_sbatch_string  # lazy: only rendering needs it
 
         text = _make_sbatch_string(
             command=command,

@@ -1,0 +1,196 @@
+"""Per-element overhead end to end: 100 trivial elements through mace-hpc vs the bare command.
+
+Every element's one step is the same short Python command (write `results.json`, ~30 ms), so
+what differs is only what mace-hpc adds: the runner, state files, context database, epilogue merge.
+
+- local: `mace-submit --backend local --max-parallel 2` (returns when every element is merged)
+  vs `xargs -P 2` of the bare command;
+- SLURM (real cluster, `.ci/slurm/start.sh`): `mace-submit --backend slurm --max-parallel 8`
+  until every state file says MERGED vs a raw `sbatch --array=0-99%8` of the bare command until
+  `squeue` no longer lists it.
+
+`--baseline TREE` (a checkout of an older commit, e.g. `git worktree add /tmp/old ddd8200`) also
+runs the mace-hpc side with `PYTHONPATH=TREE`; rounds interleave baseline / current / bare so a
+machine shared with other work loads each alike. Prints medians (min-max); no assertion.
+
+    python benchmarks/bench_overhead.py [--elements 100] [--repeat 3] [--no-slurm] [--baseline TREE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_submit import machine, scancel  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+CODE = ("import json, os, sys; d = sys.argv[1]; os.makedirs(d, exist_ok=True); "
+        "json.dump({'energy': -1.0}, open(os.path.join(d, 'results.json'), 'w'))")
+STEP = [sys.executable, "-c", CODE]  # the interpreter itself: a pyenv-style shim would add ~100 ms to both sides
+
+
+def plan(n: int, name: str, throttle: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "isolation_mode": "isolated",
+        "on_complete": "merge",
+        "max_parallel": throttle,
+        "resources": {"time": 5},
+        "sweep": {
+            "parameters": {"i": list(range(n))},
+            "id": "p{i}",
+            "template": {"steps": [{"name": "calc", "command": [*STEP, "{context_dir}"]}]},
+        },
+    }
+
+
+def mace_env(root: Path, tree: Path) -> dict[str, str]:
+    (root / "none.json").write_text("{}")  # MACE_CONFIG must name a file: an empty config
+    return {**os.environ, "PYTHONPATH": str(tree), "MACE_SCRATCH_ROOT": str(root / "scratch"),
+            "MACE_CONFIG": str(root / "none.json"), "MACE_SHARED_DATABASE": str(root / "shared.db")}
+
+
+def submit_argv(plan_path: Path, backend: str, throttle: int) -> list[str]:
+    return [sys.executable, "-c", "import sys; from mace_hpc.cli.main import submit_main; sys.exit(submit_main())",
+            str(plan_path), "--backend", backend, "--max-parallel", str(throttle)]
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of every finished descendant so far (steadier than wall time
+    on a machine shared with other work)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+CPU: dict[str, list[float]] = {}
+
+
+def merged(root: Path) -> int:
+    """Elements whose state file says MERGED (read directly: works for every commit's format)."""
+    count = 0
+    for state in (root / "scratch").glob("*/state.json"):
+        try:
+            count += json.loads(state.read_text()).get("state") == "MERGED"
+        except (OSError, ValueError):
+            pass
+    return count
+
+
+def run_mace(root: Path, tree: Path, n: int, backend: str, throttle: int, timeout: float) -> float:
+    root.mkdir(parents=True)
+    env = mace_env(root, tree)
+    plan_path = root / "plan.json"
+    plan_path.write_text(json.dumps(plan(n, f"ovh-{root.name}", throttle)))
+    t0, cpu0 = time.perf_counter(), children_cpu()
+    # cwd: not this checkout, or `python -c`/`-m` would import its mace_hpc ahead of PYTHONPATH
+    proc = subprocess.run(submit_argv(plan_path, backend, throttle), env=env, capture_output=True, text=True, cwd=root)
+    if backend == "local":
+        CPU.setdefault(f"local: {tree}", []).append(children_cpu() - cpu0)
+    if proc.returncode != 0:
+        raise SystemExit(f"mace-submit ({tree}) failed: {proc.stderr[-800:]}")
+    while merged(root) < n:
+        if time.perf_counter() - t0 > timeout:
+            raise SystemExit(f"{tree}: only {merged(root)}/{n} MERGED after {timeout:.0f} s")
+        time.sleep(0.1)
+    return time.perf_counter() - t0
+
+
+def run_xargs(root: Path, n: int, workers: int) -> float:
+    root.mkdir(parents=True)
+    t0, cpu0 = time.perf_counter(), children_cpu()
+    subprocess.run(["xargs", "-P", str(workers), "-I{}", *STEP, str(root / "{}")],
+                   input="\n".join(map(str, range(n))), text=True, check=True)
+    elapsed = time.perf_counter() - t0
+    CPU.setdefault("local: xargs", []).append(children_cpu() - cpu0)
+    assert len(list(root.glob("*/results.json"))) == n
+    return elapsed
+
+
+def run_sbatch(root: Path, n: int, throttle: int, timeout: float) -> float:
+    root.mkdir(parents=True)
+    wrap = " ".join([*STEP[:2], f"\"{CODE}\"", f"{root}/$SLURM_ARRAY_TASK_ID"])
+    t0 = time.perf_counter()
+    job = subprocess.run(["sbatch", "--parsable", f"--array=0-{n - 1}%{throttle}", "-o", "/dev/null", "-J", "ovh-raw",
+                          "--time=5", "--wrap", wrap], capture_output=True, text=True, check=True).stdout.strip()
+    job = job.split(";")[0]
+    try:
+        while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip():
+            if time.perf_counter() - t0 > timeout:
+                raise SystemExit(f"raw array {job} still queued after {timeout:.0f} s")
+            time.sleep(0.1)
+    finally:
+        scancel([job])
+    elapsed = time.perf_counter() - t0
+    done = len(list(root.glob("*/results.json")))
+    assert done == n, f"raw array: {done}/{n} results"
+    return elapsed
+
+
+def show(label: str, xs: list[float], ref: list[float] | None, cpu: list[float] | None = None,
+         cpu_ref: list[float] | None = None) -> None:
+    med = statistics.median(xs)
+    ratio = f"  {med / statistics.median(ref):.2f}x the bare command" if ref else ""
+    if cpu:
+        ratio += f"; CPU {statistics.median(cpu):.2f} s"
+        ratio += f" ({statistics.median(cpu) / statistics.median(cpu_ref):.2f}x)" if cpu_ref else ""
+    print(f"  {label:<50} {med:7.2f} s ({min(xs):.2f}-{max(xs):.2f}){ratio}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--elements", type=int, default=100)
+    ap.add_argument("--workers", type=int, default=2, help="local: elements at once (and xargs -P)")
+    ap.add_argument("--throttle", type=int, default=8, help="SLURM: the array's %%N")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-slurm", action="store_true")
+    ap.add_argument("--no-local", action="store_true")
+    ap.add_argument("--baseline", type=Path, help="a checkout of an older commit, run the same way")
+    ap.add_argument("--timeout", type=float, default=600)
+    args = ap.parse_args()
+    trees = ([("baseline", args.baseline.resolve())] if args.baseline else []) + [("current", REPO)]
+    slurm = not args.no_slurm and shutil.which("sbatch") is not None
+    if not args.no_slurm and not slurm:
+        sys.exit("bench_overhead: no sbatch here; start SLURM (bash .ci/slurm/start.sh) or pass --no-slurm")
+    print(machine())
+    n = args.elements
+    times: dict[str, list[float]] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-", dir="/tmp"))
+    try:
+        for r in range(args.repeat):
+            if not args.no_local:
+                times.setdefault("local: xargs", []).append(run_xargs(tmp / f"xargs{r}", n, args.workers))
+                for label, tree in trees:
+                    times.setdefault(f"local: {label}", []).append(
+                        run_mace(tmp / f"local-{label}{r}", tree, n, "local", args.workers, args.timeout))
+            if slurm:
+                times.setdefault("slurm: raw", []).append(run_sbatch(tmp / f"raw{r}", n, args.throttle, args.timeout))
+                for label, tree in trees:
+                    times.setdefault(f"slurm: {label}", []).append(
+                        run_mace(tmp / f"slurm-{label}{r}", tree, n, "slurm", args.throttle, args.timeout))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{n} trivial elements (one `python3 -c` step each), {args.repeat} rounds, median (min-max):")
+    if not args.no_local:
+        show(f"local: xargs -P {args.workers} of the bare command", times["local: xargs"], None, CPU["local: xargs"])
+        for label, tree in trees:
+            show(f"local: mace-submit ({label}: {tree.name}) to MERGED", times[f"local: {label}"], times["local: xargs"],
+                 CPU[f"local: {tree}"], CPU["local: xargs"])
+    if slurm:
+        show(f"slurm: raw sbatch --array=0-{n - 1}%{args.throttle} to empty queue", times["slurm: raw"], None)
+        for label, tree in trees:
+            show(f"slurm: mace-submit ({label}: {tree.name}) to MERGED", times[f"slurm: {label}"], times["slurm: raw"])
+
+
+if __name__ == "__main__":
+    main()
