@@ -103,8 +103,10 @@ def test_submit_env_merge_resubmit(pbs_site, tmp_path, mace_env, monkeypatch):
     assert record["backend"] == "pbs"
     assert [j["kind"] for j in record["jobs"]] == ["array", "backstop"]  # merge job after the array
 
+    # the state file is final a moment before the subjob's process exits: wait for both
     report = wait_status("pbsrun", site, lambda r: all(
-        s in ("MERGED", "FAILED", "KEPT", "ARCHIVED") for s in states(r).values()))
+        s in ("MERGED", "FAILED", "KEPT", "ARCHIVED") for s in states(r).values())
+        and not any(e["scheduler_state"] in ("PENDING", "RUNNING") for e in r["elements"]))
     assert states(report) == {"pbsrun-e0": "MERGED", "pbsrun-e1": "MERGED", "pbsrun-e2": "KEPT", "pbsrun-e3": "MERGED"}
     failed = report["elements"][2]
     assert (failed["run_state"], failed["scheduler_state"]) == ("FAILED", "FAILED")  # kept, as on_failure says
