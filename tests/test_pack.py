@@ -114,3 +114,66 @@ def test_local_pack_keeps_elements_apart_and_reruns_only_the_failed(tmp_path: Pa
     assert again.indices == (4,) and again.pack == 3 and again.array == "0"
     assert state(scratch, "lp-e4")["state"] == "MERGED" and state(scratch, "lp-e4")["attempts"] == 2
     assert all(state(scratch, f"lp-e{i}")["attempts"] == 1 for i in range(10) if i != 4)
+
+
+# ------------------------------------------------------------------ SLURM / PBS render (no cluster)
+def packed_requests(n: int, pack: int, *, limit: int = 1001, stages: tuple[str, ...] = ()) -> list[ArrayRequest]:
+    from mace_hpc.records.stages import Stage
+    from mace_hpc.submission.submit import chain_requests
+
+    class Limit:
+        def max_array_size(self) -> int:
+            return limit
+
+    return chain_requests("pk", [Stage(s, needs=(stages[k - 1],) if k else ()) for k, s in enumerate(stages)],
+                          [(list(range(n)), list(stages))], max_parallel=2, command=["python", "-m", "mace_hpc.element",
+                          "/m/manifest.json"], env={"MACE_MANIFEST": "/m/manifest.json"}, work_dir=Path("/tmp/pk"),
+                          scheduler={"time": 10, "signal_margin": 30}, backend=Limit(), pack=pack)  # type: ignore[arg-type]
+
+
+def test_slurm_render_counts_tasks_and_throttles_tasks() -> None:
+    from mace_hpc.schedulers.slurm.backend import SlurmBackend
+
+    (req,) = packed_requests(10, 3)
+    script, argv = SlurmBackend(max_array_size=1001).render(req)
+    assert "--array=0-3%2" in " ".join(argv) + script  # 4 tasks, throttle 2 tasks at once
+    assert "MACE_PACK=3" in script + " ".join(argv) and "MACE_PACK_INDICES=0-9" in script + " ".join(argv)
+    assert "--time=30" in script + " ".join(argv) or "--time=0:30:00" in script + " ".join(argv)  # 3 x 10 min
+    assert req.env["MACE_PACK_TIME"] == str(10 * 60 - 30)  # each element's own budget
+
+
+def test_chunking_counts_tasks_not_elements() -> None:
+    chunks = packed_requests(10, 3, limit=3)  # 4 tasks, at most 3 per array
+    assert [(r.task_ids(), r.indices) for r in chunks] == [([0, 1, 2], list(range(9))), ([0], [9])]
+    assert [r.env["MACE_PACK_INDICES"] for r in chunks] == ["0-8", "9"]
+    assert len({r.name for r in chunks}) == 2  # distinct job names (and scripts)
+
+
+def test_stages_pack_alike_so_aftercorr_pairs_tasks() -> None:
+    a, b = packed_requests(7, 3, stages=("a", "b"))
+    assert a.task_ids() == b.task_ids() == [0, 1, 2] and b.after == (0,)
+    assert [a.elements_of(t) for t in a.task_ids()] == [b.elements_of(t) for t in b.task_ids()] == [
+        [0, 1, 2], [3, 4, 5], [6]]
+    assert b.env["MACE_STAGE"] == "b" and b.env["MACE_PACK"] == "3"
+
+
+@pytest.mark.parametrize("flavor", ["pbspro", "torque"])
+def test_pbs_render_counts_tasks(flavor: str) -> None:
+    from mace_hpc.schedulers.pbs.backend import PbsBackend
+
+    (req,) = packed_requests(10, 3)
+    script, argv = PbsBackend(flavor=flavor, max_array_size=1001).render(req)
+    text = script + " ".join(argv)
+    assert "0-3%2" in text  # 4 tasks, 2 at once
+    assert "MACE_PACK=3" in text and "MACE_PACK_INDICES=0-9" in text
+    assert "00:30:00" in text  # walltime 3 x 10 min
+
+
+def test_dry_run_shows_the_packing(tmp_path: Path, mace_env: dict[str, Any],
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = pack_plan(tmp_path, "dp", 10, 3, max_parallel=2)
+    assert run(["submit", str(path), "--backend", "slurm", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "packed: 3 elements per array task" in out and "task 1: elements 3,4,5" in out
+    assert "4 tasks running 10 elements, 3 per task" in out and "--array=0-3%2" in out
+    assert not (mace_env["scratch_root"] / "dp-e0").exists()
