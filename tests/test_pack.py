@@ -4,6 +4,7 @@ with its own context, state, results and retries; the throttle and chunking coun
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -177,3 +178,48 @@ def test_dry_run_shows_the_packing(tmp_path: Path, mace_env: dict[str, Any],
     assert "packed: 3 elements per array task" in out and "task 1: elements 3,4,5" in out
     assert "4 tasks running 10 elements, 3 per task" in out and "--array=0-3%2" in out
     assert not (mace_env["scratch_root"] / "dp-e0").exists()
+
+
+# ------------------------------------------------------------------ time limits inside a pack
+def _slow_pack(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
+    """3 elements; e1 touches a flag then sleeps 30 s. Contexts and manifest only (no jobs)."""
+    from mace_hpc.submission.submit import submit_plan
+
+    flag = tmp_path / f"{name}.started"
+    slow = f"import pathlib, time; pathlib.Path({str(flag)!r}).touch(); time.sleep(30)"
+    steps = {1: [sys.executable, "-c", slow]}
+    elements = [{"id": f"e{i}", "steps": [{"name": "s", "command": steps.get(i, ["true"])}]} for i in range(3)]
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"name": name, "isolation_mode": "isolated", "pack": 3, "elements": elements}))
+    result = submit_plan(path, backend="local", prepare_only=True)
+    return result.submission.manifest_path, flag, result.submission.scratch_root
+
+
+def test_time_limit_records_which_elements_finished(tmp_path: Path, mace_env: dict[str, Any]) -> None:
+    """SIGUSR2 (the task's limit is near) while e1 runs: e0 finished, e1 TIMEOUT, e2 never started."""
+    import signal
+
+    from submit_fakes import signal_when_started
+
+    manifest, flag, scratch = _slow_pack(tmp_path, "tl")
+    env = {"MACE_PACK": "3", "MACE_PACK_INDICES": "0-2", "MACE_JOB_ID": "local-1"}
+    rc = signal_when_started([sys.executable, "-m", "mace_hpc.element", str(manifest), "--task", "0"],
+                             flag, signal.SIGUSR2, env)
+    assert rc == 124
+    assert state(scratch, "tl-e0")["state"] == "MERGED"
+    assert state(scratch, "tl-e1")["run_state"] == "TIMEOUT"
+    assert state(scratch, "tl-e2").get("state", "PENDING") == "PENDING" and "started_at" not in state(scratch, "tl-e2")
+
+
+def test_each_element_keeps_its_own_time_budget(tmp_path: Path, mace_env: dict[str, Any]) -> None:
+    """e1 exceeds its own budget (MACE_PACK_TIME): it records TIMEOUT and e2 still runs."""
+    import subprocess
+
+    manifest, _, scratch = _slow_pack(tmp_path, "tb")
+    env = {**os.environ, "MACE_PACK": "3", "MACE_PACK_INDICES": "0-2", "MACE_PACK_TIME": "2",
+           "MACE_JOB_ID": "local-1"}
+    proc = subprocess.run([sys.executable, "-m", "mace_hpc.element", str(manifest), "--task", "0"], env=env,
+                          timeout=60)
+    assert proc.returncode == 124
+    assert [state(scratch, f"tb-e{i}")["run_state"] for i in range(3)] == ["COMPLETED", "TIMEOUT", "COMPLETED"]
+    assert "own time budget" in state(scratch, "tb-e1")["message"]
