@@ -13,7 +13,9 @@ what differs is only what mace-hpc adds: the runner, state files, context databa
 runs the mace-hpc side with `PYTHONPATH=TREE`; rounds interleave baseline / current / bare so a
 machine shared with other work loads each alike. Prints medians (min-max); no assertion.
 
-    python benchmarks/bench_overhead.py [--elements 100] [--repeat 3] [--no-slurm] [--baseline TREE]
+On SLURM also the current tree with `pack: 10` (10 elements per array task, `--pack 0` skips it).
+
+    python benchmarks/bench_overhead.py [--elements 100] [--repeat 3] [--no-slurm] [--baseline TREE] [--pack K]
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ CODE = ("import json, os, sys; d = sys.argv[1]; os.makedirs(d, exist_ok=True); "
 STEP = [sys.executable, "-c", CODE]  # the interpreter itself: a pyenv-style shim would add ~100 ms to both sides
 
 
-def plan(n: int, name: str, throttle: int) -> dict[str, Any]:
+def plan(n: int, name: str, throttle: int, pack: int = 1) -> dict[str, Any]:
     return {
+        **({"pack": pack} if pack > 1 else {}),
         "name": name,
         "isolation_mode": "isolated",
         "on_complete": "merge",
@@ -87,11 +90,11 @@ def merged(root: Path) -> int:
     return count
 
 
-def run_mace(root: Path, tree: Path, n: int, backend: str, throttle: int, timeout: float) -> float:
+def run_mace(root: Path, tree: Path, n: int, backend: str, throttle: int, timeout: float, pack: int = 1) -> float:
     root.mkdir(parents=True)
     env = mace_env(root, tree)
     plan_path = root / "plan.json"
-    plan_path.write_text(json.dumps(plan(n, f"ovh-{root.name}", throttle)))
+    plan_path.write_text(json.dumps(plan(n, f"ovh-{root.name}", throttle, pack)))
     t0, cpu0 = time.perf_counter(), children_cpu()
     # cwd: not this checkout, or `python -c`/`-m` would import its mace_hpc ahead of PYTHONPATH
     proc = subprocess.run(submit_argv(plan_path, backend, throttle), env=env, capture_output=True, text=True, cwd=root)
@@ -157,6 +160,7 @@ def main() -> None:
     ap.add_argument("--no-local", action="store_true")
     ap.add_argument("--baseline", type=Path, help="a checkout of an older commit, run the same way")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--pack", type=int, default=10, help="SLURM: also the current tree with `pack: K` (0: skip)")
     args = ap.parse_args()
     trees = ([("baseline", args.baseline.resolve())] if args.baseline else []) + [("current", REPO)]
     slurm = not args.no_slurm and shutil.which("sbatch") is not None
@@ -178,6 +182,9 @@ def main() -> None:
                 for label, tree in trees:
                     times.setdefault(f"slurm: {label}", []).append(
                         run_mace(tmp / f"slurm-{label}{r}", tree, n, "slurm", args.throttle, args.timeout))
+                if args.pack > 1:
+                    times.setdefault("slurm: packed", []).append(
+                        run_mace(tmp / f"slurm-pack{r}", REPO, n, "slurm", args.throttle, args.timeout, args.pack))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{n} trivial elements (one `python3 -c` step each), {args.repeat} rounds, median (min-max):")
@@ -190,6 +197,8 @@ def main() -> None:
         show(f"slurm: raw sbatch --array=0-{n - 1}%{args.throttle} to empty queue", times["slurm: raw"], None)
         for label, tree in trees:
             show(f"slurm: mace-submit ({label}: {tree.name}) to MERGED", times[f"slurm: {label}"], times["slurm: raw"])
+        if args.pack > 1:
+            show(f"slurm: mace-submit pack {args.pack} (current) to MERGED", times["slurm: packed"], times["slurm: raw"])
 
 
 if __name__ == "__main__":

@@ -135,7 +135,9 @@ def cancel_downstream(submission: SubmissionPaths, index: int, stages: Sequence[
         ids = []
         for name in stages:
             job = jobs.get((index, name))
-            task = backend.element_job_id(job.job_id, index - job.offset) if job else None
+            # a packed task runs pack-mates too: leave it, its runner skips this element itself
+            at = job.task_of(index) if job and job.pack == 1 else None
+            task = backend.element_job_id(job.job_id, at) if job and at is not None else None
             if task:
                 ids.append(task)
         if ids:

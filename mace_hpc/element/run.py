@@ -32,6 +32,9 @@ from . import chain
 from . import steps as step_runner
 
 EXIT_TIMEOUT = 124
+# the first time-limit/termination signal this process got, seen by every `_Interrupt` (a packed
+# task runs several elements: one that arrives between two of them stops the pack there)
+_received: list[int] = []
 
 
 class _Interrupt:
@@ -47,10 +50,12 @@ class _Interrupt:
         self.armed = False
 
     def install(self) -> None:
-        for sig in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum != signal.SIGALRM and not _received:
+            _received.append(signum)  # SIGALRM: one packed element's own budget, not the task's
         first = self.signum is None
         self.signum = self.signum or signum
         step_runner.terminate_current(grace=2.0, block=False)  # a handler must not wait
@@ -101,8 +106,10 @@ def run_element(
     is at `manifest_path`; returns the exit code."""
     manifest_path = Path(manifest_path).absolute()
     submission = SubmissionPaths(manifest_path.parent)
-    manifest = load_manifest(manifest_path)
     job: JobEnvironment = job_environment()
+    if index is None and job.pack() > 1:
+        return run_pack(manifest_path, stage=stage, run_epilogue=run_epilogue, job=job)
+    manifest = load_manifest(manifest_path)
     index = job.element_index(index)
     if job.is_filler(index):
         return 0  # a covering range submitted for a sparse list: this index was not asked for
@@ -173,8 +180,9 @@ def run_element(
         final, message = st.FAILED, f"{type(exc).__name__}: {exc}"
     step_runner.wait_for_stopped_group()
     # say why first: the step's own message ("killed by signal 15") is only the consequence
-    if interrupt.signum in (signal.SIGUSR2,):
-        why = "time limit: stopped by the signal before the limit"
+    if interrupt.signum in (signal.SIGUSR2, signal.SIGALRM):
+        why = ("time limit: stopped by the signal before the limit" if interrupt.signum == signal.SIGUSR2
+               else "time limit: its own time budget in a packed task ran out")
         final, message = st.TIMEOUT, f"{why} ({message})" if message else why
     elif interrupt.signum:
         why = f"cancelled: terminated by signal {signal.Signals(interrupt.signum).name}"
@@ -185,7 +193,8 @@ def run_element(
         "state": final, "run_state": final, "finished_at": time.time(), "message": message,
         "steps": [o.__dict__ for o in outcomes], **usage,
     }
-    requeue = final in (st.TIMEOUT, st.CANCELLED) and os.environ.get(env_names.REQUEUE) == "1"
+    requeue = (final in (st.TIMEOUT, st.CANCELLED) and os.environ.get(env_names.REQUEUE) == "1"
+               and interrupt.signum != signal.SIGALRM)
     if requeue and not _cancelled_since(submission, started_at) and job.requeue():
         if stage_def is None:
             write_state(context_dir, **{**record, "state": st.PENDING, "requeued": True})
@@ -210,6 +219,44 @@ def run_element(
     if final == st.COMPLETED or stage_def.optional:
         return 0  # an optional stage's failure must not stop `aftercorr` downstream
     return {st.TIMEOUT: EXIT_TIMEOUT}.get(final, 1)
+
+
+def run_pack(
+    manifest_path: str | os.PathLike[str], task: int | None = None, *, stage: str | None = None,
+    run_epilogue: bool = True, job: JobEnvironment | None = None,
+) -> int:
+    """Run the elements of packed array task `task` (default: this job's) one after another, each
+    as `run_element` runs one: own context, state, retries, and own time budget (MACE_PACK_TIME).
+
+    A failing element does not stop its pack-mates. The time-limit (or a cancel) signal stops the
+    running element (TIMEOUT/CANCELLED) and leaves the ones not started PENDING. The exit code is
+    the first failure's; in a multi-stage plan 0 when any element completed the stage, so
+    `aftercorr` still starts the downstream task (its runner skips the elements that failed here).
+    """
+    job = job or job_environment()
+    elements = job.packed_elements(task)
+    budget = float(os.environ.get(env_names.PACK_TIME) or 0)
+    _Interrupt().install()  # a signal before the first element is recorded, not fatal
+    codes: list[int] = []
+    for index in elements:
+        if _received:
+            break  # the task's time limit or a cancel: the elements not started stay PENDING
+        if budget > 0:
+            signal.setitimer(signal.ITIMER_REAL, budget)
+        try:
+            codes.append(run_element(manifest_path, index, stage=stage, run_epilogue=run_epilogue))
+        except Exception as exc:  # noqa: BLE001 - one element's bad input must not stop the others
+            print(f"mace run-element: element {index}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            codes.append(int(getattr(exc, "exit_code", 1)) or 1)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    bad = [c for c in codes if c]
+    if _received and len(codes) < len(elements):
+        bad.append(EXIT_TIMEOUT if _received[0] == signal.SIGUSR2 else 1)
+    staged = bool(os.environ.get(env_names.STAGE) or stage)
+    if not bad or (staged and len(bad) < len(codes)):
+        return 0
+    return bad[0]
 
 
 def _run_steps(ctx: WorkflowContext, workflow_id: str, element: dict[str, Any], steps: list[dict[str, Any]],
@@ -275,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("manifest", help="the submission's manifest.json (exported as $MACE_MANIFEST)")
     parser.add_argument("--index", type=int, help="element index (default: from the scheduler's array env)")
+    parser.add_argument("--task", type=int, help="packed arrays: the array task to run (its elements one "
+                        "after another; default: from the scheduler's array env)")
     parser.add_argument("--stage", help="the stage to run (multi-stage plans; default: $MACE_STAGE, "
                         "else every stage in order)")
     parser.add_argument("--settle-stage", metavar="NAME", help="after stage NAME's arrays ended (the settle job): "
@@ -287,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             settled = chain.settle_stage(Path(args.manifest), args.settle_stage, [j for j in args.jobs.split(",") if j])
             print(f"mace settle: stage {args.settle_stage}: {len(settled)} element(s) settled {settled}")
             return 0
+        if args.task is not None:
+            return run_pack(args.manifest, args.task, stage=args.stage, run_epilogue=not args.no_epilogue)
         return run_element(args.manifest, args.index, stage=args.stage, run_epilogue=not args.no_epilogue)
     except InputError as exc:
         print(f"mace run-element: error: {exc}", file=sys.stderr)

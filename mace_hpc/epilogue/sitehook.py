@@ -42,10 +42,15 @@ class Located:
     manifest_path: Path
     manifest: Manifest
     index: int
+    indices: tuple[int, ...] = ()  # a packed task: every element it runs (else just `index`)
 
     @property
     def context_dir(self) -> Path:
         return Path(self.manifest.elements[self.index].context_dir)
+
+    @property
+    def context_dirs(self) -> list[Path]:
+        return [Path(self.manifest.elements[i].context_dir) for i in self.indices or (self.index,)]
 
 
 # ---------------------------------------------------------------------------- root side
@@ -96,10 +101,10 @@ def _from_submission_dir(sub_dir: Path, array_job: str, task: int) -> Located | 
     job = next((j for j in record.jobs if j.matches(array_job)), None)
     if job is None or not job.is_array:
         return None
-    index = task + job.offset
-    if not 0 <= index < len(manifest.elements):
+    indices = [i for i in job.elements_of(task) if 0 <= i < len(manifest.elements)]
+    if not indices:
         return None
-    return Located(paths.manifest, manifest, index)
+    return Located(paths.manifest, manifest, indices[0], tuple(indices))
 
 
 def _search_records(array_job: str, task: int, scratch_root: Path | None = None) -> Located | None:

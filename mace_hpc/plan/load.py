@@ -16,7 +16,7 @@ from ..errors import PlanError
 from ..util.inputs import InputProblem, check_depth, loads_json, loads_yaml, read_input_text
 from .model import Element, Plan
 from .policy import validate_policy_fields
-from .stages import check_step_stages, validate_stages
+from .stages import check_step_stages, plan_pack, validate_stages
 from .sweep import (
     MAX_ELEMENTS,
     MAX_EXPANDED_BYTES,
@@ -123,6 +123,7 @@ def load_plan_data(data: Mapping[str, Any], plan_dir: Path | None = None, source
         )
     _check_unique_ids(elements, len(raw_elements))
     stages = validate_stages(data.get("stages"))
+    fields["pack"] = plan_pack(stages, fields["pack"])
     n_explicit = len(raw_elements)
     check_step_stages(elements, stages, lambda e, j: f"elements[{e.index}].steps[{j}]" if e.index < n_explicit
                       else f"sweep.template.steps[{j}]")

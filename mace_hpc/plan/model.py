@@ -104,6 +104,7 @@ class Plan:
     shared_database: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     max_parallel: int | None = None
+    pack: int | None = None  # elements per array task (records/pack.py); every stage packs alike
     env: dict[str, str] = field(default_factory=dict)
     analysis: str | None = None  # 'module:callable' over the merged results (`mace report`)
     # the failure policy as validated plan data (plan/policy.py: failure_policy() types it)
@@ -141,6 +142,8 @@ class Plan:
             out["resources"] = dict(self.resources)
         if self.max_parallel is not None:
             out["max_parallel"] = self.max_parallel
+        if self.pack is not None:
+            out["pack"] = self.pack
         if self.env:
             out["env"] = escape_braces(dict(self.env))
         if self.stages:

@@ -19,6 +19,7 @@ from .validate import (
     check_keys,
     fail,
     join,
+    pos_int,
     req_str,
     show,
     suggest,
@@ -26,7 +27,7 @@ from .validate import (
     validate_resources,
 )
 
-STAGE_KEYS = ("name", "needs", "optional", "resources", "inputs", "outputs")
+STAGE_KEYS = ("name", "needs", "optional", "resources", "inputs", "outputs", "pack")
 
 
 def validate_stages(value: Any) -> tuple[Stage, ...]:
@@ -52,11 +53,26 @@ def validate_stages(value: Any) -> tuple[Stage, ...]:
             resources=validate_resources(data.get("resources"), f"stages[{i}].resources"),
             inputs=_paths(data.get("inputs"), f"stages[{i}].inputs"),
             outputs=_paths(data.get("outputs"), f"stages[{i}].outputs"),
+            pack=None if data.get("pack") is None else pos_int(data["pack"], f"stages[{i}].pack"),
         )
         for i, data in enumerate(raw)
     ]
     _check_acyclic(stages)
     return tuple(stages)
+
+
+def plan_pack(stages: Sequence[Stage], pack: int | None) -> int | None:
+    """The one pack factor of a plan: stages chain task i to task i (`aftercorr`), so every stage
+    must pack alike; a stage without `pack` takes the plan's. Refuses differing packs."""
+    packs = {s.name: s.pack or pack or 1 for s in stages}
+    if len(set(packs.values())) > 1:
+        i, s = next((i, s) for i, s in enumerate(stages) if packs[s.name] != packs[stages[0].name])
+        fail(f"stages[{i}].pack", f"stage {s.name} packs {packs[s.name]} elements per task but stage "
+             f"{stages[0].name} packs {packs[stages[0].name]}; stages chain task by task, so give every stage "
+             f"the same pack (or set `pack` once at the top of the plan)")
+    if stages and pack is None and stages[0].pack is not None:
+        return stages[0].pack
+    return pack
 
 
 def check_step_stages(elements: Sequence[Element], stages: Sequence[Stage], step_path: Any) -> None:

@@ -32,6 +32,7 @@ PLAN_KEYS = (
     "shared_database",
     "resources",
     "max_parallel",
+    "pack",
     "env",
     "elements",
     "sweep",
@@ -607,6 +608,7 @@ def validate_plan_fields(data: Mapping[str, Any]) -> dict[str, Any]:
         "shared_database": opt_str(data.get("shared_database"), "shared_database"),
         "resources": validate_resources(data.get("resources")),
         "max_parallel": None if max_parallel is None else pos_int(max_parallel, "max_parallel"),
+        "pack": None if data.get("pack") is None else pos_int(data["pack"], "pack"),
         "env": validate_env(data.get("env"), "env"),
         "analysis": _analysis(data.get("analysis")),
     }

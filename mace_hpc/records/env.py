@@ -19,6 +19,9 @@ ARRAY_INDICES = "MACE_ARRAY_INDICES"  # a sparse list submitted as a covering ra
 REQUEUE = "MACE_REQUEUE"  # "1": requeue an element stopped by its time limit
 JOB_ID = "MACE_JOB_ID"  # the local backend's job id
 STAGE = "MACE_STAGE"  # multi-stage plans: the stage this array runs
+PACK = "MACE_PACK"  # packed arrays: K elements per array task (records/pack.py)
+PACK_INDICES = "MACE_PACK_INDICES"  # packed arrays: the array's element indices, array notation
+PACK_TIME = "MACE_PACK_TIME"  # packed arrays: each element's own time budget in seconds
 # what the backstop merge job gets
 SCRATCH_ROOT = "MACE_SCRATCH_ROOT"
 BACKSTOP = "MACE_BACKSTOP"

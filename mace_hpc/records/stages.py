@@ -33,6 +33,7 @@ class Stage:
     resources: dict[str, Any] = field(default_factory=dict)
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    pack: int | None = None  # elements per array task; must agree with the plan's and every stage's
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Stage:
@@ -40,6 +41,7 @@ class Stage:
             name=str(d["name"]), needs=tuple(str(n) for n in d.get("needs") or ()),
             optional=bool(d.get("optional")), resources=dict(d.get("resources") or {}),
             inputs=tuple(str(p) for p in d.get("inputs") or ()), outputs=tuple(str(p) for p in d.get("outputs") or ()),
+            pack=int(d["pack"]) if d.get("pack") is not None else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,6 +55,8 @@ class Stage:
             out["inputs"] = list(self.inputs)
         if self.outputs:
             out["outputs"] = list(self.outputs)
+        if self.pack is not None:
+            out["pack"] = self.pack
         return out
 
 

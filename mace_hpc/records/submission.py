@@ -21,6 +21,7 @@ from ..util.private import is_private_file
 from ..util.procs import process_alive
 from ._io import RecordError, read_versioned
 from .layout import RECORD_FILE, SubmissionPaths, submissions_root
+from .pack import element_task, task_elements
 
 VERSION = 1
 ARRAY, RESUBMIT, BACKSTOP = "array", "resubmit", "backstop"
@@ -48,6 +49,7 @@ class JobEntry:
     depends_on: tuple[str, ...] = ()  # the backstop's upstream arrays; a stage's upstream stage arrays
     stage: str | None = None  # multi-stage plans: the stage this array runs
     resources: dict[str, Any] = field(default_factory=dict)  # a retry's escalated scheduler.* values
+    pack: int = 1  # elements per array task (records/pack.py maps tasks to elements)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> JobEntry:
@@ -56,7 +58,7 @@ class JobEntry:
             offset=int(d.get("offset") or 0), array=str(d.get("array") or ""),
             indices=tuple(int(i) for i in d.get("indices") or ()), submitted_at=d.get("submitted_at"),
             depends_on=tuple(str(j) for j in d.get("depends_on") or ()), stage=d.get("stage"),
-            resources=dict(d.get("resources") or {}),
+            resources=dict(d.get("resources") or {}), pack=int(d.get("pack") or 1),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,7 +70,17 @@ class JobEntry:
                "array": self.array, "indices": list(self.indices), "submitted_at": self.submitted_at}
         if self.stage is not None:
             out.update(stage=self.stage, depends_on=list(self.depends_on))
+        if self.pack > 1:
+            out["pack"] = self.pack
         return {**out, "resources": dict(self.resources)} if self.resources else out
+
+    def elements_of(self, task: int) -> list[int]:
+        """The element indices array task `task` of this job runs (one, or a pack)."""
+        return task_elements(self.indices, self.pack, task, self.offset)
+
+    def task_of(self, index: int) -> int | None:
+        """The array task of this job that runs element `index` (None: not in this job)."""
+        return element_task(self.indices, self.pack, index, self.offset)
 
     @property
     def is_array(self) -> bool:
@@ -160,6 +172,7 @@ class SubmissionRecord:
     # the retry policy's decisions, one per ended attempt it looked at (see `RetryDecision`)
     retries: tuple[dict[str, Any], ...] = ()
     notified: dict[str, float] = field(default_factory=dict)  # milestone -> when it was sent (once each)
+    pack: int = 1  # elements per array task (the plan's `pack`); resubmissions pack alike
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "record") -> SubmissionRecord:
@@ -181,6 +194,7 @@ class SubmissionRecord:
                 cancelled_at=d.get("cancelled_at"), backstop_error=d.get("backstop_error"),
                 retries=tuple(r for r in d.get("retries") or () if isinstance(r, Mapping)),
                 notified={str(k): float(v) for k, v in (d.get("notified") or {}).items()},
+                pack=int(d.get("pack") or 1),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RecordError(f"{where}: not a mace-hpc submission record ({type(exc).__name__}: {exc}); "

@@ -10,6 +10,7 @@ chunks large plans and quotes job-script values the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import re
@@ -23,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..errors import InputError, SchedulerError, SchedulerUnavailable
 from ..records import env as env_names
+from ..records.pack import task_count, task_elements
 from ..records.states import State
 from ..util.atomic import atomic_write_text
 
@@ -48,12 +50,22 @@ class ArrayRequest:
     # waits for task i of each; `after_ids` are their job ids once submitted (placeholders in a dry run)
     after: tuple[int, ...] = ()
     after_ids: tuple[str, ...] = ()
+    # packing: K consecutive elements (of the sorted `indices`) run one after another in one task;
+    # tasks are 0..ceil(n/K)-1 and the runner finds its elements from MACE_PACK/MACE_PACK_INDICES
+    pack: int = 1
 
     def task_ids(self) -> list[int]:
-        """The scheduler's array task ids (indices minus the offset), sorted; [] for a plain job."""
+        """The scheduler's array task ids (indices minus the offset; packed: 0..tasks-1), sorted;
+        [] for a plain job."""
         if self.indices is None:
             return []
+        if self.pack > 1:
+            return list(range(task_count(len(set(self.indices)), self.pack)))
         return sorted({i - self.index_offset for i in self.indices})
+
+    def elements_of(self, task: int) -> list[int]:
+        """The element indices task `task` runs (records/pack.py)."""
+        return task_elements(self.indices or [], self.pack, task, self.index_offset)
 
 
 @runtime_checkable
@@ -167,6 +179,27 @@ class JobEnvironment:
         except ValueError:
             raise InputError(f"{env_names.INDEX_OFFSET}={raw!r} is not an integer") from None
 
+    def pack(self) -> int:
+        """Elements per array task of this job's array (MACE_PACK; 1 when not packed)."""
+        raw = self.environ.get(env_names.PACK, "1") or "1"
+        try:
+            return max(1, int(raw))
+        except ValueError:
+            raise InputError(f"{env_names.PACK}={raw!r} is not an integer") from None
+
+    def packed_elements(self, task: int | None = None) -> list[int]:
+        """The elements a packed array task runs, in order (records/pack.py): task `task`, else the
+        array task id of this job, over the array's element list MACE_PACK_INDICES."""
+        task = self.task_id() if task is None else task
+        if task is None:
+            raise InputError("no array task: pass --task N or run inside a packed array job")
+        listed = self.environ.get(env_names.PACK_INDICES) or ""
+        try:
+            elements = expand_array_ids(listed)
+        except ValueError:
+            raise InputError(f"{env_names.PACK_INDICES}={listed!r} is not a list of element indices") from None
+        return task_elements(elements, self.pack(), task)
+
     def is_filler(self, index: int) -> bool:
         """Is element `index` a filler of a covering range (a sparse list submitted as `a-b`, PBS
         Pro), i.e. an index nobody asked for? MACE_ARRAY_INDICES lists the wanted task ids."""
@@ -232,6 +265,19 @@ def get_accounting(name: str, scheduler: Mapping[str, Any] | None = None) -> Any
         raise InputError(f"backend '{name}' is unknown; allowed: {' | '.join(_ACCOUNTING)}") from None
     flavor = (scheduler or {}).get("pbs_flavor")
     return _load(target)(**({"flavor": flavor} if name == "pbs" and flavor else {}))
+
+
+def element_usage(accounting: Any, jobs: Sequence[Any]) -> dict[str, dict[int, Any]]:
+    """`accounting.usage` of these arrays (records.JobEntry) by element index: a packed task's usage
+    is given to each element it ran (records/pack.py maps the task to them)."""
+    by_id = {j.job_id: j for j in jobs}
+    usage = accounting.usage(list(by_id), {j.job_id: j.offset for j in jobs})
+    for job_id, rows in usage.items():
+        job = by_id.get(job_id)
+        if job is not None and job.pack > 1:
+            usage[job_id] = {i: dataclasses.replace(u, index=i) for task, u in rows.items()
+                             for i in job.elements_of(task)}
+    return usage
 
 
 def job_environment(environ: Mapping[str, str] | None = None) -> JobEnvironment:

@@ -23,6 +23,7 @@ from ..records.element_state import ElementState, read_state
 from ..records.manifest import Manifest
 from ..records.states import COMPLETED
 from ..records.submission import SubmissionRecord
+from ..schedulers.base import element_usage
 
 MB = 1 << 20
 _ABSENT = ElementState(state="")  # "not read": the scheduler's record had every figure
@@ -39,7 +40,7 @@ def read_usage(record: SubmissionRecord, accounting: Any) -> tuple[dict[str, dic
     if accounting is None or not jobs:
         return {}, None
     try:
-        return accounting.usage([j.job_id for j in jobs], {j.job_id: j.offset for j in jobs}), None
+        return element_usage(accounting, jobs), None
     except SchedulerError as exc:
         return {}, str(exc)
 

@@ -58,9 +58,9 @@ def query_per_job(backend: Backend, jobs: list[JobEntry]) -> dict[str, dict[int,
     covered = [set(j.indices) for j in jobs]
     for key, state in raw.items():
         k, task = divmod(int(key), _STRIDE)
-        index = task + jobs[k].offset if 0 <= k < len(jobs) else -1
-        if index in covered[k]:
-            out[ids[k]][index] = state
+        for index in jobs[k].elements_of(task) if 0 <= k < len(jobs) else ():
+            if index in covered[k]:  # a packed task: the state of each element it runs
+                out[ids[k]][index] = state
     return out
 
 

@@ -203,7 +203,7 @@ def resubmit(
     groups = rerun_groups(manifest.stages, wanted, contexts)
     requests = chain_requests(
         plan, manifest.stages, groups, max_parallel=parallel, command=command, env=env,
-        work_dir=directory / "logs", scheduler=scheduler, backend=be, overrides=resources,
+        work_dir=directory / "logs", scheduler=scheduler, backend=be, overrides=resources, pack=record.pack,
     )
     for req in requests:
         be.render(req)  # refuse bad values before touching any state file

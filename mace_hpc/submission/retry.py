@@ -36,9 +36,17 @@ from ..records import causes as c
 from ..records.causes import Cause, Limits, Usage
 from ..records.element_state import read_state
 from ..records.layout import SubmissionPaths
-from ..records.submission import GIVE_UP, RETRY, RetryDecision, SubmissionRecord, read_record, write_record
+from ..records.submission import (
+    GIVE_UP,
+    RETRY,
+    JobEntry,
+    RetryDecision,
+    SubmissionRecord,
+    read_record,
+    write_record,
+)
 from ..schedulers import get_backend
-from ..schedulers.base import get_accounting
+from ..schedulers.base import element_usage, get_accounting
 from ..status.classify import classify
 from ..status.efficiency import mem_bytes
 from ..status.reconcile import ACTIVE, BAD_FINAL, Report, collect
@@ -185,15 +193,15 @@ def attempt_counts(record: SubmissionRecord) -> dict[int, int]:
 def classify_rows(rows: list[dict[str, Any]], record: SubmissionRecord, policy: FailurePolicy,
                   accounting: Any) -> tuple[dict[int, Cause], dict[int, Usage]]:
     """Cause and usage per candidate row, with ONE accounting call for their arrays."""
-    jobs = sorted({r["job_id"] for r in rows if r["job_id"]})
-    offsets = {j.job_id: j.offset for j in record.array_jobs()}
+    wanted = {r["job_id"] for r in rows if r["job_id"]}
+    jobs = sorted((j for j in record.array_jobs() if j.job_id in wanted), key=lambda j: j.job_id)
     usage: dict[str, dict[int, Usage]] = {}
     if jobs:
         try:
-            usage = accounting.usage(jobs, offsets)
+            usage = element_usage(accounting, jobs)
         except SchedulerError:
             usage = {}  # accounting down: the state files alone still classify most causes
-        usage = _settled_usage(usage, rows, jobs, offsets, accounting)
+        usage = _settled_usage(usage, rows, jobs, accounting)
     causes: dict[int, Cause] = {}
     used: dict[int, Usage] = {}
     for r in rows:
@@ -207,8 +215,8 @@ def classify_rows(rows: list[dict[str, Any]], record: SubmissionRecord, policy: 
 SETTLE_TRIES, SETTLE_WAIT_S = 5, 2.0
 
 
-def _settled_usage(usage: dict[str, dict[int, Usage]], rows: list[dict[str, Any]], jobs: list[str],
-                   offsets: dict[str, int], accounting: Any) -> dict[str, dict[int, Usage]]:
+def _settled_usage(usage: dict[str, dict[int, Usage]], rows: list[dict[str, Any]], jobs: list[JobEntry],
+                   accounting: Any) -> dict[str, dict[int, Usage]]:
     """sacct lags the controller by seconds after jobs end: ask again (a few times, one call each)
     while an ended element has no record yet or its record is not final."""
     for _ in range(SETTLE_TRIES if getattr(accounting, "name", "") == "slurm" else 0):
@@ -218,7 +226,7 @@ def _settled_usage(usage: dict[str, dict[int, Usage]], rows: list[dict[str, Any]
             break
         time.sleep(SETTLE_WAIT_S)
         try:
-            usage = accounting.usage(jobs, offsets)
+            usage = element_usage(accounting, jobs)
         except SchedulerError:
             break
     return usage

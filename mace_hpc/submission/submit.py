@@ -99,8 +99,16 @@ def make_requests(
     work_dir: Path,
     scheduler: dict[str, Any],
     max_array_size: int,
+    pack: int = 1,
 ) -> list[ArrayRequest]:
-    """One request per chunk of task ids below `max_array_size`, each with its index offset."""
+    """One request per chunk of task ids below `max_array_size`, each with its index offset.
+
+    Packed (`pack` > 1): tasks 0..ceil(n/pack)-1 over the sorted indices, chunked by tasks, each
+    chunk's elements exported (MACE_PACK_INDICES) so its runner finds them alone; the task's time
+    limit is `pack` times the element's, which each element keeps as its own budget (MACE_PACK_TIME)."""
+    if pack > 1:
+        return pack_requests(name, indices, max_parallel=max_parallel, command=command, env=env,
+                             work_dir=work_dir, scheduler=scheduler, max_array_size=max_array_size, pack=pack)
     return [
         ArrayRequest(
             name=name, indices=[t + offset for t in task_ids], max_parallel=max_parallel, command=command,
@@ -109,6 +117,34 @@ def make_requests(
         )
         for offset, task_ids in chunk_indices(indices, max_array_size)
     ]
+
+
+def pack_requests(
+    name: str, indices: Sequence[int], *, max_parallel: int, command: list[str], env: dict[str, str],
+    work_dir: Path, scheduler: dict[str, Any], max_array_size: int, pack: int,
+) -> list[ArrayRequest]:
+    """`make_requests` for a packed array: chunk k holds tasks k*limit.. (its own element list)."""
+    ordered = sorted(set(indices))
+    per_chunk = max(1, max_array_size) * pack
+    minutes = int(scheduler.get("time") or 60)
+    budget = max(1, minutes * 60 - int(scheduler.get("signal_margin") or 0))
+    out = []
+    for k in range(0, len(ordered), per_chunk):
+        chunk = ordered[k:k + per_chunk]
+        out.append(ArrayRequest(
+            name=name if k == 0 else f"{name}-pack{k // per_chunk}", indices=chunk, max_parallel=max_parallel,
+            command=command, work_dir=work_dir, scheduler={**scheduler, "time": minutes * pack}, pack=pack,
+            env={**env, env_names.INDEX_OFFSET: "0", env_names.PACK: str(pack),
+                 env_names.PACK_INDICES: array_spec(chunk), env_names.PACK_TIME: str(budget)},
+        ))
+    return out
+
+
+def element_scheduler(req: ArrayRequest) -> dict[str, Any]:
+    """The scheduler values of one element of `req`: a packed task's time limit is `pack` times it."""
+    if req.pack <= 1 or "time" not in req.scheduler:
+        return dict(req.scheduler)
+    return {**req.scheduler, "time": int(req.scheduler["time"]) // req.pack}
 
 
 def array_limit(scheduler: dict[str, Any], backend: Backend) -> int:
@@ -127,6 +163,7 @@ def chain_requests(
     scheduler: dict[str, Any],
     backend: Backend,
     overrides: dict[str, Any] | None = None,
+    pack: int = 1,
 ) -> list[ArrayRequest]:
     """The arrays of a submission: per group (element indices, the stages they run), one array per
     stage and chunk, each stage's chunk after the same chunk of the stages it needs.
@@ -134,14 +171,15 @@ def chain_requests(
     Every stage is chunked with the same limit, so chunk k of each stage holds the same elements at
     the same task ids and `aftercorr` pairs element i with element i. A single-stage plan (no
     stages) is one group of one array per chunk. `overrides` (a retry's escalated resources)
-    win over the plan's and each stage's own.
+    win over the plan's and each stage's own. `pack`: elements per task, the same in every stage
+    so task i of each stage runs the same elements.
     """
     overrides = dict(overrides or {})
     limit = array_limit(scheduler, backend)
     if not stages:
         return [r for indices, _ in groups for r in make_requests(
             name, indices, max_parallel=max_parallel, command=command, env=env, work_dir=work_dir,
-            scheduler={**scheduler, **overrides}, max_array_size=limit)]
+            scheduler={**scheduler, **overrides}, max_array_size=limit, pack=pack)]
     out: list[ArrayRequest] = []
     for indices, names in groups:
         placed: dict[tuple[str, int], int] = {}
@@ -151,7 +189,7 @@ def chain_requests(
             for req in make_requests(
                 f"{name}.{stage.name}", indices, max_parallel=max_parallel, command=command,
                 env={**env, env_names.STAGE: stage.name}, work_dir=work_dir,
-                scheduler={**scheduler, **stage.resources, **overrides}, max_array_size=limit,
+                scheduler={**scheduler, **stage.resources, **overrides}, max_array_size=limit, pack=pack,
             ):
                 req.stage = stage.name
                 req.after = tuple(placed[(n, req.index_offset)] for n in stage.needs if (n, req.index_offset) in placed)
@@ -167,7 +205,7 @@ def build_requests(
     return chain_requests(
         plan.name, plan.stages, [(indices, [s.name for s in plan.stages])], max_parallel=max_parallel,
         command=element_command(sub.manifest_path, scheduler.get("python")), env=array_env(sub, scheduler),
-        work_dir=sub.directory / "logs", scheduler=scheduler, backend=backend,
+        work_dir=sub.directory / "logs", scheduler=scheduler, backend=backend, pack=plan.pack or 1,
     )
 
 
@@ -180,7 +218,7 @@ def job_entry(req: ArrayRequest, job_id: str, kind: str, attempt: int,
               resources: dict[str, Any] | None = None) -> JobEntry:
     return JobEntry(job_id, kind=kind, attempt=attempt, offset=req.index_offset, array=array_spec(req.task_ids()),
                     indices=tuple(sorted(req.indices or [])), submitted_at=time.time(), stage=req.stage,
-                    depends_on=tuple(req.after_ids), resources=dict(resources or {}))
+                    depends_on=tuple(req.after_ids), resources=dict(resources or {}), pack=req.pack)
 
 
 def submit_requests(
@@ -440,8 +478,8 @@ def submit_plan(
         manifest=str(sub.manifest_path), scratch_root=str(sub.scratch_root), elements=len(plan.elements),
         max_parallel=parallel, isolation_mode=sub.isolation_mode, on_complete=sub.on_complete,
         on_failure=sub.on_failure, shared_database=str(sub.shared_database), archive_dir=str(sub.archive_dir),
-        scheduler=requests[0].scheduler, command=tuple(requests[0].command),
-        env=array_env(sub, requests[0].scheduler), runner=own_runner(),
+        scheduler=element_scheduler(requests[0]), command=tuple(requests[0].command),
+        env=array_env(sub, requests[0].scheduler), runner=own_runner(), pack=plan.pack or 1,
         history=(*old.history, {"submitted_at": old.submitted_at, "backend": old.backend,
                                 "jobs": [j.to_dict() for j in old.jobs]}) if old else (),
     )

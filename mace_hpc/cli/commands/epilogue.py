@@ -65,21 +65,25 @@ def _dispatch(args: argparse.Namespace) -> None:
     from ...schedulers import job_environment
 
     env = os.environ
-    located: tuple[Path, Manifest | None] | None = None
+    located: tuple[list[Path], Manifest | None] | None = None
     from_scheduler = False  # found through a job id: the job is over (site Epilog / PBS epilogue)
     if args.context:
-        located = (Path(args.context), None)
+        located = ([Path(args.context)], None)
     elif args.manifest or (not env.get(env_names.CONTEXT_DIR) and env.get(env_names.MANIFEST)):
         path = Path(args.manifest or env[env_names.MANIFEST]).absolute()
         job = job_environment(env)
-        index = job.element_index(args.index)
-        if not args.manifest and job.is_filler(index):
-            _say(args, f"index {index} was not submitted (covering range filler); nothing to do")
-            return
+        if args.index is None and job.pack() > 1:  # a packed task: every element it ran
+            indices = job.packed_elements()
+        else:
+            index = job.element_index(args.index)
+            if not args.manifest and job.is_filler(index):
+                _say(args, f"index {index} was not submitted (covering range filler); nothing to do")
+                return
+            indices = [index]
         manifest = load_manifest(path)
-        located = (Path(manifest.entry(index, str(path)).context_dir), manifest)
+        located = ([Path(manifest.entry(i, str(path)).context_dir) for i in indices], manifest)
     elif env.get(env_names.CONTEXT_DIR):
-        located = (Path(env[env_names.CONTEXT_DIR]), None)
+        located = ([Path(env[env_names.CONTEXT_DIR])], None)
     elif args.pbs_job:
         if os.geteuid() == 0 and args.user:
             argv = sitehook.self_argv("--pbs-job", args.pbs_job, "--ended", *_passthrough(args))
@@ -90,7 +94,7 @@ def _dispatch(args: argparse.Namespace) -> None:
         if found is None:
             _say(args, f"PBS job {args.pbs_job} is not a mace-hpc element; nothing to do")
             return
-        located = (found.context_dir, found.manifest)
+        located = (found.context_dirs, found.manifest)
     elif args.slurm_job or (os.geteuid() == 0 and env.get("SLURM_JOB_ID")):
         job = args.slurm_job or env["SLURM_JOB_ID"]
         user = env.get("SLURM_JOB_UID") or env.get("SLURM_JOB_USER")
@@ -103,11 +107,12 @@ def _dispatch(args: argparse.Namespace) -> None:
         if found is None:
             _say(args, f"SLURM job {job} is not a mace-hpc element; nothing to do")
             return
-        located = (found.context_dir, found.manifest)
+        located = (found.context_dirs, found.manifest)
     if located is None:
         _say(args, "not a mace-hpc job (no context, manifest or job id); nothing to do")
         return
-    _finalize(args, *located, ended=args.ended or from_scheduler)
+    for context_dir in located[0]:  # a packed task: each of its elements, one after another
+        _finalize(args, context_dir, located[1], ended=args.ended or from_scheduler)
 
 
 def _deadline(args: argparse.Namespace) -> float:

@@ -71,30 +71,34 @@ class LocalBackend:
         self._fork_module: dict[int, str | None] = {}  # per request: run its elements in a fork?
 
     def _argv(self, req: ArrayRequest, index: int | str) -> list[str]:
-        """The runner for element `index` (`req.indices` are element indices: no offset to add),
-        behind the plan's `setup` lines when it has any, as a cluster job script runs them."""
-        runner = [*req.command, "--index", str(index)]
+        """The runner for element `index` (`req.indices` are element indices: no offset to add;
+        packed: task `index`, its elements one after another), behind the plan's `setup` lines
+        when it has any, as a cluster job script runs them."""
+        runner = [*req.command, *_unit_args(req, index)]
         setup = setup_lines(req.scheduler)
         if not setup:
             return runner
         return [_bash(), "-c", "\n".join([*setup, 'exec "$@"']), "mace-element", *runner]
 
     def render(self, req: ArrayRequest) -> tuple[str, list[str]]:
-        tasks = req.indices if req.indices is not None else [0]
+        tasks = _units(req)
         setup = setup_lines(req.scheduler)
         lines = [
-            "# local backend: each element runs as a process on this machine",
+            "# local backend: each element runs as a process on this machine" if req.pack <= 1 else
+            f"# local backend: each task runs {req.pack} elements one after another, as a process on this machine",
             f"# at most {req.max_parallel} at once, time limit {req.scheduler.get('time')} min",
         ]
         if setup:
             lines += ["# setup: bash runs these before each element, as a cluster job script does", *setup]
         lines += [
             *(f"export {k}={shlex.quote(v)}" for k, v in sorted(req.env.items())),
-            *(shlex.join([*req.command, "--index", str(t + req.index_offset)]) for t in tasks[:3]),
+            *(shlex.join([*req.command, *_unit_args(req, t + req.index_offset)])
+              + (f"  # elements {','.join(map(str, req.elements_of(t)))}" if req.pack > 1 else "")
+              for t in tasks[:3]),
         ]
         if len(tasks) > 3:
-            lines.append(f"# … and {len(tasks) - 3} more elements")
-        return "\n".join(lines) + "\n", self._argv(req, "N")  # once per element, N = its index
+            lines.append(f"# … and {len(tasks) - 3} more {'tasks' if req.pack > 1 else 'elements'}")
+        return "\n".join(lines) + "\n", self._argv(req, "N")  # once per element (task), N = its index
 
     def submit(self, req: ArrayRequest) -> str:
         return self.submit_all([req], lambda r, j: None)[0]
@@ -116,8 +120,8 @@ class LocalBackend:
             on_submitted(req, job_id)
         cores = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
         slots = max(1, max(int(r.max_parallel or 1) for r in requests))
-        tasks = [(k, t) for k, req in enumerate(requests) for t in (req.indices if req.indices is not None else [0])]
-        members = [set(req.indices or [0]) for req in requests]
+        tasks = [(k, t) for k, req in enumerate(requests) for t in _units(req)]
+        members = [set(_units(req)) for req in requests]
         waits = {(k, t): [(u, t) for u in requests[k].after if t in members[u]] for k, t in tasks}
         # a downstream stage that became ready goes first: chains finish early, as on a cluster
         pending = sorted(tasks, key=lambda kt: (-len(requests[kt[0]].after), kt[1], kt[0]))
@@ -186,7 +190,7 @@ class LocalBackend:
         module = self._fork_module[key]
         with open(req.work_dir / f"{job_id}_{task}.out", "wb") as out:
             if module:
-                return _Forked(module, [*req.command[3:], "--index", str(task)], env, out)
+                return _Forked(module, [*req.command[3:], *_unit_args(req, task)], env, out)
             return subprocess.Popen(
                 self._argv(req, task), env=env, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
@@ -235,6 +239,17 @@ class LocalBackend:
 
     def max_array_size(self) -> int:
         return 1 << 31
+
+
+def _units(req: ArrayRequest) -> list[int]:
+    """What the local pool runs one process each for: element indices, or a packed array's tasks."""
+    if req.pack > 1:
+        return req.task_ids()
+    return list(req.indices) if req.indices is not None else [0]
+
+
+def _unit_args(req: ArrayRequest, unit: int | str) -> list[str]:
+    return ["--task" if req.pack > 1 else "--index", str(unit)]
 
 
 def setup_lines(scheduler: dict[str, Any]) -> list[str]:

@@ -1,0 +1,225 @@
+"""Packing (`pack: K`): K consecutive elements run one after another inside one array task, each
+with its own context, state, results and retries; the throttle and chunking count tasks."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mace_hpc.cli.main import run
+from mace_hpc.errors import InputError
+from mace_hpc.plan import load_plan_data
+from mace_hpc.records.pack import element_task, task_count, task_elements
+from mace_hpc.records.submission import JobEntry, read_record
+from mace_hpc.schedulers.base import ArrayRequest, JobEnvironment
+from mace_hpc.util.atomic import read_json
+
+# writes what it saw (its pid, the scheduler's task id, its context) and fails when told to
+STEP = ("import json, os, sys; json.dump({'pid': os.getppid(), 'wid': os.environ['MACE_WORKFLOW_ID'], "
+        "'ctx': os.environ['MACE_CONTEXT_DIR'], 'task': os.environ.get('SLURM_ARRAY_TASK_ID')}, "
+        "open('seen.json', 'w')); sys.exit(int(sys.argv[1]) if not os.path.exists(sys.argv[2]) else 0)")
+
+
+def pack_plan(tmp_path: Path, name: str, n: int, pack: int, *, fail: set[int] = frozenset(),
+              **top: Any) -> tuple[Path, Path]:
+    """A plan of `n` elements packed by `pack`; elements in `fail` exit 3 until `fix` exists."""
+    fix = tmp_path / f"{name}.fixed"
+    elements = [{"id": f"e{i}", "steps": [{"name": "s", "command": [sys.executable, "-c", STEP,
+                                                                     "3" if i in fail else "0", str(fix)]}]}
+                for i in range(n)]
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"name": name, "isolation_mode": "isolated", "pack": pack,
+                                "elements": elements, **top}))
+    return path, fix
+
+
+def state(scratch: Path, wid: str) -> dict[str, Any]:
+    return read_json(scratch / wid / "state.json") or {}
+
+
+# ------------------------------------------------------------------ the mapping
+def test_tasks_map_to_consecutive_elements() -> None:
+    assert task_count(10, 3) == 4
+    elements = [7, 2, 3, 9, 11, 4, 5]
+    assert [task_elements(elements, 3, t) for t in range(3)] == [[2, 3, 4], [5, 7, 9], [11]]
+    assert element_task(elements, 3, 9) == 1 and element_task(elements, 3, 8) is None
+    assert task_elements(elements, 1, 4, offset=100) == [104]  # unpacked: task id + offset
+    job = JobEntry("1", indices=(2, 3, 4, 5, 7, 9, 11), pack=3)
+    assert job.elements_of(2) == [11] and job.task_of(5) == 1
+    assert JobEntry.from_dict(job.to_dict()) == job
+    req = ArrayRequest("p", indices=list(range(10)), max_parallel=2, command=["x"], pack=3)
+    assert req.task_ids() == [0, 1, 2, 3] and req.elements_of(3) == [9]
+
+
+def test_runner_reads_its_elements_from_the_environment() -> None:
+    env = JobEnvironment({"MACE_PACK": "4", "MACE_PACK_INDICES": "0-5,8,10-12"})
+    assert env.packed_elements(0) == [0, 1, 2, 3] and env.packed_elements(1) == [4, 5, 8, 10]
+    assert env.packed_elements(2) == [11, 12] and env.packed_elements(3) == []
+
+
+# ------------------------------------------------------------------ plan validation
+def test_pack_is_validated_and_stages_must_agree(tmp_path: Path) -> None:
+    steps = [{"name": n, "command": ["true"], "stage": n} for n in ("x", "y")]
+    base = {"name": "p", "elements": [{"id": "a", "steps": steps}]}
+    with pytest.raises(InputError, match=r"^pack: "):
+        load_plan_data({**base, "pack": 0}, plan_dir=tmp_path)
+    stages = [{"name": "x", "pack": 5}, {"name": "y", "pack": 4}]
+    with pytest.raises(InputError, match=r"stages\[1\]\.pack: stage y packs 4 .* stage x packs 5"):
+        load_plan_data({**base, "stages": stages}, plan_dir=tmp_path)
+    with pytest.raises(InputError, match=r"stages\[1\]\.pack"):  # a stage without pack takes the plan's
+        load_plan_data({**base, "pack": 3, "stages": [{"name": "x"}, {"name": "y", "pack": 4}]}, plan_dir=tmp_path)
+    plan = load_plan_data({**base, "stages": [{"name": "x", "pack": 5}, {"name": "y", "pack": 5}]}, plan_dir=tmp_path)
+    assert plan.pack == 5
+    flat = {"name": "p", "elements": [{"id": "a", "steps": [{"name": "s", "command": ["true"]}]}]}
+    assert load_plan_data({**flat, "pack": 2}, plan_dir=tmp_path).pack == 2
+
+
+# ------------------------------------------------------------------ local backend
+def test_local_pack_keeps_elements_apart_and_reruns_only_the_failed(tmp_path: Path, mace_env: dict[str, Any],
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path, fix = pack_plan(tmp_path, "lp", 10, 3, fail={4}, max_parallel=2)
+    assert run(["submit", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "each task runs 3 elements" in out and "--task 0" in out and "# elements 0,1,2" in out
+    assert run(["submit", str(path)]) == 1  # element 4 failed
+    scratch = mace_env["scratch_root"]
+    record = read_record(scratch / ".submissions" / "lp" / "record.json")
+    assert record is not None and record.pack == 3
+    (job,) = record.array_jobs()
+    assert job.pack == 3 and job.array == "0-3" and job.indices == tuple(range(10))
+    logs = sorted(p.name for p in (scratch / ".submissions" / "lp" / "logs").glob("*.out"))
+    assert len(logs) == 4  # 4 tasks, not 10 elements
+    seen = {}
+    for i in range(10):
+        s = state(scratch, f"lp-e{i}")
+        assert s["index"] == i and s["workflow_id"] == f"lp-e{i}"
+        if i == 4:
+            assert s["run_state"] == "FAILED"
+            continue
+        assert s["state"] == "MERGED", (i, s)  # 3 and 5, its pack-mates, ran and merged
+        seen[i] = json.loads(next((scratch / f"lp-e{i}").rglob("seen.json")).read_text()) if (
+            scratch / f"lp-e{i}").is_dir() else None
+    # one runner process per task: pack-mates share it, other tasks do not
+    pids = {i: v["pid"] for i, v in seen.items() if v}
+    assert pids[0] == pids[1] == pids[2] != pids[6] == pids[7] == pids[8]
+    assert len({v["ctx"] for v in seen.values()}) == 9  # each its own context
+    fix.write_text("ok")
+    assert run(["resubmit", "lp", "--failed"]) == 0
+    record = read_record(scratch / ".submissions" / "lp" / "record.json")
+    again = record.array_jobs()[-1]
+    assert again.indices == (4,) and again.pack == 3 and again.array == "0"
+    assert state(scratch, "lp-e4")["state"] == "MERGED" and state(scratch, "lp-e4")["attempts"] == 2
+    assert all(state(scratch, f"lp-e{i}")["attempts"] == 1 for i in range(10) if i != 4)
+
+
+# ------------------------------------------------------------------ SLURM / PBS render (no cluster)
+def packed_requests(n: int, pack: int, *, limit: int = 1001, stages: tuple[str, ...] = ()) -> list[ArrayRequest]:
+    from mace_hpc.records.stages import Stage
+    from mace_hpc.submission.submit import chain_requests
+
+    class Limit:
+        def max_array_size(self) -> int:
+            return limit
+
+    return chain_requests("pk", [Stage(s, needs=(stages[k - 1],) if k else ()) for k, s in enumerate(stages)],
+                          [(list(range(n)), list(stages))], max_parallel=2, command=["python", "-m", "mace_hpc.element",
+                          "/m/manifest.json"], env={"MACE_MANIFEST": "/m/manifest.json"}, work_dir=Path("/tmp/pk"),
+                          scheduler={"time": 10, "signal_margin": 30}, backend=Limit(), pack=pack)  # type: ignore[arg-type]
+
+
+def test_slurm_render_counts_tasks_and_throttles_tasks() -> None:
+    from mace_hpc.schedulers.slurm.backend import SlurmBackend
+
+    (req,) = packed_requests(10, 3)
+    script, argv = SlurmBackend(max_array_size=1001).render(req)
+    assert "--array=0-3%2" in " ".join(argv) + script  # 4 tasks, throttle 2 tasks at once
+    assert "MACE_PACK=3" in script + " ".join(argv) and "MACE_PACK_INDICES=0-9" in script + " ".join(argv)
+    assert "--time=30" in script + " ".join(argv) or "--time=0:30:00" in script + " ".join(argv)  # 3 x 10 min
+    assert req.env["MACE_PACK_TIME"] == str(10 * 60 - 30)  # each element's own budget
+
+
+def test_chunking_counts_tasks_not_elements() -> None:
+    chunks = packed_requests(10, 3, limit=3)  # 4 tasks, at most 3 per array
+    assert [(r.task_ids(), r.indices) for r in chunks] == [([0, 1, 2], list(range(9))), ([0], [9])]
+    assert [r.env["MACE_PACK_INDICES"] for r in chunks] == ["0-8", "9"]
+    assert len({r.name for r in chunks}) == 2  # distinct job names (and scripts)
+
+
+def test_stages_pack_alike_so_aftercorr_pairs_tasks() -> None:
+    a, b = packed_requests(7, 3, stages=("a", "b"))
+    assert a.task_ids() == b.task_ids() == [0, 1, 2] and b.after == (0,)
+    assert [a.elements_of(t) for t in a.task_ids()] == [b.elements_of(t) for t in b.task_ids()] == [
+        [0, 1, 2], [3, 4, 5], [6]]
+    assert b.env["MACE_STAGE"] == "b" and b.env["MACE_PACK"] == "3"
+
+
+@pytest.mark.parametrize("flavor", ["pbspro", "torque"])
+def test_pbs_render_counts_tasks(flavor: str) -> None:
+    from mace_hpc.schedulers.pbs.backend import PbsBackend
+
+    (req,) = packed_requests(10, 3)
+    script, argv = PbsBackend(flavor=flavor, max_array_size=1001).render(req)
+    text = script + " ".join(argv)
+    assert "0-3%2" in text  # 4 tasks, 2 at once
+    assert "MACE_PACK=3" in text and "MACE_PACK_INDICES=0-9" in text
+    assert "00:30:00" in text  # walltime 3 x 10 min
+
+
+def test_dry_run_shows_the_packing(tmp_path: Path, mace_env: dict[str, Any],
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = pack_plan(tmp_path, "dp", 10, 3, max_parallel=2)
+    assert run(["submit", str(path), "--backend", "slurm", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "packed: 3 elements per array task" in out and "task 1: elements 3,4,5" in out
+    assert "4 tasks running 10 elements, 3 per task" in out and "--array=0-3%2" in out
+    assert not (mace_env["scratch_root"] / "dp-e0").exists()
+
+
+# ------------------------------------------------------------------ time limits inside a pack
+def _slow_pack(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
+    """3 elements; e1 touches a flag then sleeps 30 s. Contexts and manifest only (no jobs)."""
+    from mace_hpc.submission.submit import submit_plan
+
+    flag = tmp_path / f"{name}.started"
+    slow = f"import pathlib, time; pathlib.Path({str(flag)!r}).touch(); time.sleep(30)"
+    steps = {1: [sys.executable, "-c", slow]}
+    elements = [{"id": f"e{i}", "steps": [{"name": "s", "command": steps.get(i, ["true"])}]} for i in range(3)]
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"name": name, "isolation_mode": "isolated", "pack": 3, "elements": elements}))
+    result = submit_plan(path, backend="local", prepare_only=True)
+    return result.submission.manifest_path, flag, result.submission.scratch_root
+
+
+def test_time_limit_records_which_elements_finished(tmp_path: Path, mace_env: dict[str, Any]) -> None:
+    """SIGUSR2 (the task's limit is near) while e1 runs: e0 finished, e1 TIMEOUT, e2 never started."""
+    import signal
+
+    from submit_fakes import signal_when_started
+
+    manifest, flag, scratch = _slow_pack(tmp_path, "tl")
+    env = {"MACE_PACK": "3", "MACE_PACK_INDICES": "0-2", "MACE_JOB_ID": "local-1"}
+    rc = signal_when_started([sys.executable, "-m", "mace_hpc.element", str(manifest), "--task", "0"],
+                             flag, signal.SIGUSR2, env)
+    assert rc == 124
+    assert state(scratch, "tl-e0")["state"] == "MERGED"
+    assert state(scratch, "tl-e1")["run_state"] == "TIMEOUT"
+    assert state(scratch, "tl-e2").get("state", "PENDING") == "PENDING" and "started_at" not in state(scratch, "tl-e2")
+
+
+def test_each_element_keeps_its_own_time_budget(tmp_path: Path, mace_env: dict[str, Any]) -> None:
+    """e1 exceeds its own budget (MACE_PACK_TIME): it records TIMEOUT and e2 still runs."""
+    import subprocess
+
+    manifest, _, scratch = _slow_pack(tmp_path, "tb")
+    env = {**os.environ, "MACE_PACK": "3", "MACE_PACK_INDICES": "0-2", "MACE_PACK_TIME": "2",
+           "MACE_JOB_ID": "local-1"}
+    proc = subprocess.run([sys.executable, "-m", "mace_hpc.element", str(manifest), "--task", "0"], env=env,
+                          timeout=60)
+    assert proc.returncode == 124
+    assert [state(scratch, f"tb-e{i}")["run_state"] for i in range(3)] == ["COMPLETED", "TIMEOUT", "COMPLETED"]
+    assert "own time budget" in state(scratch, "tb-e1")["message"]
