@@ -13,6 +13,7 @@ Run: python benchmarks/bench_archive_s3.py [--contexts 1000] [--big-mib 200]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -32,7 +33,7 @@ def make_contexts(root: Path, n: int, plan: str) -> list[Path]:
     for i in range(n):
         d = root / f"{plan}-e{i}"
         (d / "calculations" / "s").mkdir(parents=True, mode=0o700)
-        (d / "context.json").write_text('{"workflow_id": "%s"}' % d.name)
+        (d / "context.json").write_text(json.dumps({"workflow_id": d.name}))
         (d / "state.json").write_text('{"state": "COMPLETED"}')
         (d / "data.bin").write_bytes(blob)
         (d / "calculations" / "s" / "stdout.txt").write_text("output\n" * 100)
