@@ -195,6 +195,7 @@ def forkable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.syspath_prepend(str(tmp_path / "lib"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path / "lib"), os.environ.get("PYTHONPATH")])))
     monkeypatch.setattr(local_mod, "FORKABLE_MODULES", frozenset({"forkme"}))
+    monkeypatch.setenv(local_mod.FORK_VAR, "1")  # opt-in (experimental)
     return "forkme"
 
 
@@ -267,3 +268,12 @@ def test_cancel_signals_only_mace_processes(tmp_path: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def test_fork_mode_is_opt_in(tmp_path: Path, forkable: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without MACE_LOCAL_FORK=1 every element is a new process (fork mode is experimental)."""
+    monkeypatch.delenv(local_mod.FORK_VAR)
+    req = _module_request(tmp_path, forkable, {"PLAN_VAR": "v"})
+    assert LocalBackend()._forkable(req, {**os.environ, **req.env}) is None
+    monkeypatch.setenv(local_mod.FORK_VAR, "1")
+    assert LocalBackend()._forkable(req, {**os.environ, **req.env}) == forkable
