@@ -10,8 +10,10 @@ front: a writer waits on the busy timeout instead of failing half-way with "data
 from __future__ import annotations
 
 import os
+import random
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -203,13 +205,31 @@ def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         conn.execute("PRAGMA foreign_keys = ON")
-        current = conn.execute("PRAGMA journal_mode").fetchone()[0].lower()
-        if current != mode:
-            conn.execute(f"PRAGMA journal_mode = {mode}").fetchone()
+        set_journal_mode(conn, mode)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def set_journal_mode(conn: sqlite3.Connection, mode: str, timeout: float = BUSY_TIMEOUT_S) -> None:
+    """Switch `conn`'s database to `mode`, waiting for other connections like a write would.
+
+    SQLite answers "database is locked" at once, without its busy handler, when the switch meets
+    another connection (seen: 8 elements opening a new shared database together). So retry with
+    a short jittered pause until the mode is set, by us or by whoever got there first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == mode:
+                return
+            conn.execute(f"PRAGMA journal_mode = {mode}").fetchone()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01 + random.random() * 0.04)
 
 
 @contextmanager
