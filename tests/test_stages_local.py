@@ -239,3 +239,19 @@ def test_retry_policy_restarts_a_staged_element_at_its_failed_stage(tmp_path: Pa
         rows = db.execute("SELECT status, COUNT(*) FROM calculations WHERE workflow_id = 'stretry-x' "
                           "GROUP BY 1").fetchall()
     assert dict(rows) == {"completed": 3, "failed": 1}
+
+
+def test_a_runner_that_fails_before_recording_a_start_is_failed_not_pending(tmp_path: Path,
+                                                                           mace_env: dict[str, Any]) -> None:
+    """A local element whose runner exits before writing its state (here: a setup line exports a
+    stage the plan does not have, which the runner refuses first) must not stay PENDING forever
+    (`mace status --watch` would wait for it): the local backstop records it FAILED, naming the
+    exit code and the logs."""
+    plan = tmp_path / "early.json"
+    plan.write_text(json.dumps({"name": "early", "isolation_mode": "isolated",
+                                "resources": {"setup": ["export MACE_STAGE=bogus"]}, "elements": [
+                                    {"id": "x", "steps": [{"name": "s", "command": ["true"]}]}]}))
+    assert run(["submit", str(plan)]) == 1
+    state = _state(mace_env["scratch_root"], "early-x")
+    assert state["state"] in ("FAILED", "KEPT") and state["run_state"] == "FAILED"
+    assert state["message"].startswith("the element runner exited with code 2 before it recorded a start; see its log")

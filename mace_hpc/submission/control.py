@@ -230,7 +230,8 @@ def resubmit(
         raise
     record = record.replace(runner=None)
     if backend_name == "local":
-        local_backstop(be, Path(manifest.scratch_root or directory.parent.parent), plan)
+        local_backstop(be, Path(manifest.scratch_root or directory.parent.parent), plan,
+                       [by_index[i] for i in wanted])
     else:
         sub = Submission(
             name=plan, directory=directory, scratch_root=Path(manifest.scratch_root or directory.parent.parent),

@@ -512,7 +512,7 @@ def submit_plan(
         if warning:
             result.warnings.append(warning)
     else:
-        local_backstop(be, sub.scratch_root, sub.name)
+        local_backstop(be, sub.scratch_root, sub.name, sub.entries)
     # nothing of ours runs on this host any more (the local pool is done)
     result.record = write_record(sub.directory, record.replace(runner=None))
     result.seconds = time.perf_counter() - t0
@@ -533,11 +533,21 @@ def submission_lock(sub: Submission) -> NfsLock:
                          f"see `mace status {sub.name}`") from None
 
 
-def local_backstop(be: Backend, scratch_root: Path, plan: str) -> None:
+def local_backstop(be: Backend, scratch_root: Path, plan: str, entries: Sequence[ManifestEntry] = ()) -> None:
     """The local backend's backstop: every element has ended when `submit` returns, so one whose
-    runner died (killed, out of memory) is finalized now as lost, by its on_failure policy."""
-    if any(rc != 0 for rc in getattr(be, "returncodes", {}).values()):
-        merge_pending(scratch_root, [plan], options=Options(ended=True, by="mace-submit"))
+    runner died (killed, out of memory) is finalized now as lost, by its on_failure policy; one
+    whose runner failed before it recorded a start is FAILED, not left PENDING forever."""
+    codes = getattr(be, "returncodes", {})
+    if not any(rc != 0 for rc in codes.values()):
+        return
+    for entry in entries:
+        rc = codes.get(entry.index, 0)
+        d = Path(entry.context_dir)
+        if rc and d.is_dir() and (before := read_state(d)).state == st.PENDING and not before.attempts:
+            write_state(d, state=st.FAILED, run_state=st.FAILED, finished_at=time.time(),
+                        message=f"the element runner exited with code {rc} before it recorded a start; "
+                                f"see its log under {submissions_root(scratch_root) / plan / 'logs'}")
+    merge_pending(scratch_root, [plan], options=Options(ended=True, by="mace-submit"))
 
 
 def cancel_unstarted(entries: Sequence[ManifestEntry], message: str) -> int:
