@@ -6,9 +6,11 @@ is a skip with the command to run, so `pytest -ra` shows why the SLURM tests did
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from real_cluster import require
@@ -58,3 +60,16 @@ def _probe() -> SlurmCluster | str:
 def slurm_cluster() -> SlurmCluster:
     """The real local SLURM cluster; fail in CI, skip elsewhere when it is not running."""
     return require(_probe(), CI_MESSAGE, LOCAL_MESSAGE)
+
+
+def job_root(tmp_path_factory: pytest.TempPathFactory, name: str) -> tuple[Path, dict[str, str]]:
+    """A directory jobs may read (0755) and the MACE_* settings that put a test's scratch root,
+    shared database and archives in it (MACE_CONFIG names an empty file: nothing else is read)."""
+    root = tmp_path_factory.mktemp(name)
+    os.chmod(root, 0o755)
+    (root / "none.json").write_text("{}")  # MACE_CONFIG must name a file
+    return root, {
+        "MACE_SCRATCH_ROOT": str(root / "scratch"), "MACE_SHARED_DATABASE": str(root / "shared.db"),
+        "MACE_ARCHIVE_DIR": str(root / "archives"), "MACE_CONFIG": str(root / "none.json"),
+    }
+

@@ -214,17 +214,24 @@ def _big_context(env: dict[str, Any], plan: str, mib: int) -> Path:
     return ctx
 
 
+def _merge_cut_mid_upload(env: dict[str, Any], monkeypatch: Any, plan: str, after: int, on_cut: Any = None) -> Path:
+    """A 24 MiB context archived in 5 MiB parts through a forwarder that cuts the connection
+    after `after` bytes (calling `on_cut`): `mace merge` fails and leaves it PENDING_MERGE."""
+    ctx = _big_context(env, plan, 24)
+    proxy = Forwarder(env["server"].port)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setenv("MACE_ARCHIVE_PART_SIZE", "5")
+    proxy.cut_after(after, on_cut=on_cut)
+    assert run(["merge", plan]) == 1
+    assert read_state(ctx).state == st.PENDING_MERGE
+    return ctx
+
+
 def test_server_killed_mid_upload_leaves_nothing_and_merge_completes_it_later(s3_env, monkeypatch, capsys) -> None:
     """The upload goes in 5 MiB parts through a forwarder that SIGKILLs the server after 8 MiB."""
     server = s3_env["server"]
-    ctx = _big_context(s3_env, "km", 24)
-    proxy = Forwarder(server.port)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    monkeypatch.setenv("MACE_ARCHIVE_PART_SIZE", "5")
-    proxy.cut_after(8 << 20, on_cut=server.kill)
-    assert run(["merge", "km"]) == 1
-    state = read_state(ctx)
-    assert state.state == st.PENDING_MERGE and "cannot reach the object store" in state.pending_reason
+    ctx = _merge_cut_mid_upload(s3_env, monkeypatch, "km", 8 << 20, on_cut=server.kill)
+    assert "cannot reach the object store" in read_state(ctx).pending_reason
     assert (ctx / "calculations" / "s" / "big.bin").stat().st_size == 24 << 20
     assert server.proc is not None and server.proc.poll() is not None  # it really died mid-upload
     capsys.readouterr()
@@ -242,13 +249,7 @@ def test_server_killed_mid_upload_leaves_nothing_and_merge_completes_it_later(s3
 def test_connection_cut_mid_upload_leaves_no_object_under_the_final_key(s3_env, monkeypatch, capsys) -> None:
     """The server lives on (so what it holds can be inspected): the final key never appears."""
     server = s3_env["server"]
-    ctx = _big_context(s3_env, "cut", 24)
-    proxy = Forwarder(server.port)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    monkeypatch.setenv("MACE_ARCHIVE_PART_SIZE", "5")
-    proxy.cut_after(12 << 20)
-    assert run(["merge", "cut"]) == 1
-    assert read_state(ctx).state == st.PENDING_MERGE
+    ctx = _merge_cut_mid_upload(s3_env, monkeypatch, "cut", 12 << 20)
     assert _keys(server) == set()  # no archive, no manifest entry: the multipart upload never completed
     monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
     assert run(["merge", "cut"]) == 0, capsys.readouterr()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from slurm_fixtures import job_root
 
 from mace_hpc.config import load_config
 from mace_hpc.records import find_record, load_manifest
@@ -73,18 +74,14 @@ def _scontrol(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def retry_run(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    root = tmp_path_factory.mktemp("retry")
-    os.chmod(root, 0o755)
+    root, environ = job_root(tmp_path_factory, "retry")
     scratch = root / "scratch"
     step = root / "step.py"
     step.write_text(STEP)
-    (root / "none.json").write_text("{}")
     node = subprocess.run(["sinfo", "-h", "-o", "%N", "-p", slurm_cluster.partition], capture_output=True,
                           text=True, timeout=15).stdout.split()[0]
     made = _scontrol("create", f"PartitionName={PARTITION}", f"Nodes={node}", "MaxTime=3", "State=UP")
     assert made.returncode == 0, f"cannot create the test partition: {made.stderr}"
-    environ = {"MACE_SCRATCH_ROOT": str(scratch), "MACE_SHARED_DATABASE": str(root / "shared.db"),
-               "MACE_ARCHIVE_DIR": str(root / "archives"), "MACE_CONFIG": str(root / "none.json")}
     notified = root / "notified.jsonl"
     notify_sh = root / "notify.sh"
     notify_sh.write_text(f'#!/bin/sh\ncat "$MACE_NOTIFY_FILE" >> {notified}\necho >> {notified}\n')

@@ -12,7 +12,6 @@ element i; `mace resubmit --failed` reruns element 2 alone, from its failed stag
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from slurm_fixtures import job_root
 
 from mace_hpc.cli.main import run
 from mace_hpc.config import load_config
@@ -53,16 +53,10 @@ def _stage_step(probe: Path, stage: str, nap: float, gate: str = "-") -> dict[st
 
 @pytest.fixture(scope="module")
 def staged(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    root = tmp_path_factory.mktemp("stages")
-    os.chmod(root, 0o755)
+    root, environ = job_root(tmp_path_factory, "stages")
     scratch = root / "scratch"
     probe = root / "probe.py"
     probe.write_text(PROBE)
-    (root / "none.json").write_text("{}")
-    environ = {
-        "MACE_SCRATCH_ROOT": str(scratch), "MACE_SHARED_DATABASE": str(root / "shared.db"),
-        "MACE_ARCHIVE_DIR": str(root / "archives"), "MACE_CONFIG": str(root / "none.json"),
-    }
     fixed = root / "fixed"
     never = root / "never-created"
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from real_cluster import peak_overlap
+from slurm_fixtures import job_root
 
 from mace_hpc.cli.main import run
 from mace_hpc.config import load_config
@@ -61,16 +62,10 @@ def _steps_probe(probe: Path, nap: float = 0.0, extra: list[str] | None = None) 
 @pytest.fixture(scope="module")
 def cluster_run(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Write the plans, submit them all (real sbatch), return where everything is."""
-    root = tmp_path_factory.mktemp("e2e")
-    os.chmod(root, 0o755)
+    root, environ = job_root(tmp_path_factory, "e2e")
     scratch = root / "scratch"
     probe = root / "probe.py"
     probe.write_text(PROBE)
-    (root / "none.json").write_text("{}")  # MACE_CONFIG must name a file
-    environ = {
-        "MACE_SCRATCH_ROOT": str(scratch), "MACE_SHARED_DATABASE": str(root / "shared.db"),
-        "MACE_ARCHIVE_DIR": str(root / "archives"), "MACE_CONFIG": str(root / "none.json"),
-    }
     part = {"scheduler.partition": slurm_cluster.partition}
 
     def cfg(**cli: Any) -> Any:
