@@ -23,7 +23,7 @@ from ..epilogue.hook import run_epilogue as run_epilogue_hook
 from ..errors import InputError, SchedulerError
 from ..records import env as env_names
 from ..records import states as st
-from ..records.element_state import ElementState, read_state, write_stage, write_state
+from ..records.element_state import ElementState, read_state, update_state, write_stage
 from ..records.layout import SubmissionPaths
 from ..records.manifest import Manifest, load_manifest
 from ..records.stages import (
@@ -92,26 +92,34 @@ def start(context_dir: Path, stage: str, element: dict[str, Any]) -> ElementStat
 
 
 def stop(context_dir: Path, stages: Sequence[Stage], name: str, state: str, message: str,
-         **fields: Any) -> StageEnd:
-    """Record how stage `name` ended; skip what its failure stops; say whether the chain ended."""
+         element: Mapping[str, Any] | None = None, **fields: Any) -> StageEnd:
+    """Record how stage `name` ended, skip what its failure stops, and set the element's own
+    fields (plus `element`, e.g. its resource usage): one locked read-modify-write of the state
+    file, so a sibling stage ending at the same moment sees all of it."""
     now = time.time()
-    write_stage(context_dir, name, state=state, finished_at=now, message=message, **fields)
-    skipped: tuple[str, ...] = ()
-    if state != st.COMPLETED and not by_name(stages)[name].optional:
-        current = read_state(context_dir).stages
-        skipped = tuple(d for d in descendants(stages, name) if stage_state(current, d) not in STAGE_FINAL)
-        for d in skipped:
-            write_stage(context_dir, d, state=st.SKIPPED, finished_at=now,
-                        message=f"stage {name} {state}: {message}" if message else f"stage {name} {state}")
-    done = read_state(context_dir).stages
-    ended, run_state, why = chain_outcome(stages, done)
-    if ended:
-        element = {"state": run_state, "run_state": run_state, "finished_at": now, "message": why, "stage": None}
-    else:
-        nxt = current_stage(stages, done)
-        element = {"state": st.PENDING, "stage": nxt,
+    result: list[StageEnd] = []
+
+    def change(current: ElementState) -> dict[str, Any]:
+        done = dict(current.stages)
+        done[name] = {**(done.get(name) or {}), "state": state, "finished_at": now, "message": message, **fields}
+        skipped: tuple[str, ...] = ()
+        if state != st.COMPLETED and not by_name(stages)[name].optional:
+            skipped = tuple(d for d in descendants(stages, name) if stage_state(done, d) not in STAGE_FINAL)
+            why = f"stage {name} {state}: {message}" if message else f"stage {name} {state}"
+            for d in skipped:
+                done[d] = {**(done.get(d) or {}), "state": st.SKIPPED, "finished_at": now, "message": why}
+        ended, run_state, outcome = chain_outcome(stages, done)
+        if ended:
+            own = {"state": run_state, "run_state": run_state, "finished_at": now, "message": outcome, "stage": None}
+        else:
+            nxt = current_stage(stages, done)
+            own = {"state": st.PENDING, "stage": nxt,
                    "message": f"stage {name} {state}; next: {nxt}" if nxt else f"stage {name} {state}"}
-    return StageEnd(ended, element, skipped)
+        result.append(StageEnd(ended, own, skipped))
+        return {"stages": done, **own, **dict(element or {})}
+
+    update_state(context_dir, change)
+    return result[0]
 
 
 def cancel_downstream(submission: SubmissionPaths, index: int, stages: Sequence[str]) -> str | None:
@@ -156,10 +164,9 @@ def stage_of(environ: Mapping[str, str], explicit: str | None, stages: Sequence[
     return name
 
 
-def after_stage(context_dir: Path, submission: SubmissionPaths, index: int, end: StageEnd, usage: dict[str, Any],
+def after_stage(context_dir: Path, submission: SubmissionPaths, index: int, end: StageEnd,
                 manifest: Manifest, run_epilogue: bool) -> None:
-    """The element's own fields after a stage; its skipped tasks cancelled; the epilogue when the chain ended."""
-    write_state(context_dir, **end.element, **usage)
+    """After `stop`: the skipped stages' tasks cancelled; the epilogue when the chain ended."""
     warning = cancel_downstream(submission, index, end.skipped)
     if warning:
         print(f"mace run-element: warning: {warning}", file=sys.stderr)
@@ -192,6 +199,6 @@ def settle_stage(manifest_path: Path, stage: str, job_ids: Sequence[str]) -> lis
         else:
             how, why = st.CANCELLED, "its task ended without starting (cancelled or lost)"
         end = stop(context_dir, manifest.stages, stage, how, why)
-        after_stage(context_dir, submission, index, end, {}, manifest, True)
+        after_stage(context_dir, submission, index, end, manifest, True)
         settled.append(index)
     return settled

@@ -139,7 +139,7 @@ def run_element(
         if chain.stage_state(read_state(context_dir).stages, stage_def.name) in st.SETTLED | {st.SKIPPED}:
             return 0  # ran (or was skipped) already: nothing to do twice
         end = chain.stop(context_dir, manifest.stages, stage_def.name, st.SKIPPED, why)
-        chain.after_stage(context_dir, submission, index, end, {}, manifest, run_epilogue)
+        chain.after_stage(context_dir, submission, index, end, manifest, run_epilogue)
         return 0
     started_at = time.time()
     attempt = previous.attempts + 1
@@ -213,9 +213,9 @@ def run_element(
         outputs, not_written = chain.record_outputs(context_dir, stage_def)
         if not_written:
             final, message = st.FAILED, f"outputs: {', '.join(not_written)} not written by stage {stage}"
-    end = chain.stop(context_dir, manifest.stages, stage_def.name, final, message, outputs=outputs,
-                     steps=record["steps"], **usage)
-    chain.after_stage(context_dir, submission, index, end, usage, manifest, run_epilogue)
+    end = chain.stop(context_dir, manifest.stages, stage_def.name, final, message, element=usage,
+                     outputs=outputs, steps=record["steps"], **usage)
+    chain.after_stage(context_dir, submission, index, end, manifest, run_epilogue)
     if final == st.COMPLETED or stage_def.optional:
         return 0  # an optional stage's failure must not stop `aftercorr` downstream
     return {st.TIMEOUT: EXIT_TIMEOUT}.get(final, 1)

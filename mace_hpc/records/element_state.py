@@ -11,7 +11,7 @@ import dataclasses
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,15 +156,17 @@ def write_state(context_dir: str | os.PathLike[str], *, fsync: bool = True, **up
 STATE_LOCK = ".state.lock"
 
 
+def update_state(context_dir: str | os.PathLike[str],
+                 change: Callable[[ElementState], Mapping[str, Any]]) -> ElementState:
+    """Apply the fields `change(current state)` returns, read and written under a lock in the
+    context: two stages of one element may end at once (both need the same upstream), and each
+    decides from what the other wrote (its stages map, whether the chain has ended)."""
+    with NfsLock(os.path.join(context_dir, STATE_LOCK), lifetime=120.0, timeout=60.0):
+        return write_state(context_dir, **change(read_state(context_dir)))
+
+
 def write_stage(context_dir: str | os.PathLike[str], name: str, element: Mapping[str, Any] | None = None,
                 **stage: Any) -> ElementState:
-    """Update stage `name` of the element (and, with `element`, its own fields) in one write.
-
-    Two stages of one element may run at once (both need the same upstream), so the
-    read-modify-write of their shared state file is serialised by a lock in the context.
-    """
-    with NfsLock(os.path.join(context_dir, STATE_LOCK), lifetime=120.0, timeout=60.0):
-        current = read_state(context_dir)
-        stages = dict(current.stages)
-        stages[name] = {**(stages.get(name) or {}), **stage}
-        return write_state(context_dir, stages=stages, **dict(element or {}))
+    """Update stage `name` of the element (and, with `element`, its own fields) in one write."""
+    return update_state(context_dir, lambda current: {
+        "stages": {**current.stages, name: {**(current.stages.get(name) or {}), **stage}}, **dict(element or {})})
