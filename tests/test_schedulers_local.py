@@ -26,6 +26,7 @@ from submit_fakes import PY, gone
 
 from mace_hpc.schedulers.base import ArrayRequest
 from mace_hpc.schedulers.local import backend as local_mod
+from mace_hpc.schedulers.local import worker as worker_mod
 from mace_hpc.schedulers.local.backend import LocalBackend
 
 # an element that records its argv, its environment and when it ran; index 3 fails
@@ -168,67 +169,75 @@ def test_hard_kill_past_the_limit_reaches_the_steps_of_a_hung_runner(tmp_path: P
             os.kill(step_pid, signal.SIGKILL)
 
 
-# ---------------------------------------------------------------------------- the runner in a fork
+# ---------------------------------------------------------------------------- reused worker interpreters
 # a `python -m` package whose __main__ only imports when imported; run, it reports what it saw
-FORKABLE_MAIN = (
+REUSABLE_MAIN = (
     "import json, os, sys\n"
     "if __name__ == '__main__':\n"
     "    out, index = sys.argv[1], int(sys.argv[-1])\n"
     "    json.dump({'argv': sys.argv[1:], 'job': os.environ['MACE_JOB_ID'], 'plan_var': os.environ['PLAN_VAR'],\n"
-    "               'parent': os.getppid(), 'own_session': os.getsid(0) == os.getpid(),\n"
-    "               'interpreter_reused': 'pytest' in sys.modules, 'stdin': sys.stdin.read()},\n"
+    "               'leak': os.environ.get('LEAK'), 'parent': os.getppid(), 'pid': os.getpid(),\n"
+    "               'own_session': os.getsid(0) == os.getpid(), 'stdin': sys.stdin.read()},\n"
     "              open(os.path.join(out, f'{index}.json'), 'w'))\n"
+    "    os.environ['LEAK'] = 'set by the element before'\n"
     "    print('hello from', index)\n"
     "    if index == 1:\n"
     "        raise RuntimeError('boom')\n"
+    "    if index == 3:\n"
+    "        os.kill(os.getpid(), 9)\n"
     "    sys.exit(index)\n"
 )
 
 
 @pytest.fixture
-def forkable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A package `forkme` on sys.path and PYTHONPATH alike, allowed to run in a fork."""
-    pkg = tmp_path / "lib" / "forkme"
+def reusable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A package `reuseme` on PYTHONPATH, allowed to run in a worker interpreter."""
+    pkg = tmp_path / "lib" / "reuseme"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
-    (pkg / "__main__.py").write_text(FORKABLE_MAIN)
-    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    (pkg / "__main__.py").write_text(REUSABLE_MAIN)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path / "lib"), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setattr(local_mod, "FORKABLE_MODULES", frozenset({"forkme"}))
-    monkeypatch.setenv(local_mod.FORK_VAR, "1")  # opt-in (experimental)
-    return "forkme"
+    monkeypatch.setattr(worker_mod, "REUSABLE_MODULES", frozenset({"reuseme"}))
+    return "reuseme"
 
 
-def _module_request(tmp_path: Path, module: str, env: dict[str, str]) -> ArrayRequest:
+def _module_request(tmp_path: Path, module: str, env: dict[str, str], n: int = 3, parallel: int = 2) -> ArrayRequest:
     out = tmp_path / "out"
     out.mkdir()
-    return ArrayRequest(name="loc", indices=[0, 1, 2], max_parallel=2, command=[PY, "-m", module, str(out)],
+    return ArrayRequest(name="loc", indices=list(range(n)), max_parallel=parallel, command=[PY, "-m", module, str(out)],
                         env=env, work_dir=tmp_path / "logs", scheduler={"time": 1})
 
 
-def test_the_runner_module_runs_in_a_fork_as_a_new_process_would(tmp_path: Path, forkable: str) -> None:
-    """Same argv, environment, own session, output file, empty stdin and exit codes (sys.exit(n),
-    an exception -> 1 with its traceback in the output) as `python -m`, without a new interpreter."""
+def test_elements_run_in_reused_workers_as_new_processes_would(tmp_path: Path, reusable: str) -> None:
+    """Same argv, environment (nothing left over from the element before), own output file, empty
+    stdin and exit codes (sys.exit(n); an exception -> 1 with its traceback in the output) as
+    `python -m`, in at most max_parallel interpreters started once; one killed with its element is
+    replaced and the elements after it still run."""
     backend = LocalBackend()
-    job_id = backend.submit(_module_request(tmp_path, forkable, {"PLAN_VAR": "x y"}))
-    seen = {i: json.loads((tmp_path / "out" / f"{i}.json").read_text()) for i in range(3)}
-    assert backend.returncodes == {0: 0, 1: 1, 2: 2}
+    job_id = backend.submit(_module_request(tmp_path, reusable, {"PLAN_VAR": "x y"}, n=6))
+    seen = {i: json.loads((tmp_path / "out" / f"{i}.json").read_text()) for i in range(6)}
+    assert backend.returncodes == {0: 0, 1: 1, 2: 2, 3: -9, 4: 4, 5: 5}
     for i, s in seen.items():
         assert s["argv"] == [str(tmp_path / "out"), "--index", str(i)]
-        assert (s["job"], s["plan_var"], s["stdin"]) == (job_id, "x y", "")
-        assert s["parent"] == os.getpid() and s["own_session"] and s["interpreter_reused"]
-    logs = {i: (tmp_path / "logs" / f"{job_id}_{i}.out").read_text() for i in range(3)}
-    assert logs[0] == "hello from 0\n" and "RuntimeError: boom" in logs[1]
+        assert (s["job"], s["plan_var"], s["stdin"], s["leak"]) == (job_id, "x y", "", None)
+        assert s["parent"] == os.getpid() and s["own_session"]
+    workers = {s["pid"] for s in seen.values()}
+    assert 2 <= len(workers) <= 3  # two slots, plus the one that replaced the killed worker
+    logs = {i: (tmp_path / "logs" / f"{job_id}_{i}.out").read_text() for i in range(6)}
+    assert logs[0] == "hello from 0\n" and "RuntimeError: boom" in logs[1] and logs[4] == "hello from 4\n"
 
 
-def test_a_different_python_path_starts_a_new_interpreter(tmp_path: Path, forkable: str) -> None:
-    """A request whose PYTHON* variables differ from this process's would import other code: it
-    gets a new process, as before."""
+def test_setup_lines_or_other_modules_get_a_new_process_each(tmp_path: Path, reusable: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Setup lines must run before each element (as a job script runs them): no worker reuse."""
+    req = _module_request(tmp_path, reusable, {"PLAN_VAR": "v"})
+    req.scheduler["setup"] = ["export PLAN_VAR=from-setup"]
     backend = LocalBackend()
-    backend.submit(_module_request(tmp_path, forkable, {"PLAN_VAR": "v", "PYTHONPATH": os.environ["PYTHONPATH"],
-                                                        "PYTHONHASHSEED": "7"}))
-    seen = json.loads((tmp_path / "out" / "0.json").read_text())
-    assert seen["interpreter_reused"] is False and backend.returncodes == {0: 0, 1: 1, 2: 2}
+    backend.submit(req)
+    seen = [json.loads((tmp_path / "out" / f"{i}.json").read_text()) for i in range(3)]
+    assert {s["plan_var"] for s in seen} == {"from-setup"} and len({s["pid"] for s in seen}) == 3
+    assert worker_mod.worker_key(["python3", "-m", "other.module"], {}) is None
+    assert worker_mod.worker_key([PY, "script.py"], {}) is None
 
 
 # ---------------------------------------------------------------------------- render, query, cancel
@@ -268,12 +277,3 @@ def test_cancel_signals_only_mace_processes(tmp_path: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-
-
-def test_fork_mode_is_opt_in(tmp_path: Path, forkable: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without MACE_LOCAL_FORK=1 every element is a new process (fork mode is experimental)."""
-    monkeypatch.delenv(local_mod.FORK_VAR)
-    req = _module_request(tmp_path, forkable, {"PLAN_VAR": "v"})
-    assert LocalBackend()._forkable(req, {**os.environ, **req.env}) is None
-    monkeypatch.setenv(local_mod.FORK_VAR, "1")
-    assert LocalBackend()._forkable(req, {**os.environ, **req.env}) == forkable

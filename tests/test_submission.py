@@ -411,3 +411,38 @@ def test_resubmitting_a_changed_plan_under_the_same_name_is_refused(tmp_path, ma
         submit_plan(plan(["x", "a", "b"]), backend="local")
     result = submit_plan(plan(["a", "b", "c"]), backend="local")  # appending is fine
     assert [e.workflow_id for e in result.submission.entries] == ["same-a", "same-b", "same-c"]
+
+
+# ---------------------------------------------------------------------------- local: mace-submit finalizes in batches
+def test_local_elements_are_finalized_by_mace_submit_in_batches(tmp_path: Path, mace_env: dict[str, Path],
+                                                              capsys) -> None:
+    """The local runners leave the merge to mace-submit, which merges what ended in batches: every
+    element merged exactly once (its rows once in the shared database), its own outcome in its state."""
+    plan = write_plan(tmp_path, {"name": "batchp", "isolation_mode": "isolated", "max_parallel": 2, "elements": [
+        {"id": f"e{i}", "materials": [{"material_id": f"m{i}", "formula": "Cu"}],
+         "steps": [{"name": "s", "command": ["true"]}]} for i in range(12)]})
+    rc, out, err = _cli(capsys, "submit", str(plan))
+    assert rc == 0, err
+    for i in range(12):
+        state = read_json(mace_env["scratch_root"] / f"batchp-e{i}" / "state.json")
+        assert state["state"] == "MERGED" and state["epilogue"]["by"] == "mace-submit", state
+        assert state["epilogue"]["merge"]["counts"]["materials"] == 1
+    assert shared_rows(mace_env["shared_database"])["materials"] == 12
+
+
+def test_a_cancelled_local_run_still_finalizes_what_ended(tmp_path: Path, mace_env: dict[str, Path]) -> None:
+    """SIGTERM to mace-submit (`mace cancel`) mid-run: the elements that completed are merged before
+    it exits, none is left COMPLETED and unmerged; the running one is CANCELLED, the rest never start."""
+    stop = ("import os, signal, sys; job = os.environ['MACE_JOB_ID']; "
+            "os.kill(int(job.split('-')[1]), signal.SIGTERM) if os.environ['MACE_WORKFLOW_ID'].endswith('e3') else None")
+    plan = write_plan(tmp_path, {"name": "cancelp", "isolation_mode": "isolated", "max_parallel": 1, "elements": [
+        {"id": f"e{i}", "materials": [{"material_id": f"m{i}", "formula": "Cu"}],
+         "steps": [{"name": "s", "command": [PY, "-c", stop]}, {"name": "wait", "command": ["sleep", "5" if i == 3 else "0"]}]}
+        for i in range(6)]})
+    proc = subprocess.run([PY, "-m", "mace_hpc.cli.main", "submit", str(plan)], capture_output=True, text=True,
+                          timeout=120, env=os.environ)
+    assert proc.returncode != 0
+    states = {i: read_json(mace_env["scratch_root"] / f"cancelp-e{i}" / "state.json")["state"] for i in range(6)}
+    assert [states[i] for i in range(3)] == ["MERGED"] * 3, (states, proc.stderr[-2000:])
+    assert states[3] == "CANCELLED" and {states[4], states[5]} == {"CANCELLED"}
+    assert shared_rows(mace_env["shared_database"])["materials"] == 3

@@ -1,8 +1,8 @@
 """`python -m mace_hpc.element MANIFEST [--index N]`: the cheapest way to start the element runner.
 
-Importing this module (not running it) only imports the runner: the local backend does that once
-and then runs each element in a fork of itself (`runpy`, as `python -m` would), without paying
-for a new interpreter and its imports per element.
+Importing this module (not running it) only imports the runner: the local backend's worker
+interpreters run it once per element (`runpy`, as `python -m` would) without paying for a new
+interpreter and its imports per element.
 """
 
 import sys

@@ -331,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", default="", help="with --settle-stage: the stage's array job ids (comma-separated)")
     parser.add_argument("--no-epilogue", action="store_true", help="do not merge/archive when the element ends")
     args = parser.parse_args(argv)
+    _received.clear()  # a reused interpreter (local worker): a signal to the previous element is not ours
     try:
         if args.settle_stage:
             settled = chain.settle_stage(Path(args.manifest), args.settle_stage, [j for j in args.jobs.split(",") if j])

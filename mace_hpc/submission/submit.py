@@ -40,6 +40,7 @@ from ..util.nfslock import LockTimeout, NfsLock
 from ..util.private import ensure_private_dir
 from ..util.procs import process_start_time
 from .contexts import Submission, build_submission, create_contexts, remove_created
+from .local_epilogue import BatchedEpilogue
 
 
 @dataclass
@@ -436,9 +437,11 @@ def submit_plan(
         raise InputError("elements: the plan has no elements to run")
     backend_name = backend or cfg["backend"]
     parallel = resolve_parallel(max_parallel, plan, cfg)
-    opts = {"progress": progress} if backend_name == "local" and progress else {}
-    be = get_backend(backend_name, **opts)
     sub = build_submission(plan, cfg, isolation_mode)
+    opts: dict[str, Any] = {"on_ended": BatchedEpilogue(sub, cfg)} if backend_name == "local" else {}
+    if backend_name == "local" and progress:
+        opts["progress"] = progress
+    be = get_backend(backend_name, **opts)
     if backend_name == "local" and not prepare_only and not {**cfg.scheduler(), **plan.resources}.get("setup"):
         preflight_programs(plan)  # setup lines (module load, a venv) may put the programs on PATH
     wanted = list(range(len(plan.elements))) if indices is None else sorted(set(indices))

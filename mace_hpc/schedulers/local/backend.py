@@ -10,29 +10,23 @@ variable reaches every step. A plan tried locally (on a login or interactive nod
 as it will on the cluster, instead of failing later with "program not found". Without setup
 lines no shell is involved at all.
 
-With MACE_LOCAL_FORK=1 (experimental, off by default: one CI run saw an element that never
-started, not understood yet), the element runner (`python -m mace_hpc.element`, the command
-mace-hpc builds) runs in a fork of this process when that is equivalent to starting it: same
-interpreter, same `PYTHON*` variables, no setup lines, no other thread. The runner's modules are imported once here; each element then
-skips a new interpreter and its imports (~70 ms of a ~100 ms runner), which decides the makespan
-of short elements. The fork gets what a new process would: its own session, the element's
-environment and output file, default signal handlers, `sys.argv`, and `__main__` run by `runpy`.
+The element runner (`python -m mace_hpc.element`, the command mace-hpc builds) runs in reused
+worker interpreters (worker.py) when no setup lines must run first: each element then skips a new
+interpreter and its imports (~70 ms of a ~100 ms runner), which decides the makespan of short
+elements, and still gets what a new process would (environment, argv, stdin, output file).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import runpy
 import select
 import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -43,14 +37,13 @@ from ...records import env as env_names
 from ...records.states import State
 from ..base import ArrayRequest, check_script_value
 from .states import LOCAL_STATES
+from .worker import WorkerPool, WorkerRun, worker_key
 
 ProgressFn = Callable[[int, int, int, int], None]  # done, total, failed, running
+#: called on every turn of the loop with the elements that ended since (maybe none), and once more
+#: with `final=True`: mace-submit finalizes (merges) them in batches (submission/local_epilogue.py)
+EndedFn = Callable[[list[int], bool], None]
 _LOCAL_JOB = re.compile(r"^local-(\d+)-(\d+)(?:-\d+)?$")
-#: `python -m` modules whose `__main__` only imports when imported (it runs under `if __name__ ==
-#: "__main__"`), so an element can run in a fork of this process (see the module docstring).
-FORKABLE_MODULES = frozenset({"mace_hpc.element"})
-FORK_VAR = "MACE_LOCAL_FORK"  # "1": run elements in a fork (experimental, off by default)
-
 
 class LocalCancelled(KeyboardInterrupt):
     """SIGTERM to the submitting process (`mace cancel` of a local run): stop every element."""
@@ -66,11 +59,14 @@ class LocalBackend:
     name = "local"
     elementwise_dependencies = False  # stages wait for whole arrays (or, locally, our own scheduler)
 
-    def __init__(self, progress: ProgressFn | None = None, poll_interval: float = 0.02) -> None:
+    def __init__(self, progress: ProgressFn | None = None, poll_interval: float = 0.02,
+                 on_ended: EndedFn | None = None) -> None:
         self.progress = progress
+        self.on_ended = on_ended
+        self._defer = False  # this run's runners leave the epilogue to `on_ended`
         self.poll_interval = poll_interval
         self.returncodes: dict[int, int] = {}
-        self._fork_module: dict[int, str | None] = {}  # per request: run its elements in a fork?
+        self._pool: WorkerPool | None = None
 
     def _argv(self, req: ArrayRequest, index: int | str) -> list[str]:
         """The runner for element `index` (`req.indices` are element indices: no offset to add;
@@ -131,6 +127,10 @@ class LocalBackend:
         running: dict[tuple[int, int], tuple[Any, float, bool, int]] = {}
         done = failed = 0
         previous = None
+        self._pool = WorkerPool(slots)
+        # one array, no stages: an element's end is its task's end, so mace-submit may finalize it
+        self._defer = self.on_ended is not None and len(requests) == 1 and not requests[0].after
+        ended_now: list[int] = []
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _raise_cancelled)
         try:
@@ -162,12 +162,17 @@ class LocalBackend:
                             _signal(proc, signal.SIGKILL, group=True)
                         continue
                     del running[key]
+                    self._release(proc)
                     ended.add(key)
+                    ended_now += requests[key[0]].elements_of(key[1]) if requests[key[0]].pack > 1 else [key[1]]
                     self.returncodes[key[1]] = rc if rc or key[1] not in self.returncodes else self.returncodes[key[1]]
                     done += 1
                     failed += rc != 0
                     if self.progress:
                         self.progress(done, len(tasks), failed, len(running))
+                if self._defer:
+                    self.on_ended(ended_now, False)  # type: ignore[misc]
+                    ended_now = []
         except BaseException:
             for proc, *_ in running.values():
                 _signal(proc, signal.SIGTERM)
@@ -178,48 +183,35 @@ class LocalBackend:
                     _signal(proc, signal.SIGKILL, group=True)
             raise
         finally:
+            self._pool.close()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if self._defer:  # also after a cancel: what ended is finalized, nothing is dropped
+                self.on_ended(ended_now, True)  # type: ignore[misc]
         return ids
 
+    def _release(self, proc: Any) -> None:
+        if isinstance(proc, WorkerRun) and self._pool is not None:
+            self._pool.release(proc)
+
     def _start(self, req: ArrayRequest, job_id: str, task: int) -> Any:
-        """Element `task` of `req`: in a fork of this process when that is equivalent (module
-        docstring), else a new process; either way with the `Popen` surface the loop uses."""
+        """Element `task` of `req`: in a reused worker when the runner is a reusable `python -m`
+        module and no setup lines must run first (module docstring), else a new process."""
         env = {**os.environ, **req.env, env_names.JOB_ID: job_id}
-        key = id(req)
-        if key not in self._fork_module:
-            self._fork_module[key] = self._forkable(req, env)
-        module = self._fork_module[key]
-        with open(req.work_dir / f"{job_id}_{task}.out", "wb") as out:
-            if module:
-                return _Forked(module, [*req.command[3:], *_unit_args(req, task)], env, out)
+        out = req.work_dir / f"{job_id}_{task}.out"
+        deferred = ["--no-epilogue"] if self._defer else []
+        key = None if setup_lines(req.scheduler) or self._pool is None else worker_key(req.command, env)
+        if key is not None:
+            argv = [*req.command[3:], *_unit_args(req, task), *deferred]
+            return self._pool.run(key, req.command, argv, env, out)  # type: ignore[union-attr]
+        with open(out, "wb") as f:
             return subprocess.Popen(
-                self._argv(req, task), env=env, stdout=out, stderr=subprocess.STDOUT,
+                [*self._argv(req, task), *deferred], env=env, stdout=f, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
 
     def element_job_id(self, job_id: str, task_id: int) -> str | None:
         return None  # a skipped element's runner reads SKIPPED and ends at once
-
-    def _forkable(self, req: ArrayRequest, env: Mapping[str, str]) -> str | None:
-        """The module to run in a fork for this request, or None to start a new process."""
-        if os.environ.get(FORK_VAR) != "1":
-            return None  # opt-in: one CI run saw an element that never started in fork mode (issue 15)
-        cmd = list(req.command)
-        if len(cmd) < 3 or cmd[1] != "-m" or cmd[2] not in FORKABLE_MODULES or setup_lines(req.scheduler):
-            return None
-        if not hasattr(os, "fork") or threading.active_count() != 1:
-            return None  # forking with other threads running is unsafe: start processes instead
-        if os.path.realpath(cmd[0]) != os.path.realpath(sys.executable):
-            return None
-        python_vars = {k for k in (*env, *os.environ) if k.startswith("PYTHON")}
-        if any(env.get(k) != os.environ.get(k) for k in python_vars):
-            return None  # a new interpreter would import other code, or the same code differently
-        try:
-            __import__(f"{cmd[2]}.__main__")  # imports the runner once, here; runs nothing
-        except Exception:  # noqa: BLE001 - a broken install: the new process reports it per element
-            return None
-        return cmd[2]
 
     def query(self, job_ids: list[str], offsets: Mapping[str, int] | None = None) -> dict[int, State]:
         return dict(LOCAL_STATES)  # local elements are known only through their state files
@@ -290,86 +282,24 @@ def _limits(req: ArrayRequest) -> tuple[float, float]:
     return limit_s, min(float(req.scheduler.get("signal_margin") or 0), limit_s / 2)
 
 
-class _Forked:
-    """An element runner in a fork of this process, with the `Popen` surface the loop uses."""
-
-    def __init__(self, module: str, args: list[str], env: Mapping[str, str], out: Any) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.returncode: int | None = None
-        self.pid = os.fork()
-        if self.pid == 0:
-            _run_forked(module, args, env, out.fileno())  # never returns
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                self.returncode = 1
-                return self.returncode
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        end = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if end is not None and time.monotonic() >= end:
-                raise subprocess.TimeoutExpired(f"element runner pid {self.pid}", timeout or 0)
-            time.sleep(0.01)
-        return self.returncode  # type: ignore[return-value]
-
-
-def _run_forked(module: str, args: list[str], env: Mapping[str, str], out_fd: int) -> None:
-    """Child side of `_Forked`: become what `python -m module args` started as a new session would."""
-    code = 1
-    try:
-        os.setsid()
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.dup2(out_fd, 1)
-        os.dup2(out_fd, 2)
-        os.environ.clear()
-        os.environ.update(env)
-        # fresh standard streams on fds 0-2, as a new interpreter has (this process's may be replaced)
-        sys.stdin = open(0, closefd=False)  # noqa: SIM115
-        sys.stdout = open(1, "w", closefd=False, buffering=1 if env.get("PYTHONUNBUFFERED") else -1)  # noqa: SIM115
-        sys.stderr = open(2, "w", closefd=False, buffering=1, errors="backslashreplace")  # noqa: SIM115
-        sys.argv = [module, *args]
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-        code = 0
-    except SystemExit as exc:
-        if exc.code is None or isinstance(exc.code, int):
-            code = exc.code or 0
-        else:
-            print(exc.code, file=sys.stderr)
-    except BaseException:  # noqa: BLE001 - reported in the element's output, as a new interpreter would
-        traceback.print_exc()
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
-
-
 def _wait_any(procs: list[Any], timeout: float) -> None:
-    """Sleep until one of `procs` ends or `timeout` passes: on Linux a pidfd per process wakes the
-    loop the moment an element ends, instead of up to one poll interval later."""
+    """Sleep until one of `procs` ends or `timeout` passes: a worker's answer pipe, or on Linux a
+    pidfd per process, wakes the loop the moment an element ends, instead of a poll interval later."""
     fds: list[int] = []
+    owned: list[int] = []
     try:
         for proc in procs:
-            fds.append(os.pidfd_open(proc.pid))
+            if isinstance(proc, WorkerRun):
+                fds.append(proc.fileno())
+            else:
+                owned.append(os.pidfd_open(proc.pid))
+                fds.append(owned[-1])
         if fds:
             select.select(fds, [], [], timeout)
             return
     except (AttributeError, OSError):  # no pidfd here (not Linux, old kernel): poll
         pass
     finally:
-        for fd in fds:
+        for fd in owned:
             os.close(fd)
     time.sleep(timeout)
