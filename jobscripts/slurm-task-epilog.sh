@@ -9,7 +9,8 @@
 # MACE_MANIFEST / MACE_INDEX_OFFSET), as the job's user, after the batch task ended however it
 # ended (also after a kill at the time limit). Not a mace-hpc job: exits at once, nothing started.
 # The element runner already ran its own epilogue; this one finishes what it could not (runner
-# killed hard, out of memory...). A second run over a finished element is a no-op.
+# killed hard, out of memory...). A runner that finished leaves a marker file and this exits at
+# once (no Python started); a second run over a finished element would be a no-op anyway.
 #
 # It ALWAYS exits 0 and never runs longer than the epilogue deadline plus 30 s: a hook failing or
 # hanging would make SLURM drain the node. Problems are recorded in the element's state file
@@ -20,6 +21,8 @@
 
 [ -n "${MACE_MANIFEST:-}${MACE_CONTEXT_DIR:-}" ] || exit 0       # not a mace-hpc job: cheap exit
 case "${SLURM_STEP_ID:-batch}" in batch|4294967291) ;; *) exit 0 ;; esac   # srun steps inside the element: not the end
+# the runner finalized every element of this task itself (records/layout.py `ended_marker`): nothing to do
+[ -n "${MACE_MANIFEST:-}" ] && [ -e "${MACE_MANIFEST%/*}/ended/${SLURM_JOB_ID:-x}.${SLURM_RESTART_COUNT:-0}" ] && exit 0
 
 {
     deadline=${MACE_EPILOGUE_DEADLINE:-60}

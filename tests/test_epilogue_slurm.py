@@ -138,11 +138,7 @@ def test_twenty_element_array_is_merged_exactly_once(slurm_cluster, tmp_path, ma
 
 # ---------------------------------------------------------------------------- the TaskEpilog
 def test_task_epilog_script_merges_elements_that_ran_without_an_epilogue(slurm_cluster, tmp_path, mace_env) -> None:
-    if not _task_epilog_configured():
-        msg = f"TaskEpilog is not {TASK_EPILOG}: start the cluster with LOCAL_SLURM_TASK_EPILOG={TASK_EPILOG}"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+    _require_task_epilog()
     name = "epitask"
     result = _submit(_plan(tmp_path, name, 4, WRITE), prepare_only=True)
     sub = result.submission
@@ -155,6 +151,42 @@ def test_task_epilog_script_merges_elements_that_ran_without_an_epilogue(slurm_c
         assert state["epilogue"]["by"] == "mace epilogue"  # the hook did it: the runner had --no-epilogue
         assert state["scheduler"]["SLURM_ARRAY_JOB_ID"] == job
     assert _rows(tmp_path / "shared" / "materials.db")["materials"] == 4
+
+
+def _require_task_epilog() -> None:
+    if not _task_epilog_configured():
+        msg = f"TaskEpilog is not {TASK_EPILOG}: start the cluster with LOCAL_SLURM_TASK_EPILOG={TASK_EPILOG}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def test_task_epilog_starts_no_python_after_a_runner_that_finalized(slurm_cluster, tmp_path, mace_env,
+                                                                    monkeypatch) -> None:
+    """A runner that ran its own epilogue leaves `<submission>/ended/<job id>.<restarts>`; the
+    TaskEpilog then exits without starting mace-epilogue. A runner killed hard leaves none, and the
+    TaskEpilog finalizes its element as before."""
+    _require_task_epilog()
+    calls = tmp_path / "epilogue-calls.txt"
+    recorder = tmp_path / "record-epilogue.sh"
+    recorder.write_text(f'#!/bin/bash\necho "$SLURM_ARRAY_TASK_ID" >> {calls}\n'
+                        f'exec {sys.executable} -m mace_hpc.cli.main epilogue "$@"\n')
+    recorder.chmod(0o755)
+    monkeypatch.setenv("MACE_EPILOGUE", str(recorder))  # the TaskEpilog runs $MACE_EPILOGUE (--export=ALL)
+    name = "epimark"
+    body = ("import json, os; json.dump(dict(energy=-IDX), open('results.json', 'w')); "
+            "os.kill(os.getppid(), 9) if IDX == 2 else None")  # element 2's runner is killed hard
+    result = _submit(_plan(tmp_path, name, 4, body))
+    root = mace_env["scratch_root"]
+    jobs = [*result.job_ids, *([result.backstop_job_id] if result.backstop_job_id else [])]
+    _wait(lambda: not _active(result.job_ids) and all(s in DONE for s in _states(root, name, 4)), "the array")
+    markers = sorted(p.name for p in (result.submission.directory / "ended").iterdir())
+    assert len(markers) == 3 and all(m.endswith(".0") for m in markers), markers
+    assert calls.read_text().split() == ["2"]  # mace-epilogue ran for the killed runner only
+    states = _states(root, name, 4)
+    assert [states[i] for i in (0, 1, 3)] == [st.MERGED] * 3 and states[2] != st.RUNNING
+    assert state_of(root / f"{name}-e2")["epilogue"]["by"] == "mace epilogue"
+    _wait(lambda: not _active(jobs), "the backstop")
 
 
 def test_task_epilog_script_is_a_cheap_no_op_for_other_jobs(tmp_path) -> None:

@@ -303,6 +303,21 @@ def _run_chain_here(manifest_path: Path, index: int, stages: Any, run_epilogue: 
     return code
 
 
+def mark_ended(manifest_path: Path) -> None:
+    """Every element of this task ran its own epilogue: tell the scheduler's task epilogue, which
+    then exits without starting a Python of its own (~0.1-0.2 s of CPU per element). Best effort:
+    without the marker it runs, and finds nothing to do."""
+    key = job_environment().task_key()
+    if key is None:
+        return
+    marker = SubmissionPaths(manifest_path.parent).ended_marker(key)
+    try:
+        marker.parent.mkdir(exist_ok=True)
+        marker.touch()
+    except OSError:
+        pass
+
+
 def resource_usage() -> dict[str, Any]:
     """Peak RSS and CPU time of this run for `mace report`'s histograms: the runner itself and
     every step process it waited for (each element is its own runner process, so these are the
@@ -338,8 +353,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mace settle: stage {args.settle_stage}: {len(settled)} element(s) settled {settled}")
             return 0
         if args.task is not None:
-            return run_pack(args.manifest, args.task, stage=args.stage, run_epilogue=not args.no_epilogue)
-        return run_element(args.manifest, args.index, stage=args.stage, run_epilogue=not args.no_epilogue)
+            code = run_pack(args.manifest, args.task, stage=args.stage, run_epilogue=not args.no_epilogue)
+        else:
+            code = run_element(args.manifest, args.index, stage=args.stage, run_epilogue=not args.no_epilogue)
+        if not args.no_epilogue:
+            mark_ended(Path(args.manifest).absolute())
+        return code
     except InputError as exc:
         print(f"mace run-element: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -23,6 +23,7 @@ SUBMISSIONS_DIR = ".submissions"
 QUARANTINE_DIR = ".quarantine"
 REGISTRY_DIR = ".registry"
 MANIFEST_FILE = "manifest.json"
+ENDED_DIR = "ended"  # <submission>/ended/<task key>: runners that finalized their elements
 RECORD_FILE = "record.json"
 ELEMENTS_FILE = "elements.json"
 PLAN_FILE = "plan.json"
@@ -118,6 +119,12 @@ class SubmissionPaths:
     @property
     def manifest(self) -> Path:
         return self.root / MANIFEST_FILE
+
+    def ended_marker(self, task_key: str) -> Path:
+        """Left by a runner that finalized every element of its task itself, so the scheduler's task
+        epilogue (a second Python per element) exits at once; jobscripts/slurm-task-epilog.sh
+        spells this path in shell."""
+        return self.root / ENDED_DIR / task_key
 
     @property
     def record(self) -> Path:

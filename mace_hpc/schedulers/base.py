@@ -154,6 +154,11 @@ class JobEnvironment:
         """Does `environ` come from one of this scheduler's jobs (or a script imitating one)?"""
         return any(environ.get(v) for v in (cls.detect_var, *cls.index_vars) if v)
 
+    def task_key(self) -> str | None:
+        """This run of this task, as the scheduler's task epilogue can name it from its own
+        environment (records/layout.py `ended_marker`); None: no such hook to spare."""
+        return None
+
     def task_id(self) -> int | None:
         """The array task id from the environment; None outside an array job."""
         for var in self.index_vars:

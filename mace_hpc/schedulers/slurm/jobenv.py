@@ -20,6 +20,12 @@ class SlurmJobEnv(JobEnvironment):
     index_vars = ("SLURM_ARRAY_TASK_ID",)
     id_vars = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
 
+    def task_key(self) -> str | None:
+        """`<job id>.<restart count>`: what jobscripts/slurm-task-epilog.sh tests (a requeued task
+        is a new run: its earlier marker does not count)."""
+        job = self.environ.get("SLURM_JOB_ID")
+        return f"{job}.{self.environ.get('SLURM_RESTART_COUNT') or 0}" if job and job.isdigit() else None
+
     def requeue_argv(self) -> list[str] | None:
         env = self.environ
         if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
