@@ -136,7 +136,7 @@ class LocalBackend:
         try:
             while pending or running:
                 in_use = sum(c for *_, c in running.values())
-                for key in list(pending):
+                for key in list(pending) if len(running) < slots else ():
                     if len(running) >= slots:
                         break
                     req = requests[key[0]]
@@ -148,6 +148,9 @@ class LocalBackend:
                     in_use += cpus
                     if self.progress:
                         self.progress(done, len(tasks), failed, len(running))
+                if self._defer:  # after the next elements started: the slots do not wait for the merge
+                    self.on_ended(ended_now, False)  # type: ignore[misc]
+                    ended_now = []
                 _wait_any([p for p, *_ in running.values()], self.poll_interval)
                 now = time.monotonic()
                 for key, (proc, started, signalled, cpus) in list(running.items()):
@@ -170,9 +173,6 @@ class LocalBackend:
                     failed += rc != 0
                     if self.progress:
                         self.progress(done, len(tasks), failed, len(running))
-                if self._defer:
-                    self.on_ended(ended_now, False)  # type: ignore[misc]
-                    ended_now = []
         except BaseException:
             for proc, *_ in running.values():
                 _signal(proc, signal.SIGTERM)
