@@ -232,6 +232,10 @@ def pbs_run(pbs_server: PbsServer) -> Iterator[Run]:
                                        "name": "probe", "stage": "first"},
                                       {"name": "after", "stage": "second", "command": ["sh", "-c", "echo ran > after.txt"]},
                                   ], materials=[{"material_id": f"stage-m{i}", "formula": "Al"}]) for i in range(3)]}),
+        # packed: 6 elements, 3 per subjob (pack: 3), so PBS runs a 2-subjob array
+        "packed": plan("packed", {"pack": 3, "max_parallel": 2, "elements": [
+            _element(i, _probe_steps(python, probe), materials=[{"material_id": f"pack-m{i}", "formula": "Al"}])
+            for i in range(6)]}),
         # long sleepers, one at a time: cancelled by the test
         "cancelme": plan("cancelme", {"max_parallel": 1, "elements": [
             _element(i, [{"name": "nap", "command": ["sleep", "300"]}]) for i in range(3)]}),
@@ -416,3 +420,24 @@ def test_stages_chain_whole_arrays_and_skip_failed_elements(pbs_run: Run) -> Non
     assert not (pbs_run.scratch / "stages-e1" / "calculations" / "after").exists()
     skipped = pbs_run.state("stages-e1")["stages"]["second"]
     assert skipped["state"] == "SKIPPED" and skipped["message"].startswith("stage first FAILED")
+
+
+# ---------------------------------------------------------------------------- packing
+def test_packed_plan_runs_three_elements_per_subjob(pbs_run: Run) -> None:
+    """`pack: 3` on PBS: a 2-subjob array, each subjob running its 3 consecutive elements, each with
+    its own context, environment, state and merge."""
+    report = pbs_run.wait("packed")
+    assert _states(report) == ["MERGED"] * 6
+    array = _array_id(pbs_run, "packed")
+    seq, _, server = array.partition("[]")
+    subjobs = {k for k in pbs_run.srv.qstat(array) if k != array}
+    assert subjobs == {f"{seq}[{t}]{server}" for t in range(2)}
+    for i in range(6):
+        env = pbs_run.seen(f"packed-e{i}")["env"]
+        assert env["MACE_WORKFLOW_ID"] == f"packed-e{i}" and env["PBS_ARRAY_INDEX"] == str(i // 3)
+        assert env["MACE_CONTEXT_DIR"] == str(pbs_run.scratch / f"packed-e{i}")
+        state = pbs_run.state(f"packed-e{i}")
+        assert state["index"] == i and state["epilogue"]["merge"]["counts"]["materials"] == 1
+    with sqlite3.connect(pbs_run.root / "shared.db") as conn:
+        got = sorted(r[0] for r in conn.execute("SELECT material_id FROM materials WHERE material_id LIKE 'pack-%'"))
+    assert got == [f"pack-m{i}" for i in range(6)]
