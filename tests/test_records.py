@@ -72,6 +72,40 @@ def test_manifest_round_trips_through_its_writer_and_reader(tmp_path: Path) -> N
         back.entry(3)
 
 
+def test_one_element_reads_only_its_own_manifest_entry_and_spec(tmp_path: Path, monkeypatch) -> None:
+    """The manifest and elements.json are one JSON document each, one element per line, so a runner
+    parses its own line only (json.loads never sees the others); a file laid out otherwise (an older
+    mace-hpc's single line) or a line that is not that element's is read whole, as before."""
+    from mace_hpc.records import manifest as manifest_mod
+
+    manifest = _manifest(tmp_path)
+    path, elements = tmp_path / "manifest.json", tmp_path / "elements.json"
+    write_manifest(path, manifest)
+    specs = [{"steps": [{"name": f"s{i}", "command": ["echo", "a\nb"]}]} for i in range(3)]
+    manifest_mod.write_element_specs(elements, specs)
+    assert json.loads(elements.read_text()) == specs and load_manifest(path) == manifest
+    parsed: list[int] = []
+    real_loads = manifest_mod.json.loads
+    monkeypatch.setattr(manifest_mod.json, "loads", lambda b, *a, **k: parsed.append(len(b)) or real_loads(b, *a, **k))
+    one = manifest_mod.load_manifest_for(path, 2)
+    assert one.elements == (ManifestEntry(2, "rt-e2", str(tmp_path / "rt-e2")),) and one.entry(2) == manifest.entry(2)
+    assert one.plan == manifest.plan and one.shared_database == manifest.shared_database
+    assert max(parsed) < len(path.read_bytes()) - 100  # the head and one entry, never the whole file
+    parsed.clear()
+    assert manifest_mod.load_element_spec(elements, 1) == specs[1]
+    assert parsed == [len(json.dumps(specs[1]))]  # that one line only
+    monkeypatch.undo()
+    # an older single-line layout: read whole, still right; a line that lies about its index: an error
+    path.write_text(json.dumps(manifest.to_dict()))
+    elements.write_text(json.dumps(specs))
+    assert manifest_mod.load_manifest_for(path, 1).entry(1) == manifest.entry(1)
+    assert manifest_mod.load_element_spec(elements, 2) == specs[2]
+    write_manifest(path, manifest)
+    path.write_bytes(path.read_bytes().replace(b'"index": 1,', b'"index": 7,'))
+    with pytest.raises(RecordError, match="no element with index 1"):  # never another element's entry
+        manifest_mod.load_manifest_for(path, 1).entry(1)
+
+
 def test_submission_record_round_trips_through_its_writer_and_reader(tmp_path: Path) -> None:
     record = _record(tmp_path)
     write_record(tmp_path, record)

@@ -25,7 +25,7 @@ from ..records import env as env_names
 from ..records import states as st
 from ..records.element_state import read_state, write_stage, write_state
 from ..records.layout import ContextPaths, SubmissionPaths
-from ..records.manifest import load_element_spec, load_manifest, write_element_copy
+from ..records.manifest import load_element_spec, load_manifest_for, write_element_copy
 from ..records.stages import by_name, ordered
 from ..schedulers import JobEnvironment, job_environment
 from . import chain
@@ -109,10 +109,10 @@ def run_element(
     job: JobEnvironment = job_environment()
     if index is None and job.pack() > 1:
         return run_pack(manifest_path, stage=stage, run_epilogue=run_epilogue, job=job)
-    manifest = load_manifest(manifest_path)
     index = job.element_index(index)
     if job.is_filler(index):
         return 0  # a covering range submitted for a sparse list: this index was not asked for
+    manifest = load_manifest_for(manifest_path, index)  # its own entry only: O(1) in the plan's size
     stage = chain.stage_of(os.environ, stage, manifest.stages)
     if manifest.stages and stage is None:
         return _run_chain_here(manifest_path, index, manifest.stages, run_epilogue)
