@@ -1,5 +1,6 @@
-"""Packing (`pack: K`): K consecutive elements run one after another inside one array task, each
-with its own context, state, results and retries; the throttle and chunking count tasks."""
+"""Packing (`pack: K`): K consecutive elements run inside one array task, one after another or (cpus
+> 1) in lanes at once, each with its own context, state, results, retries and resource usage; the
+throttle and chunking count tasks."""
 
 from __future__ import annotations
 
