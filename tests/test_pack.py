@@ -396,3 +396,23 @@ def test_efficiency_of_a_packed_task_is_not_the_task_s_usage_for_each_element(
     assert report["summary"]["recommended"]["mem"] is not None
     p95 = report["summary"]["percentiles"]["max_rss_bytes"]["p95"]
     assert report["summary"]["recommended"]["mem"] == f"{-(-int(p95 * 1.25 * 2) // (1 << 20))}M"  # 2 lanes' worth
+
+
+def test_staged_laned_pack_skips_only_the_failed_element_downstream(tmp_path: Path, mace_env: dict[str, Any]) -> None:
+    """Two stages, pack 4, cpus 2: stage a's lanes overlap, e1 fails stage a (its b is SKIPPED),
+    and the task still ends 0 so the others run stage b."""
+    work = "import sys, time; time.sleep(1); sys.exit(3 if sys.argv[1] == 'fail' else 0)"
+    elements = [{"id": f"e{i}", "steps": [
+        {"name": "a", "stage": "a", "command": [sys.executable, "-c", work, "fail" if i == 1 else "ok"]},
+        {"name": "b", "stage": "b", "command": ["true"]}]} for i in range(4)]
+    path = tmp_path / "sl.json"
+    path.write_text(json.dumps({"name": "sl", "isolation_mode": "isolated", "pack": 4, "resources": {"cpus": 2},
+                                "stages": [{"name": "a"}, {"name": "b", "needs": ["a"]}], "elements": elements}))
+    run(["submit", str(path)])
+    scratch = mace_env["scratch_root"]
+    states = {i: state(scratch, f"sl-e{i}") for i in range(4)}
+    assert [states[i]["stages"]["a"]["state"] for i in range(4)] == ["COMPLETED", "FAILED", "COMPLETED", "COMPLETED"]
+    assert [states[i]["stages"]["b"]["state"] for i in range(4)] == ["COMPLETED", "SKIPPED", "COMPLETED", "COMPLETED"]
+    assert [states[i]["state"] for i in (0, 2, 3)] == ["MERGED"] * 3 and states[1]["run_state"] == "FAILED"
+    a = [states[i]["stages"]["a"] for i in range(4)]
+    assert any(_overlap(x, y) for k, x in enumerate(a) for y in a[k + 1:])
