@@ -183,19 +183,18 @@ class JobEnvironment:
 
     def pack(self) -> int:
         """Elements per array task of this job's array (MACE_PACK; 1 when not packed)."""
-        raw = self.environ.get(env_names.PACK, "1") or "1"
-        try:
-            return max(1, int(raw))
-        except ValueError:
-            raise InputError(f"{env_names.PACK}={raw!r} is not an integer") from None
+        return self._count(env_names.PACK)
 
     def lanes(self) -> int:
         """How many elements of this packed task run at once (MACE_PACK_LANES; 1: one after another)."""
-        raw = self.environ.get(env_names.PACK_LANES, "1") or "1"
+        return self._count(env_names.PACK_LANES)
+
+    def _count(self, var: str) -> int:
+        raw = self.environ.get(var, "1") or "1"
         try:
             return max(1, int(raw))
         except ValueError:
-            raise InputError(f"{env_names.PACK_LANES}={raw!r} is not an integer") from None
+            raise InputError(f"{var}={raw!r} is not an integer") from None
 
     def packed_elements(self, task: int | None = None) -> list[int]:
         """The elements a packed array task runs, in order (records/pack.py): task `task`, else the
