@@ -361,12 +361,15 @@ def test_each_element_is_charged_its_own_usage(tmp_path: Path, mace_env: dict[st
 
 
 def test_efficiency_of_a_packed_task_is_not_the_task_s_usage_for_each_element(
-        tmp_path: Path, mace_env: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, mace_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """sacct has one record for a packed task: it is marked shared (not each element's), the rows
-    take each element's own figures, and the task's cpus and mem are shared by its lanes."""
+    take each element's own figures, and the task's cpus and mem are shared by its lanes; the
+    report's histograms do not show the task's elapsed time and MaxRSS as each element's."""
     from mace_hpc.records.causes import Usage
+    from mace_hpc.records.layout import SubmissionPaths
     from mace_hpc.records.manifest import load_manifest
-    from mace_hpc.schedulers.base import element_usage
+    from mace_hpc.schedulers.base import element_usage, get_backend
+    from mace_hpc.status import report_data
     from mace_hpc.status.efficiency import efficiency_report
 
     path, _ = lane_plan(tmp_path, "ef", 4, 4, 2, sleep=0.2)
@@ -396,6 +399,12 @@ def test_efficiency_of_a_packed_task_is_not_the_task_s_usage_for_each_element(
     assert report["summary"]["recommended"]["mem"] is not None
     p95 = report["summary"]["percentiles"]["max_rss_bytes"]["p95"]
     assert report["summary"]["recommended"]["mem"] == f"{-(-int(p95 * 1.25 * 2) // (1 << 20))}M"  # 2 lanes' worth
+    monkeypatch.setattr(report_data, "get_accounting", lambda *a: Sacct())
+    paths = SubmissionPaths(scratch / ".submissions" / "ef")
+    data = report_data.build_report_data(paths, record, load_manifest(paths.manifest), get_backend("local"))
+    columns, rows = data["elements"]["columns"], data["elements"]["rows"]
+    assert len(rows) == 4 and {(r[columns.index("sacct_elapsed_s")], r[columns.index("sacct_max_rss_bytes")])
+                               for r in rows} == {(None, None)}
 
 
 def test_staged_laned_pack_skips_only_the_failed_element_downstream(tmp_path: Path, mace_env: dict[str, Any]) -> None:
