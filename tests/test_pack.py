@@ -1,5 +1,6 @@
-"""Packing (`pack: K`): K consecutive elements run one after another inside one array task, each
-with its own context, state, results and retries; the throttle and chunking count tasks."""
+"""Packing (`pack: K`): K consecutive elements run inside one array task, one after another or (cpus
+> 1) in lanes at once, each with its own context, state, results, retries and resource usage; the
+throttle and chunking count tasks."""
 
 from __future__ import annotations
 
@@ -223,3 +224,204 @@ def test_each_element_keeps_its_own_time_budget(tmp_path: Path, mace_env: dict[s
     assert proc.returncode == 124
     assert [state(scratch, f"tb-e{i}")["run_state"] for i in range(3)] == ["COMPLETED", "TIMEOUT", "COMPLETED"]
     assert "own time budget" in state(scratch, "tb-e1")["message"]
+
+
+# ------------------------------------------------------------------ lanes: cpus > 1 runs elements at once
+# sleeps, then writes what it saw (its runner's pid, its cpus) and fails when told to
+LANE_STEP = ("import json, os, sys, time; time.sleep(float(sys.argv[1])); json.dump({'pid': os.getppid(), "
+             "'cpus': os.environ.get('MACE_CPUS'), 'omp': os.environ.get('OMP_NUM_THREADS'), "
+             "'ctx': os.environ['MACE_CONTEXT_DIR']}, open('seen.json', 'w')); "
+             "sys.exit(3 if sys.argv[2] == 'fail' and not os.path.exists(sys.argv[3]) else 0)")
+
+
+def lane_plan(tmp_path: Path, name: str, n: int, pack: int, cpus: int, *, fail: set[int] = frozenset(),
+              sleep: float = 1.0) -> tuple[Path, Path]:
+    fix = tmp_path / f"{name}.fixed"
+    elements = [{"id": f"e{i}", "steps": [{"name": "s", "command": [
+        sys.executable, "-c", LANE_STEP, str(sleep), "fail" if i in fail else "ok", str(fix)]}]} for i in range(n)]
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"name": name, "isolation_mode": "isolated", "pack": pack,
+                                "resources": {"cpus": cpus, "time": 5}, "elements": elements}))
+    return path, fix
+
+
+def test_lane_rules() -> None:
+    from mace_hpc.records.pack import lane_cpus, lane_slots, lanes
+
+    assert [lanes(10, c) for c in (1, 2, 4, 16)] == [1, 2, 4, 10] and lanes(1, 8) == 1  # unpacked: all its cpus
+    assert [lane_slots(10, c) for c in (1, 2, 3, 16)] == [10, 5, 4, 1]
+    assert [lane_cpus(10, c) for c in (1, 4, 16)] == [1, 1, 1] and lane_cpus(2, 8) == 4
+    assert JobEnvironment({"MACE_PACK_LANES": "3"}).lanes() == 3 and JobEnvironment({}).lanes() == 1
+    (req,) = packed_requests(10, 3)  # cpus 1: one after another, as before
+    assert req.lanes == 1 and "MACE_PACK_LANES" not in req.env and req.scheduler["time"] == 30
+
+
+def test_slurm_render_of_a_laned_pack() -> None:
+    from mace_hpc.schedulers.slurm.backend import SlurmBackend
+    from mace_hpc.submission.submit import chain_requests, element_scheduler
+
+    class Limit:
+        def max_array_size(self) -> int:
+            return 1001
+
+    (req,) = chain_requests("pk", [], [(list(range(10)), [])], max_parallel=2, command=["python"], env={},
+                            work_dir=Path("/tmp/pk"), scheduler={"time": 10, "cpus": 2, "signal_margin": 30},
+                            backend=Limit(), pack=4)  # type: ignore[arg-type]
+    script, argv = SlurmBackend(max_array_size=1001).render(req)
+    text = script + " ".join(argv)
+    assert req.lanes == 2 and req.env["MACE_PACK_LANES"] == "2" and req.env["MACE_CPUS"] == "1"
+    assert "--cpus-per-task=2" in text and ("--time=20" in text or "--time=0:20:00" in text)  # 2 lanes x 10 min
+    assert element_scheduler(req)["time"] == 10 and req.env["MACE_PACK_TIME"] == str(600 - 30)
+
+
+def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]
+
+
+def test_local_laned_pack_runs_two_at_once_each_element_apart(tmp_path: Path, mace_env: dict[str, Any],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """cpus 2, pack 4: two lanes. They overlap in time; each element keeps its own context, state
+    and results; the failing one fails only itself and `resubmit --failed` reruns only it."""
+    path, fix = lane_plan(tmp_path, "ln", 4, 4, 2, fail={1})
+    assert run(["submit", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "packed: 4 elements per array task, 2 at once" in out and "time limit is 2x an element's" in out
+    assert "each task runs 4 elements 2 at once" in out and "time limit 10 min" in out
+    assert run(["submit", str(path)]) == 1  # element 1 failed
+    scratch = mace_env["scratch_root"]
+    states = {i: state(scratch, f"ln-e{i}") for i in range(4)}
+    assert [states[i]["run_state"] for i in range(4)] == ["COMPLETED", "FAILED", "COMPLETED", "COMPLETED"]
+    assert all(states[i]["state"] == "MERGED" for i in (0, 2, 3)) and states[1]["attempts"] == 1
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4) if _overlap(states[i], states[j])]
+    assert pairs, {i: (s["started_at"], s["finished_at"]) for i, s in states.items()}
+    seen = {i: json.loads(next((scratch / f"ln-e{i}").rglob("seen.json")).read_text()) for i in (0, 2, 3)}
+    assert len({v["ctx"] for v in seen.values()}) == 3 and len({s["pid"] for s in states.values()}) == 2
+    assert all(v["cpus"] == "1" and v["omp"] == "1" for v in seen.values())  # 2 cpus, 2 lanes
+    fix.write_text("ok")
+    assert run(["resubmit", "ln", "--failed"]) == 0
+    assert state(scratch, "ln-e1")["state"] == "MERGED" and state(scratch, "ln-e1")["attempts"] == 2
+    assert all(state(scratch, f"ln-e{i}")["attempts"] == 1 for i in (0, 2, 3))
+
+
+def test_time_limit_reaches_every_lane(tmp_path: Path, mace_env: dict[str, Any]) -> None:
+    """Two lanes; SIGUSR2 to the runner only (as SLURM's `--signal=B:` sends it) while e1 and e2
+    run: both record TIMEOUT at once, e0 finished, e3 was never started (PENDING)."""
+    import signal
+    import time
+
+    from submit_fakes import signal_when_started
+
+    from mace_hpc.submission.submit import submit_plan
+
+    flag = tmp_path / "e2.started"
+    slow = "import pathlib, sys, time; pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"
+    steps = {1: [sys.executable, "-c", slow, str(tmp_path / "e1.started")], 2: [sys.executable, "-c", slow, str(flag)]}
+    elements = [{"id": f"e{i}", "steps": [{"name": "s", "command": steps.get(i, ["true"])}]} for i in range(4)]
+    path = tmp_path / "tl2.json"
+    path.write_text(json.dumps({"name": "tl2", "isolation_mode": "isolated", "pack": 4, "elements": elements}))
+    result = submit_plan(path, backend="local", prepare_only=True)
+    scratch = result.submission.scratch_root
+    env = {"MACE_PACK": "4", "MACE_PACK_INDICES": "0-3", "MACE_PACK_LANES": "2", "MACE_JOB_ID": "local-1"}
+    t0 = time.monotonic()
+    rc = signal_when_started([sys.executable, "-m", "mace_hpc.element", str(result.submission.manifest_path),
+                              "--task", "0"], flag, signal.SIGUSR2, env)
+    assert rc == 124 and time.monotonic() - t0 < 40  # not the slow steps' 60 s: every lane stopped
+    assert state(scratch, "tl2-e0")["state"] == "MERGED"
+    assert [state(scratch, f"tl2-e{i}")["run_state"] for i in (1, 2)] == ["TIMEOUT", "TIMEOUT"]
+    assert all("stopped by the signal" in state(scratch, f"tl2-e{i}")["message"] for i in (1, 2))
+    assert _overlap(state(scratch, "tl2-e1"), state(scratch, "tl2-e2"))
+    e3 = state(scratch, "tl2-e3")
+    assert e3.get("state", "PENDING") == "PENDING" and "started_at" not in e3
+
+
+def test_each_element_is_charged_its_own_usage(tmp_path: Path, mace_env: dict[str, Any]) -> None:
+    """One runner runs three elements in turn: e0 burns ~1 s of CPU and holds 300 MB, e1 and e2
+    almost nothing. Each records its own figures, not the sum (CPU) or max (RSS) so far."""
+    import subprocess
+
+    from mace_hpc.submission.submit import submit_plan
+
+    heavy = ("import time; b = bytearray(300 << 20); b[::4096] = b'x' * len(b[::4096]); t = time.process_time()\n"
+             "while time.process_time() - t < 1: pass")
+    steps = {0: [sys.executable, "-c", heavy]}
+    elements = [{"id": f"e{i}", "steps": [{"name": "s", "command": steps.get(i, ["true"])}]} for i in range(3)]
+    path = tmp_path / "us.json"
+    path.write_text(json.dumps({"name": "us", "isolation_mode": "isolated", "pack": 3, "elements": elements}))
+    result = submit_plan(path, backend="local", prepare_only=True)
+    scratch = result.submission.scratch_root
+    env = {**os.environ, "MACE_PACK": "3", "MACE_PACK_INDICES": "0-2", "MACE_JOB_ID": "local-1"}
+    proc = subprocess.run([sys.executable, "-m", "mace_hpc.element", str(result.submission.manifest_path),
+                           "--task", "0"], env=env, timeout=120)
+    assert proc.returncode == 0
+    e0, e1, e2 = (state(scratch, f"us-e{i}") for i in range(3))
+    assert e0["cpu_seconds"] >= 0.9 and e1["cpu_seconds"] < 0.3 and e2["cpu_seconds"] < 0.3
+    assert e0["peak_rss_bytes"] >= 300 << 20 and e1["peak_rss_bytes"] < 200 << 20 > e2["peak_rss_bytes"]
+    step = e0["steps"][0]  # the step's own figures (os.wait4), kept with its outcome
+    assert step["cpu_seconds"] >= 0.9 and step["peak_rss_bytes"] >= 300 << 20
+
+
+def test_efficiency_of_a_packed_task_is_not_the_task_s_usage_for_each_element(
+        tmp_path: Path, mace_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """sacct has one record for a packed task: it is marked shared (not each element's), the rows
+    take each element's own figures, and the task's cpus and mem are shared by its lanes; the
+    report's histograms do not show the task's elapsed time and MaxRSS as each element's."""
+    from mace_hpc.records.causes import Usage
+    from mace_hpc.records.layout import SubmissionPaths
+    from mace_hpc.records.manifest import load_manifest
+    from mace_hpc.schedulers.base import element_usage, get_backend
+    from mace_hpc.status import report_data
+    from mace_hpc.status.efficiency import efficiency_report
+
+    path, _ = lane_plan(tmp_path, "ef", 4, 4, 2, sleep=0.2)
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "resources": {**data["resources"], "mem": "2G"}}))
+    assert run(["submit", str(path)]) == 0
+    scratch = mace_env["scratch_root"]
+    record = read_record(scratch / ".submissions" / "ef" / "record.json")
+    (job,) = record.array_jobs()
+
+    class Sacct:  # one record for task 0: 100 s, 150 CPU-s, 1.5 GB
+        calls = 1
+
+        def usage(self, job_ids: list[str], offsets: Any = None) -> dict[str, dict[int, Usage]]:
+            return {job.job_id: {0: Usage(0, job.job_id, "COMPLETED", 0, None, 100.0, 600.0, 2 << 30, 3 << 29,
+                                          150.0, 2)}}
+
+    usage = element_usage(Sacct(), [job])
+    assert sorted(usage[job.job_id]) == [0, 1, 2, 3] and {u.shared_by for u in usage[job.job_id].values()} == {4}
+    report = efficiency_report(record, load_manifest(scratch / ".submissions" / "ef" / "manifest.json"), Sacct())
+    for row in report["elements"]:
+        s = state(scratch, f"ef-e{row['index']}")
+        assert row["source"] == "runner (packed)" and row["state"] == "COMPLETED"
+        assert row["elapsed_s"] == pytest.approx(s["finished_at"] - s["started_at"]) and row["elapsed_s"] < 100
+        assert row["total_cpu_s"] == s["cpu_seconds"] and row["max_rss_bytes"] == s["peak_rss_bytes"]
+        assert row["alloc_cpus"] == 1 and row["req_mem_bytes"] == 1 << 30 and row["time_limit_s"] == 300
+    assert report["summary"]["recommended"]["mem"] is not None
+    p95 = report["summary"]["percentiles"]["max_rss_bytes"]["p95"]
+    assert report["summary"]["recommended"]["mem"] == f"{-(-int(p95 * 1.25 * 2) // (1 << 20))}M"  # 2 lanes' worth
+    monkeypatch.setattr(report_data, "get_accounting", lambda *a: Sacct())
+    paths = SubmissionPaths(scratch / ".submissions" / "ef")
+    data = report_data.build_report_data(paths, record, load_manifest(paths.manifest), get_backend("local"))
+    columns, rows = data["elements"]["columns"], data["elements"]["rows"]
+    assert len(rows) == 4 and {(r[columns.index("sacct_elapsed_s")], r[columns.index("sacct_max_rss_bytes")])
+                               for r in rows} == {(None, None)}
+
+
+def test_staged_laned_pack_skips_only_the_failed_element_downstream(tmp_path: Path, mace_env: dict[str, Any]) -> None:
+    """Two stages, pack 4, cpus 2: stage a's lanes overlap, e1 fails stage a (its b is SKIPPED),
+    and the task still ends 0 so the others run stage b."""
+    work = "import sys, time; time.sleep(1); sys.exit(3 if sys.argv[1] == 'fail' else 0)"
+    elements = [{"id": f"e{i}", "steps": [
+        {"name": "a", "stage": "a", "command": [sys.executable, "-c", work, "fail" if i == 1 else "ok"]},
+        {"name": "b", "stage": "b", "command": ["true"]}]} for i in range(4)]
+    path = tmp_path / "sl.json"
+    path.write_text(json.dumps({"name": "sl", "isolation_mode": "isolated", "pack": 4, "resources": {"cpus": 2},
+                                "stages": [{"name": "a"}, {"name": "b", "needs": ["a"]}], "elements": elements}))
+    run(["submit", str(path)])
+    scratch = mace_env["scratch_root"]
+    states = {i: state(scratch, f"sl-e{i}") for i in range(4)}
+    assert [states[i]["stages"]["a"]["state"] for i in range(4)] == ["COMPLETED", "FAILED", "COMPLETED", "COMPLETED"]
+    assert [states[i]["stages"]["b"]["state"] for i in range(4)] == ["COMPLETED", "SKIPPED", "COMPLETED", "COMPLETED"]
+    assert [states[i]["state"] for i in (0, 2, 3)] == ["MERGED"] * 3 and states[1]["run_state"] == "FAILED"
+    a = [states[i]["stages"]["a"] for i in range(4)]
+    assert any(_overlap(x, y) for k, x in enumerate(a) for y in a[k + 1:])

@@ -1,6 +1,7 @@
 """Packing on the real local SLURM cluster: 20 trivial elements packed by 5 run as 4 array tasks
 (sacct says so), every element MERGED with its own context, each recording the array task it ran
-in; a staged packed plan keeps `aftercorr` pairing task i of one stage with task i of the next."""
+in; a staged packed plan keeps `aftercorr` pairing task i of one stage with task i of the next;
+a packed task with 2 cpus runs its elements two at once (lanes) within a limit of 3 elements' time."""
 
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ def packed(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
                    "stages": [{"name": "a"}, {"name": "b"}],
                    "elements": [{"id": f"s{i}", "steps": [{**step, "name": n, "stage": n} for n in ("a", "b")]}
                                 for i in range(7)]},
+        # cpus 2: the task runs its 6 elements in two lanes, each step sleeping 1 s
+        "laned": {"name": "laned", "isolation_mode": "isolated", "pack": 6, "resources": {"cpus": 2, "time": 2},
+                  "elements": [{"id": f"l{i}", "steps": [{**step, "command": [
+                      sys.executable, "-c", "import time; time.sleep(1)\n" + PROBE]}]} for i in range(6)]},
     }
     results = {}
     for name, data in plans.items():
@@ -105,3 +110,23 @@ def test_staged_pack_pairs_task_i_with_task_i(packed: dict[str, Any]) -> None:
         assert a["env"]["SLURM_ARRAY_TASK_ID"] == b["env"]["SLURM_ARRAY_TASK_ID"] == str(i // 3)
         last = _seen(packed["scratch"], f"staged-s{min(6, i // 3 * 3 + 2)}", "a")
         assert b["start"] >= last["end"]  # task i of b waited for the whole task i of a (aftercorr)
+
+
+def test_laned_pack_runs_two_elements_at_once(packed: dict[str, Any]) -> None:
+    report = _wait(packed, "laned")
+    assert [r["state"] for r in report.rows] == ["MERGED"] * 6, report.summary_line()
+    (job,) = [j for j in find_record(packed["scratch"], "laned")[1].jobs if j.kind == "array"]
+    assert job.pack == 6 and job.array == "0"
+    states = [read_json(packed["scratch"] / f"laned-l{i}" / "state.json") or {} for i in range(6)]
+    assert len({s["pid"] for s in states}) == 2  # the task's runner and the lane it started
+    assert any(a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]
+               for k, a in enumerate(states) for b in states[k + 1:])
+    assert {_seen(packed["scratch"], f"laned-l{i}", "s")["env"]["MACE_CPUS"] for i in range(6)} == {"1"}
+    out: list[str] = []
+    for _ in range(30):  # sacct lags the controller by a few seconds
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job.job_id, "-o", "AllocCPUS,Timelimit"],
+                             capture_output=True, text=True).stdout.split()
+        if out:
+            break
+        time.sleep(1)
+    assert out[:1] == ["2|00:06:00"]  # 2 cpus, 3 elements' time (6 elements, 2 at once, 2 min each)

@@ -28,7 +28,7 @@ from ..records.layout import ContextPaths, SubmissionPaths
 from ..records.manifest import load_element_spec, load_manifest_for, write_element_copy
 from ..records.stages import by_name, ordered
 from ..schedulers import JobEnvironment, job_environment
-from . import chain
+from . import chain, lanes
 from . import steps as step_runner
 
 EXIT_TIMEOUT = 124
@@ -56,6 +56,8 @@ class _Interrupt:
     def _handle(self, signum: int, frame: Any) -> None:
         if signum != signal.SIGALRM and not _received:
             _received.append(signum)  # SIGALRM: one packed element's own budget, not the task's
+        if signum != signal.SIGALRM:
+            lanes.forward(signum)  # a laned pack: the task's signal is every lane's
         first = self.signum is None
         self.signum = self.signum or signum
         step_runner.terminate_current(grace=2.0, block=False)  # a handler must not wait
@@ -142,6 +144,7 @@ def run_element(
         chain.after_stage(context_dir, submission, index, end, manifest, run_epilogue)
         return 0
     started_at = time.time()
+    since = resource.getrusage(resource.RUSAGE_CHILDREN)  # this element's usage is what comes after
     attempt = previous.attempts + 1
     element_fields: dict[str, Any] = dict(
         state=st.RUNNING, run_state=st.RUNNING, attempts=attempt, host=socket.gethostname(),
@@ -188,7 +191,7 @@ def run_element(
         why = f"cancelled: terminated by signal {signal.Signals(interrupt.signum).name}"
         final, message = st.CANCELLED, f"{why} ({message})" if message else why
 
-    usage = resource_usage()
+    usage = resource_usage(since, outcomes)
     record = {
         "state": final, "run_state": final, "finished_at": time.time(), "message": message,
         "steps": [o.__dict__ for o in outcomes], **usage,
@@ -223,33 +226,37 @@ def run_element(
 
 def run_pack(
     manifest_path: str | os.PathLike[str], task: int | None = None, *, stage: str | None = None,
-    run_epilogue: bool = True, job: JobEnvironment | None = None,
+    run_epilogue: bool = True, job: JobEnvironment | None = None, claims: str | None = None,
 ) -> int:
-    """Run the elements of packed array task `task` (default: this job's) one after another, each
-    as `run_element` runs one: own context, state, retries, and own time budget (MACE_PACK_TIME).
+    """Run the elements of packed array task `task` (default: this job's), each as `run_element`
+    runs one: own context, state, retries, and own time budget (MACE_PACK_TIME). One after
+    another, or MACE_PACK_LANES of them at once (element/lanes.py: this process is lane 0 and
+    starts the others; a lane started so gets the shared `claims` directory).
 
     A failing element does not stop its pack-mates. The time-limit (or a cancel) signal stops the
-    running element (TIMEOUT/CANCELLED) and leaves the ones not started PENDING. The exit code is
+    running elements (TIMEOUT/CANCELLED) and leaves the ones not started PENDING. The exit code is
     the first failure's; in a multi-stage plan 0 when any element completed the stage, so
     `aftercorr` still starts the downstream task (its runner skips the elements that failed here).
     """
     job = job or job_environment()
     elements = job.packed_elements(task)
-    budget = float(os.environ.get(env_names.PACK_TIME) or 0)
     _Interrupt().install()  # a signal before the first element is recorded, not fatal
-    codes: list[int] = []
-    for index in elements:
-        if _received:
-            break  # the task's time limit or a cancel: the elements not started stay PENDING
-        if budget > 0:
-            signal.setitimer(signal.ITIMER_REAL, budget)
-        try:
-            codes.append(run_element(manifest_path, index, stage=stage, run_epilogue=run_epilogue))
-        except Exception as exc:  # noqa: BLE001 - one element's bad input must not stop the others
-            print(f"mace run-element: element {index}: {type(exc).__name__}: {exc}", file=sys.stderr)
-            codes.append(int(getattr(exc, "exit_code", 1)) or 1)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+    if claims is not None:
+        _run_lane(manifest_path, elements, stage, run_epilogue, lanes.Claims(claims))
+        return 0  # how its elements ended is in the claims, for the task's runner
+    count = min(job.lanes(), len(elements))
+    if count <= 1 or _received:
+        codes = _run_lane(manifest_path, elements, stage, run_epilogue)
+    else:
+        number = job.task_id() if task is None else task
+        argv = lambda lane, shared: lanes.lane_argv(manifest_path, int(number or 0), lane, shared,  # noqa: E731
+                                                    stage, run_epilogue)
+        with lanes.team(argv, count, os.environ.get(env_names.CPUS)) as shared:
+            if _received:
+                lanes.forward(_received[0])  # arrived while the lanes started
+            _run_lane(manifest_path, elements, stage, run_epilogue, shared)
+            lanes.wait()
+            codes = shared.codes(elements)
     bad = [c for c in codes if c]
     if _received and len(codes) < len(elements):
         bad.append(EXIT_TIMEOUT if _received[0] == signal.SIGUSR2 else 1)
@@ -257,6 +264,32 @@ def run_pack(
     if not bad or (staged and len(bad) < len(codes)):
         return 0
     return bad[0]
+
+
+def _run_lane(manifest_path: str | os.PathLike[str], elements: list[int], stage: str | None, run_epilogue: bool,
+              claims: lanes.Claims | None = None) -> list[int]:
+    """Run `elements` in order (with `claims`: those no other lane has taken), each with its own
+    budget, until the task's signal; their exit codes."""
+    budget = float(os.environ.get(env_names.PACK_TIME) or 0)
+    codes: list[int] = []
+    for index in elements:
+        if _received:
+            break  # the task's time limit or a cancel: the elements not started stay PENDING
+        if claims is not None and not claims.take(index):
+            continue
+        if budget > 0:
+            signal.setitimer(signal.ITIMER_REAL, budget)
+        try:
+            code = run_element(manifest_path, index, stage=stage, run_epilogue=run_epilogue)
+        except Exception as exc:  # noqa: BLE001 - one element's bad input must not stop the others
+            print(f"mace run-element: element {index}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            code = int(getattr(exc, "exit_code", 1)) or 1
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        codes.append(code)
+        if claims is not None:
+            claims.done(index, code)
+    return codes
 
 
 def _run_steps(ctx: WorkflowContext, workflow_id: str, element: dict[str, Any], steps: list[dict[str, Any]],
@@ -318,14 +351,22 @@ def mark_ended(manifest_path: Path) -> None:
         pass
 
 
-def resource_usage() -> dict[str, Any]:
-    """Peak RSS and CPU time of this run for `mace report`'s histograms: the runner itself and
-    every step process it waited for (each element is its own runner process, so these are the
-    element's own; the scheduler's accounting may not be there, or not yet, when the report is built)."""
+def resource_usage(since: resource.struct_rusage | None = None,
+                   outcomes: list[step_runner.StepOutcome] | tuple[()] = ()) -> dict[str, Any]:
+    """Peak RSS and CPU time of this element's run, for `mace report`'s histograms (the scheduler's
+    accounting may not be there, or not yet, or be a packed task's, shared by its elements).
+
+    CPU: of every step process this runner waited for since the element started (`since`, the
+    children's usage then), so in a packed task a later element is not charged its pack-mates'.
+    Peak RSS: the largest step process of the element (os.wait4 measures each, with what it
+    waited for: steps.py), else the children's peak if it rose during the element, and the
+    runner's own peak (small; in a packed task the runner's, shared by its elements)."""
     own, steps = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return {"peak_rss_bytes": max(own.ru_maxrss, steps.ru_maxrss) * scale,
-            "cpu_seconds": round(steps.ru_utime + steps.ru_stime, 3)}
+    before_rss, before_cpu = (since.ru_maxrss, since.ru_utime + since.ru_stime) if since else (0, 0.0)
+    measured = [o.peak_rss_bytes for o in outcomes if o.peak_rss_bytes is not None]
+    rose = steps.ru_maxrss if steps.ru_maxrss > before_rss else 0
+    return {"peak_rss_bytes": max([step_runner.rss_bytes(own.ru_maxrss), step_runner.rss_bytes(rose), *measured]),
+            "cpu_seconds": round(max(0.0, steps.ru_utime + steps.ru_stime - before_cpu), 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, help="element index (default: from the scheduler's array env)")
     parser.add_argument("--task", type=int, help="packed arrays: the array task to run (its elements one "
                         "after another; default: from the scheduler's array env)")
+    parser.add_argument("--lane", type=int, help=argparse.SUPPRESS)  # a laned pack's lane (element/lanes.py)
+    parser.add_argument("--claims", help=argparse.SUPPRESS)  # ... and the directory its lanes share
     parser.add_argument("--stage", help="the stage to run (multi-stage plans; default: $MACE_STAGE, "
                         "else every stage in order)")
     parser.add_argument("--settle-stage", metavar="NAME", help="after stage NAME's arrays ended (the settle job): "
@@ -347,17 +390,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-epilogue", action="store_true", help="do not merge/archive when the element ends")
     args = parser.parse_args(argv)
     _received.clear()  # a reused interpreter (local worker): a signal to the previous element is not ours
+    lanes.killed.clear()
     try:
         if args.settle_stage:
             settled = chain.settle_stage(Path(args.manifest), args.settle_stage, [j for j in args.jobs.split(",") if j])
             print(f"mace settle: stage {args.settle_stage}: {len(settled)} element(s) settled {settled}")
             return 0
         if args.task is not None:
-            code = run_pack(args.manifest, args.task, stage=args.stage, run_epilogue=not args.no_epilogue)
+            code = run_pack(args.manifest, args.task, stage=args.stage, run_epilogue=not args.no_epilogue,
+                            claims=args.claims)
         else:
             code = run_element(args.manifest, args.index, stage=args.stage, run_epilogue=not args.no_epilogue)
-        if not args.no_epilogue:
-            mark_ended(Path(args.manifest).absolute())
+        if not args.no_epilogue and args.claims is None and not lanes.killed:
+            mark_ended(Path(args.manifest).absolute())  # a lane killed hard: the task epilogue finalizes it
         return code
     except InputError as exc:
         print(f"mace run-element: error: {exc}", file=sys.stderr)

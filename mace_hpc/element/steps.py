@@ -32,6 +32,8 @@ class StepOutcome:
     runtime_s: float
     calc_id: str | None
     message: str = ""
+    cpu_seconds: float | None = None  # the step process's own (os.wait4), with what it waited for
+    peak_rss_bytes: int | None = None  # ... and its peak resident memory (largest process)
 
 
 class StepInterrupted(BaseException):
@@ -42,6 +44,7 @@ class StepInterrupted(BaseException):
 
 
 _current_proc: subprocess.Popen[bytes] | None = None
+_usage: dict[int, Any] = {}  # pid -> os.wait4's resource usage of a step process that ended
 _killer: threading.Thread | None = None
 _interrupted = threading.Event()  # set when the time-limit signal stopped the running step
 
@@ -74,10 +77,38 @@ def terminate_current(grace: float = 5.0, block: bool = True) -> None:
         except ProcessLookupError:
             return
         try:
-            proc.wait(wait)
+            wait_step(proc, wait)
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def wait_step(proc: subprocess.Popen[bytes], timeout: float | None = None) -> int:
+    """`proc.wait(timeout)`, keeping the process's own resource usage (os.wait4: the step and the
+    processes it waited for) in `_usage`: the runner's children's total would also hold every
+    step it ran before (a packed task's runner runs several elements)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.0005
+    while proc.returncode is None:
+        try:
+            pid, status, usage = os.wait4(proc.pid, 0 if deadline is None else os.WNOHANG)
+        except ChildProcessError:  # reaped meanwhile by Popen.poll() (the signal handler): no usage
+            return proc.wait()
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            _usage[pid] = usage
+            break
+        remaining = deadline - time.monotonic() if deadline is not None else 0.0
+        if remaining <= 0:
+            raise subprocess.TimeoutExpired(proc.args, timeout or 0)
+        time.sleep(min(delay, remaining, 0.05))
+        delay *= 2
+    return proc.returncode
+
+
+def rss_bytes(maxrss: int) -> int:
+    """ru_maxrss in bytes: it is bytes on macOS, KiB on Linux."""
+    return maxrss if sys.platform == "darwin" else maxrss * 1024
 
 
 def _kill_group_after(pgid: int, grace: float) -> None:
@@ -189,7 +220,7 @@ def run_step(
     db.update_calculation_status(calc_id, "running")
     t0 = time.monotonic()
     stdout_path, stderr_path = work_dir / "stdout.txt", work_dir / "stderr.txt"
-    status, exit_code, message, results = "failed", None, "", {}
+    status, exit_code, message, results, usage = "failed", None, "", {}, None
     timeout = step.get("timeout")
     try:
         argv = list(step["command"]) if step.get("command") else function_argv(step, search_path)
@@ -203,14 +234,16 @@ def run_step(
                 raise InputError(f"step {name!r}: program {argv[0]!r} not found") from None
             except PermissionError:
                 raise InputError(f"step {name!r}: program {argv[0]!r} is not executable") from None
+            pid = _current_proc.pid
             try:
-                exit_code = _current_proc.wait(timeout=timeout)
+                exit_code = wait_step(_current_proc, timeout=timeout)
             except subprocess.TimeoutExpired:
                 terminate_current()
                 exit_code = _current_proc.returncode
                 status, message = "timeout", f"step timeout after {timeout}s"
             finally:
                 _current_proc = None
+                usage = _usage.pop(pid, None)
         if _interrupted.is_set():
             status, message = "timeout", "interrupted by the time-limit signal"
         elif status != "timeout":
@@ -237,4 +270,5 @@ def run_step(
     db.update_calculation_status(
         calc_id, status, error_message=message or None, exit_code=exit_code, runtime_seconds=runtime
     )
-    return StepOutcome(name, status, exit_code, runtime, calc_id, message)
+    return StepOutcome(name, status, exit_code, runtime, calc_id, message,
+                       *((round(usage.ru_utime + usage.ru_stime, 3), rss_bytes(usage.ru_maxrss)) if usage else ()))

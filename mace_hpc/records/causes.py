@@ -89,6 +89,9 @@ class Usage:
     alloc_cpus: int | None = None
     partition: str | None = None
     node: str | None = None
+    # a packed array task's record: this many elements ran in it and every figure is the task's
+    # (schedulers.base.element_usage marks it; the efficiency report takes each element's own)
+    shared_by: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

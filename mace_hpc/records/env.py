@@ -22,6 +22,8 @@ STAGE = "MACE_STAGE"  # multi-stage plans: the stage this array runs
 PACK = "MACE_PACK"  # packed arrays: K elements per array task (records/pack.py)
 PACK_INDICES = "MACE_PACK_INDICES"  # packed arrays: the array's element indices, array notation
 PACK_TIME = "MACE_PACK_TIME"  # packed arrays: each element's own time budget in seconds
+PACK_LANES = "MACE_PACK_LANES"  # packed arrays: how many elements of a task run at once (records/pack.py)
+CPUS = "MACE_CPUS"  # a laned packed task: the cpus each element's steps may use (task cpus // lanes)
 # what the backstop merge job gets
 SCRATCH_ROOT = "MACE_SCRATCH_ROOT"
 BACKSTOP = "MACE_BACKSTOP"

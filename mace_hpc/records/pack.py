@@ -1,8 +1,12 @@
-"""Packing: K consecutive elements of an array run one after another inside one array task.
+"""Packing: K consecutive elements of an array run inside one array task.
 
 The one mapping between array tasks and elements that the runner, `status`, the accounting and
 `resubmit` all use. A packed array's element list (sorted) is cut into slices of K: task t runs
 `elements[t*K:(t+1)*K]`. Unpacked (K = 1) arrays keep the old rule, element = task id + offset.
+
+Lanes: a packed task asking for C > 1 cpus runs min(C, K) of its elements at once, each with
+C // lanes of the cpus; one element at a time otherwise. Its time limit covers the elements one
+lane runs at most, ceil(K / lanes), each with its own `time` (`lane_slots`).
 """
 
 from __future__ import annotations
@@ -35,3 +39,22 @@ def element_task(elements: Sequence[int], pack: int, index: int, offset: int = 0
         return ordered.index(int(index)) // pack
     except ValueError:
         return None
+
+
+def lanes(pack: int, cpus: int | None) -> int:
+    """How many elements of a packed task run at once: its cpus, at most its K elements (1 when
+    unpacked: an unpacked element has all of its cpus for itself)."""
+    pack = max(1, int(pack))
+    return 1 if pack == 1 else max(1, min(int(cpus or 1), pack))
+
+
+def lane_cpus(pack: int, cpus: int | None) -> int:
+    """The cpus each element of a packed task has while it runs (the task's cpus shared by its lanes)."""
+    return max(1, int(cpus or 1) // lanes(pack, cpus))
+
+
+def lane_slots(pack: int, cpus: int | None) -> int:
+    """How many elements one lane runs at most, ceil(K / lanes): a packed task's time limit is this
+    many times an element's. Whether a lane takes the next element when its previous one ends
+    (what the runner does) or a fixed share, no lane runs longer than that many element limits."""
+    return task_count(max(1, int(pack)), lanes(pack, cpus))

@@ -51,8 +51,10 @@ class ArrayRequest:
     after: tuple[int, ...] = ()
     after_ids: tuple[str, ...] = ()
     # packing: K consecutive elements (of the sorted `indices`) run one after another in one task;
-    # tasks are 0..ceil(n/K)-1 and the runner finds its elements from MACE_PACK/MACE_PACK_INDICES
+    # tasks are 0..ceil(n/K)-1 and the runner finds its elements from MACE_PACK/MACE_PACK_INDICES;
+    # `lanes` of them at once (records/pack.py: the task's cpus, at most K), exported as MACE_PACK_LANES
     pack: int = 1
+    lanes: int = 1
 
     def task_ids(self) -> list[int]:
         """The scheduler's array task ids (indices minus the offset; packed: 0..tasks-1), sorted;
@@ -186,11 +188,18 @@ class JobEnvironment:
 
     def pack(self) -> int:
         """Elements per array task of this job's array (MACE_PACK; 1 when not packed)."""
-        raw = self.environ.get(env_names.PACK, "1") or "1"
+        return self._count(env_names.PACK)
+
+    def lanes(self) -> int:
+        """How many elements of this packed task run at once (MACE_PACK_LANES; 1: one after another)."""
+        return self._count(env_names.PACK_LANES)
+
+    def _count(self, var: str) -> int:
+        raw = self.environ.get(var, "1") or "1"
         try:
             return max(1, int(raw))
         except ValueError:
-            raise InputError(f"{env_names.PACK}={raw!r} is not an integer") from None
+            raise InputError(f"{var}={raw!r} is not an integer") from None
 
     def packed_elements(self, task: int | None = None) -> list[int]:
         """The elements a packed array task runs, in order (records/pack.py): task `task`, else the
@@ -273,15 +282,17 @@ def get_accounting(name: str, scheduler: Mapping[str, Any] | None = None) -> Any
 
 
 def element_usage(accounting: Any, jobs: Sequence[Any]) -> dict[str, dict[int, Any]]:
-    """`accounting.usage` of these arrays (records.JobEntry) by element index: a packed task's usage
-    is given to each element it ran (records/pack.py maps the task to them)."""
+    """`accounting.usage` of these arrays (records.JobEntry) by element index. A packed task's one
+    record is listed under each element it ran (records/pack.py maps the task to them) and marked
+    `shared_by` = how many: its figures are the whole task's (its state, exit code and MaxRSS say
+    how the task ended, for every element in it), not any one element's."""
     by_id = {j.job_id: j for j in jobs}
     usage = accounting.usage(list(by_id), {j.job_id: j.offset for j in jobs})
     for job_id, rows in usage.items():
         job = by_id.get(job_id)
         if job is not None and job.pack > 1:
-            usage[job_id] = {i: dataclasses.replace(u, index=i) for task, u in rows.items()
-                             for i in job.elements_of(task)}
+            usage[job_id] = {i: dataclasses.replace(u, index=i, shared_by=len(job.elements_of(task)))
+                             for task, u in rows.items() for i in job.elements_of(task)}
     return usage
 
 

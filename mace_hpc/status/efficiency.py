@@ -10,6 +10,12 @@ The scheduler's accounting is read once for all arrays (`sacct`: one call; PBS: 
 array); a figure it lacks (MaxRSS of a job shorter than the sampling interval, every figure on
 the local backend) comes from what the element runner recorded in its state file, and each row
 says where its figures came from.
+
+A packed array task is one record for its K elements (`Usage.shared_by`): its figures are the
+task's, so an element's own come from its state file (source `runner (packed)`), with the task's
+cpus shared by its lanes (records/pack.py) and its `mem` too; an earlier attempt's core-hours,
+for which no state is left, are the task's split evenly. The recommended `mem` is the task's:
+an element's p95 times the lanes that ran at once.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from ..errors import SchedulerError
 from ..records.causes import Usage
 from ..records.element_state import ElementState, read_state
 from ..records.manifest import Manifest
+from ..records.pack import lane_cpus
+from ..records.pack import lanes as pack_lanes
 from ..records.states import COMPLETED
 from ..records.submission import SubmissionRecord
 from ..schedulers.base import element_usage
@@ -72,12 +80,15 @@ def element_rows(record: SubmissionRecord, manifest: Manifest,
             attempts[i] = attempts.get(i, 0) + 1
             u = usage.get(job.job_id, {}).get(i)
             if u is not None and current.get(i) is not job and u.elapsed_s:
-                older[i] = older.get(i, 0.0) + u.elapsed_s * (u.alloc_cpus or 1) / 3600
+                older[i] = older.get(i, 0.0) + u.elapsed_s * (u.alloc_cpus or 1) / 3600 / max(1, u.shared_by)
     rows = []
     for entry in manifest.elements:
         i = entry.index
         job = current.get(i)
         u = usage.get(job.job_id, {}).get(i) if job else None
+        packed = u if u is not None and u.shared_by > 1 else None
+        if packed is not None:
+            u = None  # the whole task's record: this element's own figures are the runner's
         # the state file only where the scheduler's record lacks a figure (10,000 reads otherwise)
         st = _ABSENT if u is not None and u.max_rss_bytes and u.total_cpu_s is not None and u.elapsed_s is not None \
             and u.state else read_state(entry.context_dir)
@@ -86,15 +97,20 @@ def element_rows(record: SubmissionRecord, manifest: Manifest,
         elapsed = u.elapsed_s if u and u.elapsed_s is not None else own
         limit = (u.time_limit_s if u else None) or (int(sched["time"]) * 60 if sched.get("time") else None)
         rss = u.max_rss_bytes if u and u.max_rss_bytes else st.peak_rss_bytes
-        req_mem = (u.req_mem_bytes if u else None) or mem_bytes(sched.get("mem"))
-        cpus = (u.alloc_cpus if u else None) or int(sched.get("cpus") or 1)
+        acct = u or packed
+        req_mem = (acct.req_mem_bytes if acct else None) or mem_bytes(sched.get("mem"))
+        cpus = (acct.alloc_cpus if acct else None) or int(sched.get("cpus") or 1)
+        lanes = 1
+        if packed is not None and job is not None:  # the task's cpus and mem, shared by its lanes
+            lanes, cpus = pack_lanes(job.pack, cpus), lane_cpus(job.pack, cpus)
+            req_mem = req_mem // lanes if req_mem else req_mem
         cpu = u.total_cpu_s if u and u.total_cpu_s is not None else st.cpu_seconds
         eff = _ratio(cpu, elapsed * cpus if elapsed else None)
         core_h = elapsed * cpus / 3600 if elapsed is not None else None
         done = (u.state == "COMPLETED") if st is _ABSENT else (
             st.last_run == COMPLETED and (u is None or u.state in ("COMPLETED", "")))
         wasted = None if core_h is None else (core_h * (1 - min(eff or 0.0, 1.0)) if done else core_h)
-        source = "sacct" if u and u.elapsed_s is not None else "runner"
+        source = "sacct" if u and u.elapsed_s is not None else "runner (packed)" if packed else "runner"
         if u and not u.max_rss_bytes and st.peak_rss_bytes:
             source += "+runner rss"
         rows.append({
@@ -104,7 +120,7 @@ def element_rows(record: SubmissionRecord, manifest: Manifest,
             "req_mem_bytes": req_mem, "mem_used": _ratio(rss, req_mem), "alloc_cpus": cpus, "total_cpu_s": cpu,
             "cpu_efficiency": eff, "core_hours": None if core_h is None else round(core_h, 6),
             "core_hours_wasted": None if wasted is None else round(wasted + older.get(i, 0.0), 6),
-            "attempts": attempts.get(i, 0), "completed": done,
+            "attempts": attempts.get(i, 0), "completed": done, "lanes": lanes,
         })
     return rows
 
@@ -125,6 +141,7 @@ def summarize(rows: list[dict[str, Any]], margin: float = MARGIN) -> dict[str, A
         values = [float(r[key]) for r in ok if r[key] is not None]
         stats[key] = {"p50": percentile(values, 50), "p95": percentile(values, 95), "n": len(values)}
     p95_t, p95_m = stats["elapsed_s"]["p95"], stats["max_rss_bytes"]["p95"]
+    p95_m = p95_m * max([int(r.get("lanes") or 1) for r in ok] or [1]) if p95_m else p95_m  # the task's
     recommended = {
         "time": max(1, math.ceil(p95_t * (1 + margin) / 60)) if p95_t is not None else None,
         "mem": f"{max(1, math.ceil(p95_m * (1 + margin) / MB))}M" if p95_m else None,

@@ -44,6 +44,8 @@ def build_report_data(paths: SubmissionPaths, record: SubmissionRecord, manifest
     for row in status.rows:
         row["params"] = params.get(row["index"], {})
         used = usage.get(row["job_id"] or "", {}).get(row["index"])
+        if used is not None and used.shared_by > 1:
+            used = None  # a packed task's record, not this element's: the histograms take the runner's
         row["sacct_elapsed_s"] = used.elapsed_s if used else None
         row["sacct_max_rss_bytes"] = used.max_rss_bytes if used else None
         row["queued_at"] = row["queued_at"] or record.submitted_at  # a first submission writes no state file

@@ -30,6 +30,8 @@ from ..records import states as st
 from ..records.element_state import read_state, write_state
 from ..records.layout import STATE_FILE, submissions_root
 from ..records.manifest import ManifestEntry, read_manifest
+from ..records.pack import lane_cpus, lane_slots
+from ..records.pack import lanes as pack_lanes
 from ..records.stages import Stage, ordered
 from ..records.submission import ARRAY, SETTLE, JobEntry, Runner, SubmissionRecord, read_record, write_record
 from ..schedulers import ArrayRequest, Backend, get_backend
@@ -124,28 +126,36 @@ def pack_requests(
     name: str, indices: Sequence[int], *, max_parallel: int, command: list[str], env: dict[str, str],
     work_dir: Path, scheduler: dict[str, Any], max_array_size: int, pack: int,
 ) -> list[ArrayRequest]:
-    """`make_requests` for a packed array: chunk k holds tasks k*limit.. (its own element list)."""
+    """`make_requests` for a packed array: chunk k holds tasks k*limit.. (its own element list).
+    With cpus > 1 a task runs its elements in lanes (records/pack.py): MACE_PACK_LANES of them at
+    once, each element's steps told their share of the cpus (MACE_CPUS), and the task's time limit
+    covers one lane's elements, not all K."""
     ordered = sorted(set(indices))
     per_chunk = max(1, max_array_size) * pack
     minutes = int(scheduler.get("time") or 60)
     budget = max(1, minutes * 60 - int(scheduler.get("signal_margin") or 0))
+    cpus = int(scheduler.get("cpus") or 1)
+    lanes = pack_lanes(pack, cpus)
+    laned = {env_names.PACK_LANES: str(lanes), env_names.CPUS: str(lane_cpus(pack, cpus))} if lanes > 1 else {}
     out = []
     for k in range(0, len(ordered), per_chunk):
         chunk = ordered[k:k + per_chunk]
         out.append(ArrayRequest(
             name=name if k == 0 else f"{name}-pack{k // per_chunk}", indices=chunk, max_parallel=max_parallel,
-            command=command, work_dir=work_dir, scheduler={**scheduler, "time": minutes * pack}, pack=pack,
+            command=command, work_dir=work_dir, pack=pack, lanes=lanes,
+            scheduler={**scheduler, "time": minutes * lane_slots(pack, cpus)},
             env={**env, env_names.INDEX_OFFSET: "0", env_names.PACK: str(pack),
-                 env_names.PACK_INDICES: array_spec(chunk), env_names.PACK_TIME: str(budget)},
+                 env_names.PACK_INDICES: array_spec(chunk), env_names.PACK_TIME: str(budget), **laned},
         ))
     return out
 
 
 def element_scheduler(req: ArrayRequest) -> dict[str, Any]:
-    """The scheduler values of one element of `req`: a packed task's time limit is `pack` times it."""
+    """The scheduler values of one element of `req`: a packed task's time limit is that of the
+    elements one lane runs (`pack` of them without lanes), each with this limit."""
     if req.pack <= 1 or "time" not in req.scheduler:
         return dict(req.scheduler)
-    return {**req.scheduler, "time": int(req.scheduler["time"]) // req.pack}
+    return {**req.scheduler, "time": int(req.scheduler["time"]) // lane_slots(req.pack, req.scheduler.get("cpus"))}
 
 
 def array_limit(scheduler: dict[str, Any], backend: Backend) -> int:

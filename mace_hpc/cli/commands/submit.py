@@ -54,7 +54,7 @@ def dry_run_data(result: Any, limit: int | None = DRY_RUN_ELEMENTS) -> dict[str,
         "elements": elements,
         "arrays": [
             {"index_offset": req.index_offset, "task_ids": len(req.task_ids()), "script": script, "command": argv,
-             **({"pack": req.pack, "elements": len(set(req.indices or [])),
+             **({"pack": req.pack, "lanes": req.lanes, "elements": len(set(req.indices or [])),
                  "tasks": {str(t): req.elements_of(t) for t in req.task_ids()[:limit or None]}} if req.pack > 1 else {}),
              **({"stage": req.stage, "after": [result.requests[u].stage for u in req.after]} if req.stage else {})}
             for (script, argv), req in zip(result.rendered, result.requests, strict=True)
@@ -65,6 +65,8 @@ def dry_run_data(result: Any, limit: int | None = DRY_RUN_ELEMENTS) -> dict[str,
 
 def dry_run_text(data: dict[str, Any]) -> str:
     import shlex
+
+    from ...records.pack import task_count
 
     n, arrays = data["total_elements"], data["arrays"]
     lines = [
@@ -78,8 +80,10 @@ def dry_run_text(data: dict[str, Any]) -> str:
     for a in arrays[:1]:
         if a.get("pack"):
             first = ", ".join(f"task {t}: elements {','.join(map(str, e))}" for t, e in list(a["tasks"].items())[:3])
-            lines.append(f"packed: {a['pack']} elements per array task, one after another ({first}, ...); "
-                         f"the throttle counts tasks; a task's time limit is {a['pack']}x an element's")
+            lanes = int(a.get("lanes") or 1)
+            how = f"{lanes} at once (its cpus)" if lanes > 1 else "one after another"
+            lines.append(f"packed: {a['pack']} elements per array task, {how} ({first}, ...); "
+                         f"the throttle counts tasks; a task's time limit is {task_count(a['pack'], lanes)}x an element's")
     for name, chunks in stages.items():
         after = sorted(set(chunks[0]["after"]))
         how = f", after stage {', '.join(after)} element by element" if after else ""
@@ -93,7 +97,8 @@ def dry_run_text(data: dict[str, Any]) -> str:
     for k, a in enumerate(arrays):
         if k == 0 or len(arrays) <= 3 or a.get("stage") != arrays[k - 1].get("stage"):
             stage = f"stage {a['stage']}, " if a.get("stage") else ""
-            packed = f" running {a['elements']} elements, {a['pack']} per task" if a.get("pack") else ""
+            at_once = f", {a['lanes']} at once" if int(a.get("lanes") or 1) > 1 else ""
+            packed = f" running {a['elements']} elements, {a['pack']} per task{at_once}" if a.get("pack") else ""
             lines.append(f"--- job script {k + 1}/{len(arrays)} ({stage}index offset {a['index_offset']}, "
                          f"{a['task_ids']} tasks{packed}) ---")
             lines.append(a["script"].rstrip())

@@ -83,7 +83,8 @@ class LocalBackend:
         setup = setup_lines(req.scheduler)
         lines = [
             "# local backend: each element runs as a process on this machine" if req.pack <= 1 else
-            f"# local backend: each task runs {req.pack} elements one after another, as a process on this machine",
+            f"# local backend: each task runs {req.pack} elements "
+            f"{f'{req.lanes} at once' if req.lanes > 1 else 'one after another'}, as a process on this machine",
             f"# at most {req.max_parallel} at once, time limit {req.scheduler.get('time')} min",
         ]
         if setup:
