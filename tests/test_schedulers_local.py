@@ -277,3 +277,14 @@ def test_cancel_signals_only_mace_processes(tmp_path: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def test_a_packed_task_exit_code_is_each_of_its_elements(tmp_path: Path) -> None:
+    """Exit codes are kept by element (the local backstop looks elements up): a packed task's
+    code is its elements', never another element's whose index equals the task id."""
+    req = ArrayRequest(name="pk", indices=[0, 1, 2, 3], max_parallel=2, pack=2, work_dir=tmp_path / "logs",
+                       command=[PY, "-c", "import sys; sys.exit(5 if sys.argv[-1] == '1' else 0)"],
+                       scheduler={"time": 1})
+    backend = LocalBackend()
+    backend.submit(req)
+    assert backend.returncodes == {0: 0, 1: 0, 2: 5, 3: 5}

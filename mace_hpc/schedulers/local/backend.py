@@ -168,8 +168,10 @@ class LocalBackend:
                     del running[key]
                     self._release(proc)
                     ended.add(key)
-                    ended_now += requests[key[0]].elements_of(key[1]) if requests[key[0]].pack > 1 else [key[1]]
-                    self.returncodes[key[1]] = rc if rc or key[1] not in self.returncodes else self.returncodes[key[1]]
+                    members = requests[key[0]].elements_of(key[1]) if requests[key[0]].pack > 1 else [key[1]]
+                    ended_now += members
+                    for e in members:  # by element (a packed task's code is each of its elements'), worst kept
+                        self.returncodes[e] = rc if rc or e not in self.returncodes else self.returncodes[e]
                     done += 1
                     failed += rc != 0
                     if self.progress:
