@@ -80,6 +80,7 @@ class WorkflowContext:
         self._saved_env: dict[str, str | None] = {}
         self._activated_at: float | None = None
         self._depth = 0
+        self._ensured: tuple[int, int] | None = None  # (device, inode) of the directory made complete
 
     # ------------------------------------------------------------------ paths
     @property
@@ -108,12 +109,21 @@ class WorkflowContext:
 
     def ensure_directory(self) -> Path:
         """Create the context directory (0700, never through a symlink) and its identity file."""
+        if self._ensured is not None:  # done by this object already: one lstat, not ten mkdir calls
+            try:
+                st = os.lstat(self.directory)
+                if (st.st_dev, st.st_ino) == self._ensured:
+                    return self.directory
+            except OSError:
+                pass
         self.scratch_root.mkdir(parents=True, exist_ok=True)
         ensure_private_dir(self.directory, "context directory")
         for sub in CONTEXT_SUBDIRS:
             (self.directory / sub).mkdir(mode=0o700, exist_ok=True)
         if not self.paths.identity.exists():
             write_identity(self.directory, ContextIdentity(self.workflow_id, self.isolation_mode))
+        st = os.lstat(self.directory)
+        self._ensured = (st.st_dev, st.st_ino)
         return self.directory
 
     # -------------------------------------------------------------- lifecycle

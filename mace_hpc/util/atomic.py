@@ -61,9 +61,10 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     the small state files `mace status` reads by the thousand."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
+        first = os.read(fd, max(os.fstat(fd).st_size + 1, 1 << 16))  # a large file in one read, not 64 KiB steps
+        chunks = [first]
+        while first and (chunk := os.read(fd, 1 << 16)):
             chunks.append(chunk)
-        return b"".join(chunks)
+        return first if len(chunks) == 1 else b"".join(chunks)
     finally:
         os.close(fd)
