@@ -328,7 +328,10 @@ def create_context_database(path: str | os.PathLike[str]) -> bool:
     path = Path(path)
     if os.path.lexists(path):
         return False
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError:  # no such or no writable directory: the normal open says so
+        return False
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(context_template())
