@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mace_hpc.database.journal import connect, journal_mode_for, write_transaction
 from mace_hpc.database.merge import merge_many
-from mace_hpc.database.schema import COLUMNS, DATA_TABLES, ensure_schema, utc_now
+from mace_hpc.database.schema import COLUMNS, DATA_TABLES, context_template, ensure_schema, utc_now
 
 MATERIALS, CALCS, PROPS = 10, 10, 20
 
@@ -34,12 +34,9 @@ def insert(conn: sqlite3.Connection, table: str, **values: object) -> None:
 
 
 def build_contexts(root: Path, n: int) -> list[tuple[str, Path]]:
-    """n context databases from one schema template (copying is ~15x faster than creating)."""
+    """n context databases as elements create them (a copy of the context schema's template)."""
     template = root / "template.db"
-    conn = sqlite3.connect(template, isolation_level=None)
-    ensure_schema(conn)
-    conn.execute("PRAGMA journal_mode = DELETE")
-    conn.close()
+    template.write_bytes(context_template())
     now = utc_now()
     out = []
     for i in range(n):

@@ -80,3 +80,56 @@ def test_copy_to_context_keeps_identity_so_merging_back_adds_nothing(mace_env: d
     source.close()
     report = merge_database(shared, target.database_path, "wf-copy")
     assert report.status == "merged" and report.counts["calculations"] == report.counts["properties"] == 0
+
+
+def test_isolated_context_database_has_no_query_indexes_shared_has_all(mace_env: dict[str, Path]) -> None:
+    """An element's own database is created from the context template (tables and triggers, no
+    query indexes or merge tables: cheaper to create and to merge); the shared database, also
+    when a shared-mode context opens it, has upstream's full schema. Both open as usual."""
+    import sqlite3
+
+    from mace_hpc.database.schema import INDEXES, MERGE_TABLES, SCHEMA_VERSION, TRIGGER_SQL
+
+    def objects(db: Path) -> set[str]:
+        conn = sqlite3.connect(db)
+        try:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            return {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        finally:
+            conn.close()
+
+    with WorkflowContext("wf-light", isolation_mode="isolated") as ctx:
+        db = ctx.get_database()
+        db.create_material("a", "Si")
+        calc = db.create_calculation("a", "SP", workflow_id="wf-light")
+        db.update_calculation_status(calc, "completed")
+        have = objects(ctx.database_path)
+        assert not have & {*INDEXES, *MERGE_TABLES}
+        assert {"materials", "calculations", "properties", "files", "workflow_states"} <= have
+        assert len([n for n in have if n.endswith("_touch")]) == len(TRIGGER_SQL)
+        assert (ctx.database_path.stat().st_mode & 0o777) == 0o600
+        ctx.close()
+    with WorkflowContext("wf-shared", isolation_mode="shared") as ctx:
+        ctx.get_database().create_material("b", "Ge")
+        ctx.close()
+    assert {*INDEXES, *MERGE_TABLES} <= objects(mace_env["shared_database"])
+
+
+def test_database_resolved_to_the_active_context_is_created_light(mace_env: dict[str, Path]) -> None:
+    """`ContextualMaterialDatabase()` inside an isolated context (what upstream-style user code
+    does) creates the context's database with the context schema; an explicit path keeps the full one."""
+    import sqlite3
+
+    from mace_hpc.database.schema import INDEXES
+
+    with WorkflowContext("wf-resolved", isolation_mode="isolated") as ctx:
+        db = ContextualMaterialDatabase()
+        db.create_material("a", "Si")
+        db.close()
+        names = {r[0] for r in sqlite3.connect(ctx.database_path).execute("SELECT name FROM sqlite_master")}
+        assert "materials" in names and not names & set(INDEXES)
+        mine = ContextualMaterialDatabase(ctx.directory / "mine.db")
+        mine.create_material("b", "Ge")
+        mine.close()
+        names = {r[0] for r in sqlite3.connect(ctx.directory / "mine.db").execute("SELECT name FROM sqlite_master")}
+        assert set(INDEXES) <= names

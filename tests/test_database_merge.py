@@ -23,7 +23,14 @@ from mace_hpc.database.merge import (
     merge_status,
     merged_workflow_ids,
 )
-from mace_hpc.database.schema import COLUMNS, DATA_TABLES, ensure_schema
+from mace_hpc.database.schema import (
+    COLUMNS,
+    DATA_TABLES,
+    INDEXES,
+    MERGE_TABLES,
+    create_context_database,
+    ensure_schema,
+)
 from mace_hpc.errors import InputError
 from mace_hpc.util.nfslock import LockTimeout, NfsLock
 
@@ -41,6 +48,8 @@ def build_context(
     must merge once without being reported as a conflict.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    if i % 2:  # odd contexts as elements create them (no query indexes), even ones with the full schema
+        assert create_context_database(path)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = DELETE")
     conn.execute("PRAGMA synchronous = OFF")
@@ -254,6 +263,61 @@ def test_corrupt_sources_are_reported_and_the_rest_merge(tmp_path: Path, context
     )  # nothing of the bad ones
     assert merged_workflow_ids(shared) == {"wf-0010", "wf-0011", "wf-0012"}
     assert scalar(shared, "PRAGMA integrity_check") == "ok"
+
+
+def test_corrupt_context_schema_sources_are_reported(tmp_path: Path) -> None:
+    """A context database without query indexes (as elements create them) is checked as fully:
+    a torn table page, a stale uid index and a truncated file are each reported, not merged."""
+    good = tmp_path / "good" / "materials.db"
+    build_context(good, 1, n_materials=40, calcs_per_material=2, props_per_calc=3)
+    assert not {r[0] for r in sqlite3.connect(good).execute("SELECT name FROM sqlite_master")} & set(INDEXES)
+    page = sqlite3.connect(good).execute("PRAGMA page_size").fetchone()[0]
+
+    def variant(name: str, data: bytes) -> Path:
+        path = tmp_path / name / "materials.db"
+        path.parent.mkdir()
+        path.write_bytes(data)
+        return path
+
+    data = good.read_bytes()
+    root = scalar(good, "SELECT rootpage FROM sqlite_master WHERE name = 'properties'")
+    torn = bytearray(data)
+    torn[(root - 1) * page + 8 : root * page] = bytes(page - 8)  # the table's root page, header kept
+    stale = variant("stale", data)  # an index (as upstream code adds one) whose entries disagree with its table
+    conn = sqlite3.connect(stale)
+    conn.execute("CREATE INDEX idx_properties_name ON properties (property_name)")
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute("UPDATE sqlite_master SET sql = replace(sql, 'property_name', 'property_unit') WHERE type = 'index'")
+    conn.commit()
+    conn.close()
+    sources = [
+        ("wf-good", good),
+        ("bad-torn", variant("torn", bytes(torn))),
+        ("bad-stale", stale),
+        ("bad-truncated", variant("truncated", data[: len(data) * 2 // 3])),
+    ]
+    reports = {r.workflow_id: r for r in merge_many(tmp_path / "shared.db", sources)}
+    assert {w: r.status for w, r in reports.items()} == {
+        "wf-good": "merged", "bad-torn": "corrupt", "bad-stale": "corrupt", "bad-truncated": "corrupt"
+    }
+    assert "integrity_check" in reports["bad-stale"].error
+    assert merged_workflow_ids(tmp_path / "shared.db") == {"wf-good"}
+
+
+def test_merge_into_a_context_database_completes_its_schema(tmp_path: Path, contexts) -> None:
+    """A context database as the merge target (a context exported into another) gets the ledger,
+    the conflict table and upstream's indexes first; the shared database has them from the start."""
+    target = tmp_path / "ctx" / "materials.db"
+    target.parent.mkdir()
+    assert create_context_database(target) and not create_context_database(target)  # never replaced
+    names = lambda db: {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master")}  # noqa: E731
+    assert not names(target) & {*MERGE_TABLES, *INDEXES}
+    assert [r.status for r in merge_many(target, contexts[:3])] == ["merged"] * 3
+    assert {*MERGE_TABLES, *INDEXES} <= names(target)
+    assert [r.status for r in merge_many(target, contexts[:3])] == ["already_merged"] * 3
+    assert_rows_equal(target, expected_rows([p for _, p in contexts[:3]]))
+    merge_many(tmp_path / "shared.db", contexts[:1])
+    assert {*MERGE_TABLES, *INDEXES} <= names(tmp_path / "shared.db")
 
 
 def test_empty_and_missing_sources(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from test_database_upstream_calls import UPSTREAM_SRC, _upstream_module
 
 from mace_hpc.database.materials import MaterialDatabase
 from mace_hpc.database.merge import merge_database
-from mace_hpc.database.schema import ALL_COLUMNS, SCHEMA_VERSION
+from mace_hpc.database.schema import ALL_COLUMNS, SCHEMA_VERSION, create_context_database
 from mace_hpc.errors import InputError
 
 DATA = Path(__file__).parent / "data"
@@ -300,6 +300,26 @@ def test_upstream_class_works_on_a_migrated_file(tmp_path: Path) -> None:
         calc = ours.get_calculation(calc_id)
         assert (calc["slurm_job_id"], calc["settings"], len(calc["uid"])) == ("777", {"a": 1}, 32)
     assert merge_database(tmp_path / "shared.db", path, "legacy").counts["calculations"] == 4
+
+
+@pytest.mark.skipif(UPSTREAM_SRC is None, reason="set UPSTREAM_MACE_SRC to a checkout of upstream MACE to run it")
+def test_upstream_class_works_on_a_context_database(tmp_path: Path) -> None:
+    """A context database (created without the query indexes) opened by upstream's own class:
+    it adds its indexes, writes, reads; ours reads what it wrote and the merge takes it."""
+    path = tmp_path / "ctx" / "materials.db"
+    path.parent.mkdir()
+    assert create_context_database(path)
+    up = _upstream_module("materials").MaterialDatabase(str(path), str(tmp_path / "structures.db"))
+    up.create_material("ZnO", "ZnO", 186)
+    calc_id = up.create_calculation("ZnO", "SP", input_file="x.d12")
+    up.update_calculation_status(calc_id, "completed", slurm_job_id="778")
+    assert [c["calc_id"] for c in up.get_calculations_by_status(material_id="ZnO")] == [calc_id]
+    names = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    assert "idx_calculations_status" in names
+    with MaterialDatabase(path) as ours:
+        assert ours.get_calculation(calc_id)["slurm_job_id"] == "778"
+    report = merge_database(tmp_path / "shared.db", path, "wf-up")
+    assert report.status == "merged" and report.counts["calculations"] == 1
 
 
 def test_merging_into_an_upstream_shared_database_migrates_it_first(tmp_path: Path,

@@ -42,7 +42,15 @@ from .rows import (
     split_property_value,
     unused_id,
 )
-from .schema import ALL_TABLES, MATERIAL_CONTENT_COLUMNS, ensure_schema, local_now, material_value, utc_now
+from .schema import (
+    ALL_TABLES,
+    MATERIAL_CONTENT_COLUMNS,
+    create_context_database,
+    ensure_schema,
+    local_now,
+    material_value,
+    utc_now,
+)
 from .workflow_records import WorkflowRecordsMixin
 
 __all__ = [
@@ -142,6 +150,9 @@ class MaterialDatabase(WorkflowRecordsMixin, AnalysisMixin):
     is None). With `auto_initialize=False` nothing is created until the first use.
     """
 
+    #: Create a missing database with the context schema (schema.CONTEXT_SCHEMA_STATEMENTS).
+    _context_schema = False
+
     _MATERIAL_FIELDS = frozenset(
         {"formula", "space_group", "dimensionality", "source_type", "source_file", "metadata", "status", "notes"}
     )
@@ -172,6 +183,8 @@ class MaterialDatabase(WorkflowRecordsMixin, AnalysisMixin):
                 raise InputError(f"database {self.db_path} is closed")
             if self._conn is None:
                 self.db_path.parent.mkdir(parents=True, exist_ok=True)
+                if self._context_schema:
+                    create_context_database(self.db_path)
                 upgrade_file(self.db_path)
                 conn = connect(self.db_path)
                 conn.row_factory = sqlite3.Row

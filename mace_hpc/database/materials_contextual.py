@@ -98,6 +98,7 @@ class ContextualMaterialDatabase(MaterialDatabase):
         self._detected = detected is not None
         if auto_initialize is None:  # upstream: a default database that does not exist yet is created on first use
             auto_initialize = db_path is not None or workflow_context is not None or self._detected
+        resolved = db_path is None
         if db_path is None:
             if workflow_context is not None:
                 db_path = workflow_context.database_path
@@ -105,15 +106,18 @@ class ContextualMaterialDatabase(MaterialDatabase):
                 db_path = detected or load_config().path("shared_database")
         if ase_db_path is None:
             ase_db_path = workflow_context.directory / ASE_FILE if workflow_context is not None else ASE_FILE
-        super().__init__(db_path, ase_db_path, auto_initialize=auto_initialize)
-        self.resolved_db_path = str(self.db_path)
-        self.resolved_ase_db_path = str(self.ase_db_path)
         shared = os.path.abspath(load_config().path("shared_database"))
         self._isolated = (
             bool(workflow_context.is_isolated)
             if workflow_context is not None
-            else self._detected and os.path.abspath(self.db_path) != shared
+            else self._detected and os.path.abspath(os.path.expanduser(db_path)) != shared
         )
+        # a workflow's own database found here (not a path the caller chose) is created without
+        # the query indexes (schema.CONTEXT_SCHEMA_STATEMENTS); WorkflowContext creates its own so too
+        self._context_schema = self._isolated and resolved
+        super().__init__(db_path, ase_db_path, auto_initialize=auto_initialize)
+        self.resolved_db_path = str(self.db_path)
+        self.resolved_ase_db_path = str(self.ase_db_path)
 
     @classmethod
     def from_context(

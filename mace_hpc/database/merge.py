@@ -55,6 +55,7 @@ from .schema import (
     MATERIAL_CONTENT_COLUMNS,
     SCHEMA_VERSION,
     VERSIONED_TABLES,
+    complete_schema,
     ensure_schema,
     material_value,
     utc_now,
@@ -126,15 +127,16 @@ def _migrated_copy(conn: sqlite3.Connection, workflow_id: str) -> sqlite3.Connec
     return copy
 
 
+_SELECT_SQL = {table: f"SELECT {', '.join(COLUMNS[table])} FROM {table} ORDER BY {key}" for table, key in DATA_TABLES.items()}
+
+
 def _read_rows(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
     """Every data table's merged columns, in merge-key order (call inside one read snapshot)."""
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    return {
-        table: conn.execute(f"SELECT {', '.join(COLUMNS[table])} FROM {table} ORDER BY {key}").fetchall()
-        if table in tables
-        else []
-        for table, key in DATA_TABLES.items()
-    }
+    try:  # one statement per table: a current source has them all
+        return {table: conn.execute(sql).fetchall() for table, sql in _SELECT_SQL.items()}
+    except sqlite3.OperationalError:  # an older file may lack a table: read those it has
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return {table: conn.execute(sql).fetchall() if table in tables else [] for table, sql in _SELECT_SQL.items()}
 
 
 def _load_source(workflow_id: str, path: Path) -> _Source | MergeReport:
@@ -203,6 +205,20 @@ _UPDATE_SQL = {
     t: f"UPDATE {t} SET {', '.join(f'{c} = ?' for c in cols)} WHERE uid = ? AND updated_at < ?"
     for t, cols in _UPDATED_COLS.items()
 }
+
+
+def _bind_null_directly() -> None:
+    """Bind None as NULL without the sqlite3 module's adaptation protocol.
+
+    The module binds int, float, str and bytearray directly but sends None through
+    `__adapt__`/`__conform__` look-ups that fail with a formatted AttributeError each time: a
+    context's rows carry ~200 NULLs, ~12 % of a merge's insert work (benchmarks/README.md, issue
+    8). An adapter registered for None finds it in one dict look-up; it returns None, which binds
+    NULL exactly as before. Process-wide but without effect on any value; one already registered is kept.
+    """
+    adapters = getattr(sqlite3, "adapters", None)
+    if adapters is not None and (type(None), sqlite3.PrepareProtocol) not in adapters:
+        sqlite3.register_adapter(type(None), {}.get)  # {}.get(x) is None for any x, a C call
 
 
 def _material_content(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -379,12 +395,14 @@ def merge_many(
         return []
     shared_db = Path(os.fspath(shared_db))
     shared_db.parent.mkdir(parents=True, exist_ok=True)
+    _bind_null_directly()
     reports: list[MergeReport] = []
     with NfsLock(lock_path(shared_db), lifetime=lock_lifetime, timeout=lock_timeout) as lock:
         upgrade_file(shared_db)  # an upstream shared database: migrated before we touch it
         conn = connect(shared_db)
         try:
             ensure_schema(conn)
+            complete_schema(conn)  # a context database as the target: it gets the ledger and indexes
             for start in range(0, len(items), batch_size):
                 loaded = _load_batch(items[start : start + batch_size])
                 now = utc_now()

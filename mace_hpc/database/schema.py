@@ -22,8 +22,11 @@ them with `datetime.now()`. Opening an older database migrates it (see `migrate.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import tempfile
 from datetime import datetime, timezone
+from pathlib import Path
 
 SCHEMA_VERSION = 2
 
@@ -211,20 +214,21 @@ INSERT_SQL: dict[str, str] = {
 #: Tables whose rows carry `uid` and `updated_at` (merged by uid, newer version wins).
 VERSIONED_TABLES: tuple[str, ...] = ("calculations", "properties", "files")
 
-INDEX_SQL: tuple[str, ...] = (
-    # Upstream's index names, so its own `CREATE INDEX IF NOT EXISTS` finds them.
-    "CREATE INDEX IF NOT EXISTS idx_materials_formula ON materials (formula)",
-    "CREATE INDEX IF NOT EXISTS idx_materials_status ON materials (status)",
-    "CREATE INDEX IF NOT EXISTS idx_calculations_material ON calculations (material_id)",
-    "CREATE INDEX IF NOT EXISTS idx_calculations_status ON calculations (status)",
-    "CREATE INDEX IF NOT EXISTS idx_calculations_type ON calculations (calc_type)",
-    "CREATE INDEX IF NOT EXISTS idx_calculations_slurm ON calculations (slurm_job_id)",
-    "CREATE INDEX IF NOT EXISTS idx_properties_material ON properties (material_id)",
-    "CREATE INDEX IF NOT EXISTS idx_properties_name ON properties (property_name)",
-    "CREATE INDEX IF NOT EXISTS idx_files_calc ON files (calc_id)",
-    "CREATE INDEX IF NOT EXISTS idx_workflow_states_material ON workflow_states (material_id)",
-    "CREATE INDEX IF NOT EXISTS idx_workflow_states_status ON workflow_states (status)",
-)
+#: Upstream's indexes by name (so its own `CREATE INDEX IF NOT EXISTS` finds them): what they index.
+INDEXES: dict[str, str] = {
+    "idx_materials_formula": "materials (formula)",
+    "idx_materials_status": "materials (status)",
+    "idx_calculations_material": "calculations (material_id)",
+    "idx_calculations_status": "calculations (status)",
+    "idx_calculations_type": "calculations (calc_type)",
+    "idx_calculations_slurm": "calculations (slurm_job_id)",
+    "idx_properties_material": "properties (material_id)",
+    "idx_properties_name": "properties (property_name)",
+    "idx_files_calc": "files (calc_id)",
+    "idx_workflow_states_material": "workflow_states (material_id)",
+    "idx_workflow_states_status": "workflow_states (status)",
+}
+INDEX_SQL: tuple[str, ...] = tuple(f"CREATE INDEX IF NOT EXISTS {name} ON {on}" for name, on in INDEXES.items())
 
 #: An update that leaves `updated_at` alone (upstream code, raw SQL) still moves it forward.
 TRIGGER_SQL: tuple[str, ...] = tuple(
@@ -235,6 +239,20 @@ TRIGGER_SQL: tuple[str, ...] = tuple(
 )
 
 SCHEMA_STATEMENTS: tuple[str, ...] = (*TABLE_SQL.values(), *INDEX_SQL, *TRIGGER_SQL)
+
+#: Tables only a merge target (the shared database) needs.
+MERGE_TABLES: tuple[str, ...] = ("merge_ledger", "merge_conflicts")
+
+#: A context database's schema: every upstream table (same definitions) and the triggers, but
+#: neither the query indexes nor the merge tables. A context holds one element's few rows, where
+#: an index buys nothing, and each index object costs every merge of it: opening it parses the
+#: schema, `integrity_check` walks every index, so it is read ~40 % faster (benchmarks/README.md,
+#: "Issue 8: merge throughput recovered"). Upstream code opening it adds its indexes itself
+#: (`CREATE INDEX IF NOT EXISTS`); `complete_schema` gives it the rest when it becomes a merge target.
+CONTEXT_SCHEMA_STATEMENTS: tuple[str, ...] = (
+    *(sql for table, sql in TABLE_SQL.items() if table not in MERGE_TABLES),
+    *TRIGGER_SQL,
+)
 
 
 def utc_now() -> str:
@@ -264,3 +282,64 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
     from .migrate import upgrade  # lazy: migrate builds on this module
 
     upgrade(conn)
+
+
+def complete_schema(conn: sqlite3.Connection) -> None:
+    """Give a database of the current version every index and table a shared one has (a context
+    database has neither the query indexes nor the merge tables); a no-op on a complete one."""
+    present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+    if set(MERGE_TABLES) <= present and set(INDEXES) <= present:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in SCHEMA_STATEMENTS:
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+_context_template: bytes | None = None
+
+
+def context_template() -> bytes:
+    """The bytes of a new, empty context database (built once per process, in memory)."""
+    global _context_template
+    if _context_template is None:
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            conn.execute("BEGIN")
+            for statement in CONTEXT_SCHEMA_STATEMENTS:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+            _context_template = conn.serialize()
+        finally:
+            conn.close()
+    return _context_template
+
+
+def create_context_database(path: str | os.PathLike[str]) -> bool:
+    """Create `path` as an empty context database (a copy of `context_template()`: one write
+    instead of ~20 statements), 0600; True if created. Anything already there (another process
+    was first, a symlink) is left alone, as is a filesystem without hard links: the caller's
+    normal open then creates or opens the database as before (with the full schema)."""
+    path = Path(path)
+    if os.path.lexists(path):
+        return False
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError:  # no such or no writable directory: the normal open says so
+        return False
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(context_template())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, path)  # never replaces: a database created meanwhile wins
+    except OSError:
+        return False
+    finally:
+        os.unlink(tmp)
+    return True
