@@ -148,7 +148,8 @@ def write_manifest(path: str | os.PathLike[str], manifest: Manifest) -> None:
 
 def _one_per_line(head: str, items: list[Any], tail: str) -> bytes:
     """`head`, one item per line (a comma ending all but the last), `tail` on a line of its own."""
-    body = "".join(f"{json.dumps(item, sort_keys=True, default=str)},\n" for item in items)
+    encode = json.JSONEncoder(sort_keys=True, default=str).encode  # one encoder, not one per item (10,000)
+    body = "".join(f"{encode(item)},\n" for item in items)
     return f"{head}\n{body[:-2]}\n{tail}\n".encode() if items else f"{head}\n{tail}\n".encode()
 
 
