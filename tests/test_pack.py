@@ -425,3 +425,27 @@ def test_staged_laned_pack_skips_only_the_failed_element_downstream(tmp_path: Pa
     assert [states[i]["state"] for i in (0, 2, 3)] == ["MERGED"] * 3 and states[1]["run_state"] == "FAILED"
     a = [states[i]["stages"]["a"] for i in range(4)]
     assert any(_overlap(x, y) for k, x in enumerate(a) for y in a[k + 1:])
+
+
+def test_the_task_epilogue_marker_only_when_every_element_was_finalized(tmp_path: Path, mace_env: dict[str, Any]) -> None:
+    """A packed SLURM task's runner leaves `<submission>/ended/<job id>.<restarts>` (the TaskEpilog
+    then starts no Python) only when each element ran its own epilogue; an element whose run
+    raised may be left RUNNING, so then there is none and the TaskEpilog finalizes it."""
+    import subprocess
+
+    from mace_hpc.submission.submit import submit_plan
+
+    elements = [{"id": f"e{i}", "steps": [{"name": "s", "command": ["true"]}]} for i in range(4)]
+    path = tmp_path / "mk.json"
+    path.write_text(json.dumps({"name": "mk", "isolation_mode": "isolated", "pack": 2, "elements": elements}))
+    result = submit_plan(path, backend="local", prepare_only=True)
+    scratch, sub = result.submission.scratch_root, result.submission.directory
+    (scratch / "mk-e3").rmdir()
+    (scratch / "mk-e3").write_text("not a directory")  # element 3's run raises (InputError)
+    for task, job in ((0, "77"), (1, "78")):
+        env = {**os.environ, "MACE_PACK": "2", "MACE_PACK_INDICES": "0-3", "SLURM_JOB_ID": job,
+               "SLURM_ARRAY_JOB_ID": "76", "SLURM_ARRAY_TASK_ID": str(task)}
+        subprocess.run([sys.executable, "-m", "mace_hpc.element", str(result.submission.manifest_path)],
+                       env=env, timeout=120, capture_output=True)
+    assert state(scratch, "mk-e0")["state"] == state(scratch, "mk-e1")["state"] == "MERGED"
+    assert sorted(p.name for p in (sub / "ended").iterdir()) == ["77.0"]  # task 1 left element 3 unfinished

@@ -227,6 +227,20 @@ def test_elements_run_in_reused_workers_as_new_processes_would(tmp_path: Path, r
     assert logs[0] == "hello from 0\n" and "RuntimeError: boom" in logs[1] and logs[4] == "hello from 4\n"
 
 
+def test_a_worker_that_cannot_start_says_why_in_workers_err(tmp_path: Path, reusable: str) -> None:
+    """An interpreter that cannot run the worker (a plan's `python` without mace_hpc, say): every
+    element fails with exit 1, and what the interpreter said is in the logs, not lost."""
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'broken interpreter: no module named mace_hpc' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    req = _module_request(tmp_path, reusable, {"PLAN_VAR": "v"})
+    req.command[0] = str(broken)
+    backend = LocalBackend()
+    backend.submit(req)
+    assert backend.returncodes == {0: 1, 1: 1, 2: 1}
+    assert "broken interpreter" in (tmp_path / "logs" / "workers.err").read_text()
+
+
 def test_setup_lines_or_other_modules_get_a_new_process_each(tmp_path: Path, reusable: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Setup lines must run before each element (as a job script runs them): no worker reuse."""

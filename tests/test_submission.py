@@ -444,5 +444,44 @@ def test_a_cancelled_local_run_still_finalizes_what_ended(tmp_path: Path, mace_e
     assert proc.returncode != 0
     states = {i: read_json(mace_env["scratch_root"] / f"cancelp-e{i}" / "state.json")["state"] for i in range(6)}
     assert [states[i] for i in range(3)] == ["MERGED"] * 3, (states, proc.stderr[-2000:])
-    assert states[3] == "CANCELLED" and {states[4], states[5]} == {"CANCELLED"}
+    stopped = read_json(mace_env["scratch_root"] / "cancelp-e3" / "state.json")
+    # the one running was stopped and then finalized by its policy (on_failure: keep), not left as it was
+    assert stopped["run_state"] == "CANCELLED" and stopped["state"] == "KEPT", stopped
+    assert stopped["epilogue"]["by"] == "mace-submit"
+    assert {states[4], states[5]} == {"CANCELLED"}  # never started
     assert shared_rows(mace_env["shared_database"])["materials"] == 3
+
+
+def test_a_busy_shared_database_delays_the_batches_and_loses_nothing(tmp_path: Path, mace_env: dict[str, Path],
+                                                                      capsys) -> None:
+    """Another merger holds the shared database's lock for a while: the batches that find it busy
+    are retried with the next ones (the loop goes on starting elements), and every element ends
+    MERGED exactly once."""
+    import threading
+
+    from mace_hpc.database.merge import lock_path
+    from mace_hpc.util.nfslock import NfsLock
+
+    shared = mace_env["shared_database"]
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    lock = NfsLock(lock_path(shared), timeout=10).acquire()
+    threading.Timer(3.0, lock.release).start()
+    step = [PY, "-c", "import time; time.sleep(0.2)"]
+    plan = write_plan(tmp_path, {"name": "busyp", "isolation_mode": "isolated", "max_parallel": 2, "elements": [
+        {"id": f"e{i}", "materials": [{"material_id": f"m{i}", "formula": "Cu"}], "steps": [{"name": "s", "command": step}]}
+        for i in range(8)]})
+    rc, out, err = _cli(capsys, "submit", str(plan))
+    assert rc == 0, err
+    assert [read_json(mace_env["scratch_root"] / f"busyp-e{i}" / "state.json")["state"] for i in range(8)] == ["MERGED"] * 8
+    assert shared_rows(shared)["materials"] == 8
+
+
+def test_archive_policies_are_left_to_each_element_s_own_epilogue(tmp_path: Path, mace_env: dict[str, Path],
+                                                                   capsys) -> None:
+    """Archiving (maybe an upload) is slow: mace-submit batches plain merge/keep policies only."""
+    plan = write_plan(tmp_path, {"name": "archp", "isolation_mode": "isolated", "on_complete": "merge+archive",
+                                 "elements": [{"id": "e0", "steps": [{"name": "s", "command": ["true"]}]}]})
+    rc, out, err = _cli(capsys, "submit", str(plan))
+    assert rc == 0, err
+    state = read_json(mace_env["scratch_root"] / "archp-e0" / "state.json")
+    assert state["state"] == "MERGED" and state["epilogue"]["archived"] and state["epilogue"]["by"] == "epilogue"

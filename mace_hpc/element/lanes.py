@@ -30,7 +30,8 @@ from pathlib import Path
 
 # the lanes this runner started (only the runner of a laned task has any)
 _procs: list[subprocess.Popen[bytes]] = []
-# exit codes of lanes killed by a signal: their elements may be left RUNNING (run.py `mark_ended`)
+# exit codes of lanes that did not end cleanly (killed by a signal, or an element of theirs raised):
+# their elements may be left RUNNING (run.py `mark_ended`)
 killed: list[int] = []
 THREADS_VAR = "OMP_NUM_THREADS"
 
@@ -114,5 +115,5 @@ def wait() -> list[int]:
     """Wait for every lane this runner started (a signal meanwhile is still forwarded); their exit codes."""
     codes = [proc.wait() for proc in _procs]
     _procs.clear()
-    killed.extend(c for c in codes if c < 0)
+    killed.extend(c for c in codes if c != 0)
     return codes

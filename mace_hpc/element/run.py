@@ -35,6 +35,7 @@ EXIT_TIMEOUT = 124
 # the first time-limit/termination signal this process got, seen by every `_Interrupt` (a packed
 # task runs several elements: one that arrives between two of them stops the pack there)
 _received: list[int] = []
+_unfinished: list[int] = []  # packed elements whose run raised (maybe left RUNNING): see mark_ended
 
 
 class _Interrupt:
@@ -282,6 +283,7 @@ def _run_lane(manifest_path: str | os.PathLike[str], elements: list[int], stage:
         try:
             code = run_element(manifest_path, index, stage=stage, run_epilogue=run_epilogue)
         except Exception as exc:  # noqa: BLE001 - one element's bad input must not stop the others
+            _unfinished.append(index)  # it may be left RUNNING: no marker, the task epilogue finalizes it
             print(f"mace run-element: element {index}: {type(exc).__name__}: {exc}", file=sys.stderr)
             code = int(getattr(exc, "exit_code", 1)) or 1
         finally:
@@ -336,15 +338,19 @@ def _run_chain_here(manifest_path: Path, index: int, stages: Any, run_epilogue: 
     return code
 
 
-def mark_ended(manifest_path: Path) -> None:
-    """Every element of this task ran its own epilogue: tell the scheduler's task epilogue, which
-    then exits without starting a Python of its own (~0.1-0.2 s of CPU per element). Best effort:
-    without the marker it runs, and finds nothing to do."""
+def mark_ended(manifest_path: Path, ended: bool = True) -> None:
+    """`ended`: every element of this task ran its own epilogue: tell the scheduler's task
+    epilogue, which then exits without starting a Python of its own (~0.1-0.2 s of CPU per
+    element). Not `ended` (at the start): remove a marker a reused job id may have left. Best
+    effort: without the marker the task epilogue runs, and finds nothing to do."""
     key = job_environment().task_key()
     if key is None:
         return
     marker = SubmissionPaths(manifest_path.parent).ended_marker(key)
     try:
+        if not ended:
+            marker.unlink(missing_ok=True)
+            return
         marker.parent.mkdir(exist_ok=True)
         marker.touch()
     except OSError:
@@ -393,18 +399,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _received.clear()  # a reused interpreter (local worker): a signal to the previous element is not ours
     lanes.killed.clear()
+    _unfinished.clear()
     try:
         if args.settle_stage:
             settled = chain.settle_stage(Path(args.manifest), args.settle_stage, [j for j in args.jobs.split(",") if j])
             print(f"mace settle: stage {args.settle_stage}: {len(settled)} element(s) settled {settled}")
             return 0
+        if not args.no_epilogue and args.claims is None:
+            mark_ended(Path(args.manifest).absolute(), ended=False)
         if args.task is not None:
             code = run_pack(args.manifest, args.task, stage=args.stage, run_epilogue=not args.no_epilogue,
                             claims=args.claims)
         else:
             code = run_element(args.manifest, args.index, stage=args.stage, run_epilogue=not args.no_epilogue)
-        if not args.no_epilogue and args.claims is None and not lanes.killed:
-            mark_ended(Path(args.manifest).absolute())  # a lane killed hard: the task epilogue finalizes it
+        if args.claims is not None:  # a lane: non-zero tells the task's runner an element was left unfinished
+            return 1 if _unfinished else code
+        if not args.no_epilogue and not lanes.killed and not _unfinished:
+            mark_ended(Path(args.manifest).absolute())  # else the task epilogue finalizes what was left
         return code
     except InputError as exc:
         print(f"mace run-element: error: {exc}", file=sys.stderr)

@@ -142,7 +142,7 @@ def write_manifest(path: str | os.PathLike[str], manifest: Manifest) -> None:
     element's runner reads its own entry only (`load_manifest_for`)."""
     data = manifest.to_dict()
     entries = data.pop("elements")
-    head = json.dumps(data, sort_keys=True)[:-1] + (', "elements": [' if data else '"elements": [')
+    head = json.dumps(data, sort_keys=True, default=str)[:-1] + (', "elements": [' if data else '"elements": [')
     atomic_write_bytes(path, _one_per_line(head, entries, "]}"))
 
 

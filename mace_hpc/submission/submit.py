@@ -42,7 +42,7 @@ from ..util.nfslock import LockTimeout, NfsLock
 from ..util.private import ensure_private_dir
 from ..util.procs import process_start_time
 from .contexts import Submission, build_submission, create_contexts, remove_created
-from .local_epilogue import BatchedEpilogue
+from .local_epilogue import BatchedEpilogue, deferrable
 
 
 @dataclass
@@ -448,7 +448,8 @@ def submit_plan(
     backend_name = backend or cfg["backend"]
     parallel = resolve_parallel(max_parallel, plan, cfg)
     sub = build_submission(plan, cfg, isolation_mode)
-    opts: dict[str, Any] = {"on_ended": BatchedEpilogue(sub, cfg)} if backend_name == "local" else {}
+    batched = BatchedEpilogue(sub, cfg) if backend_name == "local" and deferrable(sub, cfg) else None
+    opts: dict[str, Any] = {"on_ended": batched} if batched else {}
     if backend_name == "local" and progress:
         opts["progress"] = progress
     be = get_backend(backend_name, **opts)
@@ -509,6 +510,8 @@ def submit_plan(
         if backend_name == "local" and any(os.path.exists(f"{e.context_dir}/{STATE_FILE}") for e in sub.entries):
             # elements ran already (Ctrl-C, mace cancel): their contexts hold results, keep them
             cancel_unstarted(sub.entries, f"not started: the local run stopped ({type(exc).__name__})")
+            if batched and batched.left:
+                merge_pending(sub.scratch_root, [sub.name], options=Options(ended=True, by="mace-submit"))
             raise
         restore_files(saved)
         remove_created(sub)
@@ -525,7 +528,7 @@ def submit_plan(
         if warning:
             result.warnings.append(warning)
     else:
-        local_backstop(be, sub.scratch_root, sub.name, sub.entries)
+        local_backstop(be, sub.scratch_root, sub.name, sub.entries, force=bool(batched and batched.left))
     # nothing of ours runs on this host any more (the local pool is done)
     result.record = write_record(sub.directory, record.replace(runner=None))
     result.seconds = time.perf_counter() - t0
@@ -546,12 +549,14 @@ def submission_lock(sub: Submission) -> NfsLock:
                          f"see `mace status {sub.name}`") from None
 
 
-def local_backstop(be: Backend, scratch_root: Path, plan: str, entries: Sequence[ManifestEntry] = ()) -> None:
+def local_backstop(be: Backend, scratch_root: Path, plan: str, entries: Sequence[ManifestEntry] = (),
+                   force: bool = False) -> None:
     """The local backend's backstop: every element has ended when `submit` returns, so one whose
     runner died (killed, out of memory) is finalized now as lost, by its on_failure policy; one
-    whose runner failed before it recorded a start is FAILED, not left PENDING forever."""
+    whose runner failed before it recorded a start is FAILED, not left PENDING forever. `force`:
+    the batched epilogue left elements unfinalized."""
     codes = getattr(be, "returncodes", {})
-    if not any(rc != 0 for rc in codes.values()):
+    if not force and not any(rc != 0 for rc in codes.values()):
         return
     for entry in entries:
         rc = codes.get(entry.index, 0)

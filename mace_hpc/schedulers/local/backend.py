@@ -40,9 +40,9 @@ from .states import LOCAL_STATES
 from .worker import WorkerPool, WorkerRun, worker_key
 
 ProgressFn = Callable[[int, int, int, int], None]  # done, total, failed, running
-#: called on every turn of the loop with the elements that ended since (maybe none), and once more
-#: with `final=True`: mace-submit finalizes (merges) them in batches (submission/local_epilogue.py)
-EndedFn = Callable[[list[int], bool], None]
+#: called on every turn of the loop with the (element, exit code) pairs that ended since (maybe none),
+#: and once more with `final=True`: mace-submit finalizes them in batches (submission/local_epilogue.py)
+EndedFn = Callable[[list[tuple[int, int]], bool], None]
 _LOCAL_JOB = re.compile(r"^local-(\d+)-(\d+)(?:-\d+)?$")
 
 class LocalCancelled(KeyboardInterrupt):
@@ -131,7 +131,7 @@ class LocalBackend:
         self._pool = WorkerPool(slots)
         # one array, no stages: an element's end is its task's end, so mace-submit may finalize it
         self._defer = self.on_ended is not None and len(requests) == 1 and not requests[0].after
-        ended_now: list[int] = []
+        ended_now: list[tuple[int, int]] = []
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _raise_cancelled)
         try:
@@ -168,8 +168,8 @@ class LocalBackend:
                     del running[key]
                     self._release(proc)
                     ended.add(key)
-                    members = requests[key[0]].elements_of(key[1]) if requests[key[0]].pack > 1 else [key[1]]
-                    ended_now += members
+                    members = _members(requests[key[0]], key[1])
+                    ended_now += [(e, rc) for e in members]
                     for e in members:  # by element (a packed task's code is each of its elements'), worst kept
                         self.returncodes[e] = rc if rc or e not in self.returncodes else self.returncodes[e]
                     done += 1
@@ -184,6 +184,9 @@ class LocalBackend:
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
                     _signal(proc, signal.SIGKILL, group=True)
+            for key, (proc, *_) in running.items():  # stopped now: finalized below with what ended before
+                rc = proc.poll()
+                ended_now += [(e, -9 if rc is None else rc) for e in _members(requests[key[0]], key[1])]
             raise
         finally:
             self._pool.close()
@@ -247,6 +250,11 @@ def _units(req: ArrayRequest) -> list[int]:
     return list(req.indices) if req.indices is not None else [0]
 
 
+def _members(req: ArrayRequest, unit: int) -> list[int]:
+    """The elements one unit of the pool ran: a packed task's, else the element itself."""
+    return req.elements_of(unit) if req.pack > 1 else [unit]
+
+
 def _unit_args(req: ArrayRequest, unit: int | str) -> list[str]:
     return ["--task" if req.pack > 1 else "--index", str(unit)]
 
@@ -288,19 +296,19 @@ def _limits(req: ArrayRequest) -> tuple[float, float]:
 def _wait_any(procs: list[Any], timeout: float) -> None:
     """Sleep until one of `procs` ends or `timeout` passes: a worker's answer pipe, or on Linux a
     pidfd per process, wakes the loop the moment an element ends, instead of a poll interval later."""
-    fds: list[int] = []
     owned: list[int] = []
     try:
+        poller = select.poll()
         for proc in procs:
             if isinstance(proc, WorkerRun):
-                fds.append(proc.fileno())
+                poller.register(proc.fileno(), select.POLLIN)
             else:
                 owned.append(os.pidfd_open(proc.pid))
-                fds.append(owned[-1])
-        if fds:
-            select.select(fds, [], [], timeout)
+                poller.register(owned[-1], select.POLLIN)
+        if procs:
+            poller.poll(timeout * 1000)
             return
-    except (AttributeError, OSError):  # no pidfd here (not Linux, old kernel): poll
+    except (AttributeError, OSError):  # no pidfd or poll here (not Linux, old kernel): sleep
         pass
     finally:
         for fd in owned:

@@ -105,11 +105,14 @@ def _run(module: str, argv: list[str], env: Mapping[str, str], out: str, devnull
 class Worker:
     """A started worker process; runs one element at a time."""
 
-    def __init__(self, python: str, env: Mapping[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [python, "-m", WORKER_MODULE], env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, start_new_session=True,
-        )
+    def __init__(self, python: str, env: Mapping[str, str], errors: Path) -> None:
+        # what the worker itself says (an interpreter that cannot import mace_hpc, say) goes to
+        # `errors`, next to the elements' output files; each element's own output goes to its file
+        with open(errors, "ab") as err:
+            self.proc = subprocess.Popen(
+                [python, "-m", WORKER_MODULE], env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=err, start_new_session=True,
+            )
         self.pid = self.proc.pid
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in: BinaryIO = self.proc.stdin
@@ -207,6 +210,16 @@ class WorkerPool:
     def run(self, key: tuple[Any, ...], command: Sequence[str], argv: Sequence[str], env: Mapping[str, str],
             out: Path) -> WorkerRun:
         """Start `python -m command[2] argv` in an idle worker of `key`, or in a new one."""
+        for _ in range(2):  # an idle worker that died meanwhile (OOM killer, kill): another one
+            worker = self._worker(key, command, env, out.parent / "workers.err")
+            try:
+                return WorkerRun(worker, command[2], argv, env, out)
+            except OSError:
+                worker.stop(0)
+                self._all.remove(worker)
+        return WorkerRun(self._worker(key, command, env, out.parent / "workers.err"), command[2], argv, env, out)
+
+    def _worker(self, key: tuple[Any, ...], command: Sequence[str], env: Mapping[str, str], errors: Path) -> Worker:
         idle = self._idle.setdefault(key, [])
         while idle and not idle[-1].alive():
             idle.pop()
@@ -220,10 +233,10 @@ class WorkerPool:
                 self._idle = {k: [w for w in ws if w is not spare] for k, ws in self._idle.items()}
                 spare.stop()
                 self._all.remove(spare)
-            worker = Worker(command[0], env)
+            worker = Worker(command[0], env, errors)
             worker.key = key
             self._all.append(worker)
-        return WorkerRun(worker, command[2], argv, env, out)
+        return worker
 
     def release(self, run: WorkerRun) -> None:
         """The element ended: its worker takes the next one (unless it died with it)."""
