@@ -449,3 +449,24 @@ def test_the_task_epilogue_marker_only_when_every_element_was_finalized(tmp_path
                        env=env, timeout=120, capture_output=True)
     assert state(scratch, "mk-e0")["state"] == state(scratch, "mk-e1")["state"] == "MERGED"
     assert sorted(p.name for p in (sub / "ended").iterdir()) == ["77.0"]  # task 1 left element 3 unfinished
+
+
+def test_a_runner_started_by_a_big_process_reports_its_own_memory(tmp_path: Path, mace_env: dict[str, Any]) -> None:
+    """Linux keeps a process's pre-exec peak in RUSAGE_SELF's ru_maxrss: a runner exec'd by a
+    400 MB process (pytest after many tests, mace-submit with a big plan) must not report 400 MB
+    for a 1 MB step. Its own peak comes from VmHWM."""
+    import subprocess
+
+    from mace_hpc.submission.submit import submit_plan
+
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps({"name": "bigp", "isolation_mode": "isolated",
+                                "elements": [{"id": "e0", "steps": [{"name": "s", "command": ["true"]}]}]}))
+    result = submit_plan(path, backend="local", prepare_only=True)
+    launcher = ("import os, sys; b = bytearray(400 << 20); b[::4096] = b'x' * len(b[::4096]); "
+                "os.execv(sys.executable, [sys.executable, '-m', 'mace_hpc.element', *sys.argv[1:]])")
+    proc = subprocess.run([sys.executable, "-c", launcher, str(result.submission.manifest_path), "--index", "0"],
+                          timeout=120)
+    assert proc.returncode == 0
+    e0 = state(result.submission.scratch_root, "bigp-e0")
+    assert e0["state"] == "MERGED" and 0 < e0["peak_rss_bytes"] < 200 << 20, e0["peak_rss_bytes"]

@@ -367,13 +367,13 @@ def resource_usage(since: resource.struct_rusage | None = None,
     Peak RSS: the largest step process of the element (os.wait4 measures each, with what it
     waited for: steps.py), else the children's peak if it rose during the element, and the
     runner's own peak (small; in a packed task the runner's, shared by its elements)."""
-    own, steps = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    steps = resource.getrusage(resource.RUSAGE_CHILDREN)
     before_rss, before_cpu = (since.ru_maxrss, since.ru_utime + since.ru_stime) if since else (0, 0.0)
     measured = [o.peak_rss_bytes for o in outcomes if o.peak_rss_bytes is not None]
     # the children's peak only when no step was measured: it also holds every process this runner
     # reaped since (a pack-mate's step reaped late, the epilogue's fork), which are not this element's
     rose = steps.ru_maxrss if steps.ru_maxrss > before_rss and not measured else 0
-    return {"peak_rss_bytes": max([step_runner.rss_bytes(own.ru_maxrss), step_runner.rss_bytes(rose), *measured]),
+    return {"peak_rss_bytes": max([step_runner.own_peak_rss(), step_runner.rss_bytes(rose), *measured]),
             "cpu_seconds": round(max(0.0, steps.ru_utime + steps.ru_stime - before_cpu), 3)}
 
 

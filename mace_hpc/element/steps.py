@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -109,6 +110,20 @@ def wait_step(proc: subprocess.Popen[bytes], timeout: float | None = None) -> in
 def rss_bytes(maxrss: int) -> int:
     """ru_maxrss in bytes: it is bytes on macOS, KiB on Linux."""
     return maxrss if sys.platform == "darwin" else maxrss * 1024
+
+
+def own_peak_rss() -> int:
+    """This process's own peak resident memory, in bytes. Linux: VmHWM of /proc/self/status, because
+    RUSAGE_SELF's ru_maxrss starts at the RSS of whatever started this program (the kernel keeps
+    the pre-exec peak): a runner started by a 400 MB process would report 400 MB for every element."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def _kill_group_after(pgid: int, grace: float) -> None:
