@@ -32,7 +32,7 @@ from pathlib import Path
 _procs: list[subprocess.Popen[bytes]] = []
 # exit codes of lanes that did not end cleanly (killed by a signal, or an element of theirs raised):
 # their elements may be left RUNNING (run.py `mark_ended`)
-killed: list[int] = []
+unclean: list[int] = []
 THREADS_VAR = "OMP_NUM_THREADS"
 
 
@@ -115,5 +115,5 @@ def wait() -> list[int]:
     """Wait for every lane this runner started (a signal meanwhile is still forwarded); their exit codes."""
     codes = [proc.wait() for proc in _procs]
     _procs.clear()
-    killed.extend(c for c in codes if c != 0)
+    unclean.extend(c for c in codes if c != 0)
     return codes

@@ -338,19 +338,29 @@ def _run_chain_here(manifest_path: Path, index: int, stages: Any, run_epilogue: 
     return code
 
 
-def mark_ended(manifest_path: Path, ended: bool = True) -> None:
-    """`ended`: every element of this task ran its own epilogue: tell the scheduler's task
-    epilogue, which then exits without starting a Python of its own (~0.1-0.2 s of CPU per
-    element). Not `ended` (at the start): remove a marker a reused job id may have left. Best
-    effort: without the marker the task epilogue runs, and finds nothing to do."""
+def _ended_marker(manifest_path: Path) -> Path | None:
+    """`<submission>/ended/<task key>`: this run of this task finalized every element itself, so the
+    scheduler's task epilogue exits without starting a Python of its own (~0.1-0.2 s of CPU per
+    element); None where no such hook is spared (local, PBS)."""
     key = job_environment().task_key()
-    if key is None:
-        return
-    marker = SubmissionPaths(manifest_path.parent).ended_marker(key)
-    try:
-        if not ended:
+    return None if key is None else SubmissionPaths(manifest_path.parent).ended_marker(key)
+
+
+def clear_ended(manifest_path: Path) -> None:
+    """At the start: remove a marker a reused job id may have left (one unlink)."""
+    if (marker := _ended_marker(manifest_path)) is not None:
+        try:
             marker.unlink(missing_ok=True)
-            return
+        except OSError:
+            pass  # best effort, as marking
+
+
+def mark_ended(manifest_path: Path) -> None:
+    """Every element of this task ran its own epilogue. Best effort: without the marker the task
+    epilogue runs, and finds nothing to do."""
+    if (marker := _ended_marker(manifest_path)) is None:
+        return
+    try:
         marker.parent.mkdir(exist_ok=True)
         marker.touch()
     except OSError:
@@ -398,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-epilogue", action="store_true", help="do not merge/archive when the element ends")
     args = parser.parse_args(argv)
     _received.clear()  # a reused interpreter (local worker): a signal to the previous element is not ours
-    lanes.killed.clear()
+    lanes.unclean.clear()
     _unfinished.clear()
     try:
         if args.settle_stage:
@@ -406,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mace settle: stage {args.settle_stage}: {len(settled)} element(s) settled {settled}")
             return 0
         if not args.no_epilogue and args.claims is None:
-            mark_ended(Path(args.manifest).absolute(), ended=False)
+            clear_ended(Path(args.manifest).absolute())
         if args.task is not None:
             code = run_pack(args.manifest, args.task, stage=args.stage, run_epilogue=not args.no_epilogue,
                             claims=args.claims)
@@ -414,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             code = run_element(args.manifest, args.index, stage=args.stage, run_epilogue=not args.no_epilogue)
         if args.claims is not None:  # a lane: non-zero tells the task's runner an element was left unfinished
             return 1 if _unfinished else code
-        if not args.no_epilogue and not lanes.killed and not _unfinished:
+        if not args.no_epilogue and not lanes.unclean and not _unfinished:
             mark_ended(Path(args.manifest).absolute())  # else the task epilogue finalizes what was left
         return code
     except InputError as exc:
