@@ -241,6 +241,28 @@ def test_a_worker_that_cannot_start_says_why_in_workers_err(tmp_path: Path, reus
     assert "broken interpreter" in (tmp_path / "logs" / "workers.err").read_text()
 
 
+def test_an_idle_worker_that_died_is_replaced(tmp_path: Path, reusable: str) -> None:
+    """A worker killed while idle (OOM killer, a kill) costs nothing: the next element gets a new one."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "logs").mkdir()
+    env = {**os.environ, "PLAN_VAR": "v", "MACE_JOB_ID": "local-1"}
+    command = [PY, "-m", reusable, str(out)]
+    key = worker_mod.worker_key(command, env)
+    pool = worker_mod.WorkerPool(1)
+    try:
+        first = pool.run(key, command, [str(out), "--index", "0"], env, tmp_path / "logs" / "0.out")
+        assert first.wait(30) == 0
+        pool.release(first)
+        os.kill(first.pid, signal.SIGKILL)
+        first.worker.proc.wait(10)
+        second = pool.run(key, command, [str(out), "--index", "2"], env, tmp_path / "logs" / "2.out")
+        assert second.wait(30) == 2 and second.pid != first.pid
+    finally:
+        pool.close()
+    assert json.loads((out / "2.json").read_text())["pid"] == second.pid
+
+
 def test_setup_lines_or_other_modules_get_a_new_process_each(tmp_path: Path, reusable: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Setup lines must run before each element (as a job script runs them): no worker reuse."""

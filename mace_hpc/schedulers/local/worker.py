@@ -173,13 +173,12 @@ class Worker:
 
 
 class WorkerRun:
-    """One element running in a worker, with the `Popen` surface the pool's loop uses."""
+    """One element running in a worker (already sent to it), with the `Popen` surface the pool's loop uses."""
 
-    def __init__(self, worker: Worker, module: str, argv: Sequence[str], env: Mapping[str, str], out: Path) -> None:
+    def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.pid = worker.pid
         self.returncode: int | None = None
-        worker.send(module, argv, env, out)
 
     def fileno(self) -> int:
         return self.worker.fileno()
@@ -210,32 +209,35 @@ class WorkerPool:
     def run(self, key: tuple[Any, ...], command: Sequence[str], argv: Sequence[str], env: Mapping[str, str],
             out: Path) -> WorkerRun:
         """Start `python -m command[2] argv` in an idle worker of `key`, or in a new one."""
-        for _ in range(2):  # an idle worker that died meanwhile (OOM killer, kill): another one
-            worker = self._worker(key, command, env, out.parent / "workers.err")
+        job = (command[2], argv, env, out)
+        idle = self._idle.setdefault(key, [])
+        while idle:
+            worker = idle.pop()
             try:
-                return WorkerRun(worker, command[2], argv, env, out)
-            except OSError:
+                worker.send(*job)
+                return WorkerRun(worker)
+            except OSError:  # it died while idle (OOM killer, a kill): drop it, take another
                 worker.stop(0)
                 self._all.remove(worker)
-        return WorkerRun(self._worker(key, command, env, out.parent / "workers.err"), command[2], argv, env, out)
+        worker = self._start(key, command[0], env, out.parent / "workers.err")
+        try:
+            worker.send(*job)
+        except OSError:
+            pass  # it died starting: its exit (and workers.err) is the element's end
+        return WorkerRun(worker)
 
-    def _worker(self, key: tuple[Any, ...], command: Sequence[str], env: Mapping[str, str], errors: Path) -> Worker:
-        idle = self._idle.setdefault(key, [])
-        while idle and not idle[-1].alive():
-            idle.pop()
-        if idle:
-            worker = idle.pop()
-        else:
-            self._all = [w for w in self._all if w.alive()]
-            others = [w for k, ws in self._idle.items() if k != key for w in ws]
-            while len(self._all) >= self.size and others:  # room for this one: retire an idle other
-                spare = others.pop()
-                self._idle = {k: [w for w in ws if w is not spare] for k, ws in self._idle.items()}
-                spare.stop()
-                self._all.remove(spare)
-            worker = Worker(command[0], env, errors)
-            worker.key = key
-            self._all.append(worker)
+    def _start(self, key: tuple[Any, ...], python: str, env: Mapping[str, str], errors: Path) -> Worker:
+        """A new worker, after retiring an idle one of another key if the pool is full."""
+        self._all = [w for w in self._all if w.alive()]
+        others = [w for k, ws in self._idle.items() if k != key for w in ws]
+        while len(self._all) >= self.size and others:
+            spare = others.pop()
+            self._idle = {k: [w for w in ws if w is not spare] for k, ws in self._idle.items()}
+            spare.stop()
+            self._all.remove(spare)
+        worker = Worker(python, env, errors)
+        worker.key = key
+        self._all.append(worker)
         return worker
 
     def release(self, run: WorkerRun) -> None:
