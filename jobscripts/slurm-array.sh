@@ -10,13 +10,16 @@
 #        mace-submit plan.json --no-submit
 #    It prints MACE_MANIFEST=<scratch>/.submissions/<plan>/manifest.json and the element count N.
 # 2. Submit this script as an array over the element indices 0..N-1 (%4: at most 4 at once):
-#        sbatch --array=0-$((N-1))%4 --export=ALL,MACE_MANIFEST=<that path> jobscripts/slurm-array.sh
+#        MACE_MANIFEST=<that path> sbatch --array=0-$((N-1))%4 jobscripts/slurm-array.sh
 #    A subset works too: --array=3,7,12 runs only those elements (e.g. to rerun failed ones).
+#    Put MACE_* in sbatch's environment as above (sbatch exports it all by default), not in
+#    `--export=ALL,MACE_MANIFEST=...`: a variable list makes slurmd start a login shell
+#    (`su - $USER`) before every task, which costs your whole profile per element.
 # 3. Follow it with `mace status <plan>` (state files), `mace merge <plan>` if an epilogue could not.
 #
 # The element index comes from SLURM_ARRAY_TASK_ID (plus MACE_INDEX_OFFSET if you set one,
 # for plans larger than the cluster's MaxArraySize: submit element 1001.. as --array=0-..
-# with --export=ALL,MACE_MANIFEST=...,MACE_INDEX_OFFSET=1001).
+# with MACE_INDEX_OFFSET=1001 in sbatch's environment).
 #
 # Time limit: --signal=B:USR2@120 sends SIGUSR2 to this batch shell 120 s before --time. The
 # runner is started with `exec`, so it IS the batch shell and gets the signal: it stops the
@@ -38,7 +41,7 @@
 set -eu
 
 if [ -z "${MACE_MANIFEST:-}" ]; then
-    echo "slurm-array.sh: MACE_MANIFEST is not set; submit with --export=ALL,MACE_MANIFEST=/path/to/manifest.json" >&2
+    echo "slurm-array.sh: MACE_MANIFEST is not set; submit with MACE_MANIFEST=/path/to/manifest.json sbatch ..." >&2
     exit 2
 fi
 if [ -z "${SLURM_ARRAY_TASK_ID:-}" ]; then

@@ -5,7 +5,7 @@
 #     TaskEpilog=/opt/mace-hpc/jobscripts/slurm-task-epilog.sh
 # The file must be readable and executable by every user (slurmstepd runs it as the job's user).
 #
-# What it sees: the job's environment (SLURM_JOB_ID, SLURM_ARRAY_TASK_ID and the --export'ed
+# What it sees: the job's environment (SLURM_JOB_ID, SLURM_ARRAY_TASK_ID and the exported
 # MACE_MANIFEST / MACE_INDEX_OFFSET), as the job's user, after the batch task ended however it
 # ended (also after a kill at the time limit). Not a mace-hpc job: exits at once, nothing started.
 # The element runner already ran its own epilogue; this one finishes what it could not (runner

@@ -111,8 +111,8 @@ def _own_array(sub_dir: Path, manifest: Path, n: int, extra: str = "") -> str:
         f'exec {sys.executable} -m mace_hpc.element "$MACE_MANIFEST" --no-epilogue\n'
     )
     proc = subprocess.run(
-        ["sbatch", "--parsable", f"--array=0-{n - 1}", f"--export=ALL,MACE_MANIFEST={manifest}", str(script)],
-        capture_output=True, text=True, timeout=30, cwd=sub_dir,
+        ["sbatch", "--parsable", f"--array=0-{n - 1}", str(script)],
+        capture_output=True, text=True, timeout=30, cwd=sub_dir, env={**os.environ, "MACE_MANIFEST": str(manifest)},
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().split(";")[0]

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from mace_hpc.schedulers.base import (
     shell_quote,
 )
 from mace_hpc.schedulers.slurm import backend as slurm_mod
-from mace_hpc.schedulers.slurm.backend import SlurmBackend, signal_margin
+from mace_hpc.schedulers.slurm.backend import SlurmBackend, job_env, signal_margin
 from mace_hpc.schedulers.slurm.states import normalize_slurm_state
 
 # ---------------------------------------------------------------------------- array helpers
@@ -169,7 +169,7 @@ def test_render_directives(tmp_path: Path) -> None:
         "#SBATCH --dependency=afterok:42",
         f"#SBATCH --output={tmp_path.resolve()}/plan-a@1001_%A_%a.out",
         f"#SBATCH --error={tmp_path.resolve()}/plan-a@1001_%A_%a.err",
-        "#SBATCH --export=ALL,MACE_INDEX_OFFSET=1001,MACE_MANIFEST=/s/m.json,MACE_ISOLATION_MODE=isolated",
+        "#SBATCH --export=ALL",
     ]:
         assert expected in d, f"{expected} missing from {d}"
     assert not any("wckey" in ln or "srun" in ln for ln in text.splitlines())
@@ -177,7 +177,10 @@ def test_render_directives(tmp_path: Path) -> None:
     exec_line = "exec /usr/bin/python3 -m mace_hpc.element --manifest /s/m.json"
     assert exec_line in body
     assert body.index("module load python/3.11") < body.index(exec_line)
-    assert argv == ["sbatch", "--parsable", str(tmp_path / "plan-a@1001.sbatch")]
+    assert body.index("export MACE_MANIFEST=/s/m.json") < body.index(exec_line)
+    assert argv == ["sbatch", "--parsable", "--export=ALL", str(tmp_path / "plan-a@1001.sbatch")]
+    # sbatch gets them in its environment (a `--export=ALL,K=V` list would start a login shell per task)
+    assert job_env(req) == {"MACE_INDEX_OFFSET": "1001", "MACE_MANIFEST": "/s/m.json", "MACE_ISOLATION_MODE": "isolated"}
 
 
 def test_render_plain_job_and_defaults(tmp_path: Path) -> None:
@@ -197,8 +200,9 @@ def test_signal_margin_never_exceeds_limit() -> None:
     assert signal_margin({"time": 60, "signal_margin": 120}) == 120
 
 
-def test_unsafe_env_values_become_quoted_lines(tmp_path: Path) -> None:
-    """`$(…)`, quotes and commas stay data: run the rendered script with bash and read them back."""
+def test_unsafe_env_values_stay_data(tmp_path: Path) -> None:
+    """`$(…)`, quotes and commas stay data: sbatch's environment carries them verbatim, and the
+    script's own export lines (for a hand-resubmitted copy) give bash the same value."""
     marker = tmp_path / "pwned"
     tricky = f"$(touch {marker}),`touch {marker}`;'\"\\ x"
     out = tmp_path / "out.txt"
@@ -206,8 +210,8 @@ def test_unsafe_env_values_become_quoted_lines(tmp_path: Path) -> None:
         tmp_path, env={"MACE_TRICKY": tricky, "MACE_PLAIN": "a b"}, command=["printenv", "MACE_TRICKY"]
     )
     text, _ = SlurmBackend().render(req)
-    export_dir = next(ln for ln in _directives(text) if ln.startswith("#SBATCH --export="))
-    assert "MACE_TRICKY" not in export_dir and "MACE_PLAIN=a b" in export_dir
+    assert "#SBATCH --export=ALL" in _directives(text)
+    assert job_env(req)["MACE_TRICKY"] == tricky and job_env(req)["MACE_PLAIN"] == "a b"
     script = tmp_path / "job.sh"
     script.write_text(text)
     with open(out, "w") as fh:
@@ -247,9 +251,13 @@ class _FakeRun:
     def __init__(self, outputs: dict[str, tuple[int, str, str]]) -> None:
         self.outputs = outputs
         self.calls: list[list[str]] = []
+        self.envs: list[Mapping[str, str] | None] = []
 
-    def __call__(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, argv: list[str], cwd: Path | None = None, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         self.calls.append(argv)
+        self.envs.append(env)
         rc, out, err = self.outputs[argv[0]]
         return subprocess.CompletedProcess(argv, rc, out, err)
 
@@ -306,9 +314,11 @@ def test_submit_refusal_quotes_sbatch(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(backend, "_run", _FakeRun({"sbatch": (1, "", down)}))
     with pytest.raises(SchedulerUnavailable, match="Unable to contact slurm controller"):
         backend.submit(_req(tmp_path))
-    monkeypatch.setattr(backend, "_run", _FakeRun({"sbatch": (0, "4242;cluster\n", "")}))
+    ok = _FakeRun({"sbatch": (0, "4242;cluster\n", "")})
+    monkeypatch.setattr(backend, "_run", ok)
     assert backend.submit(_req(tmp_path)) == "4242"
     assert (tmp_path / "plan-a.sbatch").is_file()
+    assert ok.envs == [job_env(_req(tmp_path))]  # the variables ride in sbatch's environment
 
 
 def test_max_array_size_from_scontrol(monkeypatch: pytest.MonkeyPatch) -> None:

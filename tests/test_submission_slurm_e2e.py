@@ -41,7 +41,7 @@ start = time.time()
 args = sys.argv[1:]
 nap = float(args[0]) if args else 0.0
 time.sleep(nap)
-out = {"env": {k: v for k, v in os.environ.items() if k.startswith(("MACE_", "PLAN_", "ELEM_", "SLURM_ARRAY"))},
+out = {"env": {k: v for k, v in os.environ.items() if k.startswith(("MACE_", "PLAN_", "ELEM_", "SLURM_ARRAY", "SLURM_GET_USER_ENV"))},
        "cwd": os.getcwd(), "start": start, "end": time.time()}
 with open("seen.json.tmp", "w") as fh:
     json.dump(out, fh)
@@ -157,6 +157,8 @@ def test_element_env_from_inside_the_jobs(cluster_run: dict[str, Any]) -> None:
         assert env["PLAN_VAR"] == "plan value, with comma" and env["ELEM_VAR"] == f"elem {i}"
         assert env["SLURM_ARRAY_JOB_ID"] == job and env["SLURM_ARRAY_TASK_ID"] == str(i)
         assert env["MACE_INDEX_OFFSET"] == "0"
+        # exported through sbatch's environment, not an --export list: no login shell per task
+        assert "SLURM_GET_USER_ENV" not in env
         state = _state(cluster_run, f"envp-e{i}")
         assert state["scheduler"]["SLURM_ARRAY_JOB_ID"] == job and state["attempts"] == 1
     assert [r["state"] for r in report.rows] == ["MERGED", "MERGED", "MERGED", "KEPT"]
@@ -302,8 +304,8 @@ def test_user_array_script_with_real_sbatch(cluster_run: dict[str, Any], tmp_pat
     os.chmod(tmp_path, 0o755)
     proc = subprocess.run(
         ["sbatch", "--parsable", "--array=0,2", f"--partition={cluster_run['cluster'].partition}",
-         f"--export=ALL,MACE_MANIFEST={manifest}", str(REPO / "jobscripts" / "slurm-array.sh")],
-        cwd=tmp_path, capture_output=True, text=True, check=True,
+         str(REPO / "jobscripts" / "slurm-array.sh")],
+        cwd=tmp_path, capture_output=True, text=True, check=True, env={**os.environ, "MACE_MANIFEST": str(manifest)},
     )
     job = proc.stdout.strip().split(";")[0]
     end = time.monotonic() + WAIT_S

@@ -474,10 +474,16 @@ def scheduler_number(
 
 
 def submit_script(
-    run: Callable[..., subprocess.CompletedProcess[str]], script_path: Path, text: str, argv: list[str], work_dir: Path
+    run: Callable[..., subprocess.CompletedProcess[str]],
+    script_path: Path,
+    text: str,
+    argv: list[str],
+    work_dir: Path,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Write a job script atomically (0700, next to its logs) and run the submit argv from work_dir."""
+    """Write a job script atomically (0700, next to its logs) and run the submit argv from work_dir
+    (with `env` added to the client's environment, when given)."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     atomic_write_text(script_path, text, mode=0o700)
-    return run(argv, cwd=work_dir)
+    return run(argv, cwd=work_dir, **({"env": env} if env else {}))

@@ -148,8 +148,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"prepared {sub.name}: {n} contexts under {sub.scratch_root}, nothing submitted")
             print(f"MACE_MANIFEST={sub.manifest_path}")
             print(
-                f"submit it yourself, e.g.: sbatch --array=0-{n - 1}%{result.record.max_parallel} "
-                f"--export=ALL,MACE_MANIFEST={sub.manifest_path} jobscripts/slurm-array.sh"
+                f"submit it yourself, e.g.: MACE_MANIFEST={sub.manifest_path} "
+                f"sbatch --array=0-{n - 1}%{result.record.max_parallel} jobscripts/slurm-array.sh"
             )
         return 0
     if result.backend != "local":

@@ -40,9 +40,6 @@ from .states import normalize_slurm_state
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's built-in default MaxArraySize
 OFFSET_SEP = "@"  # job name of a chunk with a non-zero index offset: "<name>@<offset>"
 
-# Values SLURM's --export parser passes through verbatim (checked on 22.05): it mangles quotes and
-# backslashes and splits on commas, so anything else is exported by a quoted line in the script.
-_EXPORT_SAFE = re.compile(r"^[A-Za-z0-9_./:@+=%~ -]*$")
 # Values that submitit's shlex-quoting leaves bare in a `#SBATCH` line (partition, qos, mem, ...)
 _DIRECTIVE_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 _DEPENDENCY = re.compile(r"^[a-z_]+(:[0-9_+]+)+([,?][a-z_]+(:[0-9_+]+)+)*$|^singleton$")
@@ -90,6 +87,23 @@ def _log_pattern(work_dir: Path, stem: str) -> str:
     return os.path.join(directory.replace("%", "%%"), stem)
 
 
+def job_env(req: ArrayRequest) -> dict[str, str]:
+    """The variables every task of the array gets: the request's env plus `MACE_INDEX_OFFSET`.
+
+    They go in sbatch's own environment, exported by `--export=ALL`, never as `--export=ALL,K=V`:
+    a variable list makes sbatch set SLURM_GET_USER_ENV=1, so slurmd runs a login shell
+    (`su - <user>`) before every task, which ran the node's whole profile (here pyenv's init: ~0.1 s
+    of CPU and ~25 processes per task), and a site whose profile fails holds the job
+    ("user env retrieval failed"). The environment also carries any value verbatim (commas, quotes),
+    which the list form could not, so the TaskEpilog sees all of them.
+    """
+    env = check_env(req.env or {})
+    if "MACE_INDEX_OFFSET" in env:  # the backend sets it from index_offset; a different one would mis-index
+        if req.indices is None or env.pop("MACE_INDEX_OFFSET") != str(int(req.index_offset)):
+            raise InputError("env.MACE_INDEX_OFFSET is set by the backend from index_offset; do not pass it")
+    return {**({"MACE_INDEX_OFFSET": str(int(req.index_offset))} if req.indices is not None else {}), **env}
+
+
 def signal_margin(sched: Mapping[str, Any]) -> int:
     """Seconds before the time limit for USR2; at most half the limit when the margin would exceed it.
 
@@ -115,10 +129,10 @@ class SlurmBackend:
         return Path(req.work_dir) / f"{job_name(req)}.sbatch"
 
     def render(self, req: ArrayRequest) -> tuple[str, list[str]]:
-        """The job script and `sbatch --parsable <script>`; InputError for any unsafe value."""
+        """The job script and `sbatch --parsable --export=ALL <script>` (run with `job_env(req)` in
+        its environment); InputError for any unsafe value."""
         name = job_name(req)
         sched = dict(req.scheduler or {})
-        env = check_env(req.env or {})
         if not req.command:
             raise InputError("command: the element runner argv is empty")
         command = "exec " + " ".join(shell_quote(a, f"command[{i}]") for i, a in enumerate(req.command))
@@ -127,24 +141,12 @@ class SlurmBackend:
             for i, line in enumerate(sched.get("setup") or [])
         ]
 
-        exported = {}
-        if req.indices is not None:
-            exported["MACE_INDEX_OFFSET"] = str(int(req.index_offset))
-        script_exports: list[str] = []
-        if (
-            "MACE_INDEX_OFFSET" in env
-        ):  # the backend sets it from index_offset; a different one would mis-index
-            if req.indices is None or env.pop("MACE_INDEX_OFFSET") != str(int(req.index_offset)):
-                raise InputError(
-                    "env.MACE_INDEX_OFFSET is set by the backend from index_offset; do not pass it"
-                )
-        for key, value in env.items():
-            if _EXPORT_SAFE.fullmatch(value):
-                exported[key] = value
-            else:  # commas, quotes, $, backslashes...: a quoted shell line, seen by the batch shell
-                script_exports.append(f"export {key}={shell_quote(value, f'env.{key}')}")
+        exported = job_env(req)
+        # also in the script, for the batch shell of a hand-resubmitted copy of it; the job (and its
+        # TaskEpilog) gets them from sbatch's environment (`submit`)
+        script_exports = [f"export {k}={shell_quote(v, f'env.{k}')}" for k, v in exported.items()]
         extra: dict[str, Any] = {
-            "export": ",".join(["ALL"] + [f"{k}={v}" for k, v in exported.items()]),
+            "export": "ALL",
             "signal": f"B:USR2@{signal_margin(sched)}",
         }
         if req.indices is not None:
@@ -193,7 +195,7 @@ class SlurmBackend:
             use_srun=False,
             **opts,
         )
-        return text, ["sbatch", "--parsable", str(self.script_path(req))]
+        return text, ["sbatch", "--parsable", "--export=ALL", str(self.script_path(req))]
 
     def submit(self, req: ArrayRequest) -> str:
         """Write the script next to the logs and sbatch it; the job id (`id;cluster` -> `id`).
@@ -201,7 +203,7 @@ class SlurmBackend:
         SchedulerError quoting sbatch when it refuses; SchedulerUnavailable when it cannot be reached.
         """
         text, argv = self.render(req)
-        proc = submit_script(self._run, self.script_path(req), text, argv, req.work_dir)
+        proc = submit_script(self._run, self.script_path(req), text, argv, req.work_dir, env=job_env(req))
         if proc.returncode != 0:
             raise _failure(f"sbatch refused {job_name(req)}", proc.stderr, proc.stdout)
         out = proc.stdout.strip().splitlines()
@@ -288,9 +290,11 @@ class SlurmBackend:
         return self._max_array_size
 
     # ------------------------------------------------------------------ plumbing
-    def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, argv: list[str], cwd: Path | None = None, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return run_scheduler_command(argv, timeout=self._timeout, what="a SLURM login node", cwd=cwd,
-                                     env={"SLURM_TIME_FORMAT": "standard"})
+                                     env={**(env or {}), "SLURM_TIME_FORMAT": "standard"})
 
 
 def _check_ids(job_ids: list[str]) -> list[str]:
