@@ -487,3 +487,22 @@ def test_merger_killed_at_random_points_converges(tmp_path: Path, contexts, expe
         assert scalar(db, "SELECT count(*) FROM merge_ledger") == N_CONTEXTS
         assert scalar(db, "PRAGMA integrity_check") == "ok"
         assert not lock_path(db).exists()
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_context_database_copy_starts_in_its_journal_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         journal: str) -> None:
+    """The template copy carries the journal mode its filesystem gets (WAL in the header), so the
+    first open does not switch it; the copy is a sound database either way."""
+    monkeypatch.setenv("MACE_SQLITE_JOURNAL", journal)
+    path = tmp_path / "materials.db"
+    assert create_context_database(path)
+    assert path.read_bytes()[18:20] == (b"\x02\x02" if journal == "wal" else b"\x01\x01")
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == journal
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    db = MaterialDatabase(path)
+    db.create_material("m1", "Al")
+    assert db.get_material("m1")["formula"] == "Al"
+    db.close()

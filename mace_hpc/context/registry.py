@@ -36,7 +36,7 @@ def register(scratch_root: Path, workflow_id: str, info: dict[str, Any]) -> Path
         "activated_at": time.time(),
         **info,
     }
-    atomic_write_json(path, entry)
+    atomic_write_json(path, entry, fsync=False)  # a liveness hint: after a crash nobody holds it anyway
     return path
 
 

@@ -28,6 +28,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .journal import journal_mode_for
+
 SCHEMA_VERSION = 2
 
 #: SQL expression for a new uid (32 hex digits, like `uuid4().hex`).
@@ -324,17 +326,24 @@ def create_context_database(path: str | os.PathLike[str]) -> bool:
     """Create `path` as an empty context database (a copy of `context_template()`: one write
     instead of ~20 statements), 0600; True if created. Anything already there (another process
     was first, a symlink) is left alone, as is a filesystem without hard links: the caller's
-    normal open then creates or opens the database as before (with the full schema)."""
+    normal open then creates or opens the database as before (with the full schema).
+
+    Where the database will use WAL (journal.journal_mode_for), the copy says so in its header
+    (bytes 18-19 = 2, SQLite's file format), so the first open finds WAL already set instead of
+    switching to it under an exclusive lock (a sixth of an element's database opening)."""
     path = Path(path)
     if os.path.lexists(path):
         return False
+    image = context_template()
+    if journal_mode_for(path) == "wal":
+        image = image[:18] + b"\x02\x02" + image[20:]
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError:  # no such or no writable directory: the normal open says so
         return False
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(context_template())
+            fh.write(image)
             fh.flush()
             os.fsync(fh.fileno())
         os.link(tmp, path)  # never replaces: a database created meanwhile wins
