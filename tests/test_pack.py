@@ -176,7 +176,7 @@ def test_dry_run_shows_the_packing(tmp_path: Path, mace_env: dict[str, Any],
     path, _ = pack_plan(tmp_path, "dp", 10, 3, max_parallel=2)
     assert run(["submit", str(path), "--backend", "slurm", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "packed: 3 elements per array task" in out and "task 1: elements 3,4,5" in out
+    assert "packed: 3 elements per array task" in out and "task 1: elements 3,4,5, task 2: elements 6,7,8, ...)" in out
     assert "4 tasks running 10 elements, 3 per task" in out and "--array=0-3%2" in out
     assert not (mace_env["scratch_root"] / "dp-e0").exists()
 
@@ -285,7 +285,8 @@ def test_local_laned_pack_runs_two_at_once_each_element_apart(tmp_path: Path, ma
     path, fix = lane_plan(tmp_path, "ln", 4, 4, 2, fail={1})
     assert run(["submit", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "packed: 4 elements per array task, 2 at once" in out and "time limit is 2x an element's" in out
+    assert "packed: 4 elements per array task, 2 at once (its cpus) (task 0: elements 0,1,2,3);" in out  # no "..."
+    assert "time limit is 2x an element's" in out
     assert "each task runs 4 elements 2 at once" in out and "time limit 10 min" in out
     assert run(["submit", str(path)]) == 1  # element 1 failed
     scratch = mace_env["scratch_root"]

@@ -79,10 +79,12 @@ def dry_run_text(data: dict[str, Any]) -> str:
             stages.setdefault(a["stage"], []).append(a)
     for a in arrays[:1]:
         if a.get("pack"):
-            first = ", ".join(f"task {t}: elements {','.join(map(str, e))}" for t, e in list(a["tasks"].items())[:3])
+            tasks = list(a["tasks"].items())
+            first = ", ".join(f"task {t}: elements {','.join(map(str, e))}" for t, e in tasks[:3])
+            more = ", ..." if len(tasks) > 3 or len(tasks) < a["task_ids"] else ""
             lanes = int(a.get("lanes") or 1)
             how = f"{lanes} at once (its cpus)" if lanes > 1 else "one after another"
-            lines.append(f"packed: {a['pack']} elements per array task, {how} ({first}, ...); "
+            lines.append(f"packed: {a['pack']} elements per array task, {how} ({first}{more}); "
                          f"the throttle counts tasks; a task's time limit is {task_count(a['pack'], lanes)}x an element's")
     for name, chunks in stages.items():
         after = sorted(set(chunks[0]["after"]))
