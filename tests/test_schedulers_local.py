@@ -114,6 +114,24 @@ def test_max_parallel_is_never_exceeded_and_every_element_runs(tmp_path: Path) -
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [f"{job_id}_{i}.out" for i in range(5)]
 
 
+def test_progress_counts_elements_not_tasks(tmp_path: Path) -> None:
+    """The bar says "elements": a packed task is several of them, and a staged element is done
+    only when its last stage ends (element 1 fails in stage b: one failed element)."""
+    code = "import sys; sys.exit(3 if sys.argv[-1] == '1' and sys.argv[-3] == 'b' else 0)"
+    calls: list[tuple[int, int, int, int]] = []
+    backend = LocalBackend(progress=lambda *c: calls.append(c))
+    backend.submit_all([_request(tmp_path, code, list(range(7)), max_parallel=2, pack=3)], lambda r, j: None)
+    assert calls[-1] == (7, 7, 0, 0) and all(total == 7 and running <= 6 for _, total, _, running in calls)
+    calls.clear()
+    stages = [_request(tmp_path, code, [0, 1, 2], max_parallel=2, stage=s, after=after)
+              for s, after in (("a", ()), ("b", (0,)))]
+    for req in stages:
+        req.command = [*req.command, req.stage]  # ... <tmp> <stage> --index N: the code sees its stage
+    backend.submit_all(stages, lambda r, j: None)
+    assert calls[-1] == (3, 3, 1, 0) and {c[1] for c in calls} == {3}
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)  # never counts an element twice
+
+
 def test_a_chunk_with_an_index_offset_runs_its_own_elements(tmp_path: Path) -> None:
     """Chunks get offsets when `scheduler.max_array_size` is set (e.g. from a site config) even
     locally; `mace-submit --backend local` then ran elements 4, 5 for the chunk [2, 3] and

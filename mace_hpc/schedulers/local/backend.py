@@ -126,7 +126,7 @@ class LocalBackend:
         pending = sorted(tasks, key=lambda kt: (-len(requests[kt[0]].after), kt[1], kt[0]))
         ended: set[tuple[int, int]] = set()
         running: dict[tuple[int, int], tuple[Any, float, bool, int]] = {}
-        done = failed = 0
+        count = _ElementCount(requests, tasks, self.progress)
         previous = None
         self._pool = WorkerPool(slots)
         # one array, no stages: an element's end is its task's end, so mace-submit may finalize it
@@ -147,8 +147,7 @@ class LocalBackend:
                     pending.remove(key)
                     running[key] = (self._start(req, ids[key[0]], key[1]), time.monotonic(), False, cpus)
                     in_use += cpus
-                    if self.progress:
-                        self.progress(done, len(tasks), failed, len(running))
+                    count.report(running)
                 if self._defer:  # after the next elements started: the slots do not wait for the merge
                     self.on_ended(ended_now, False)  # type: ignore[misc]
                     ended_now = []
@@ -172,10 +171,8 @@ class LocalBackend:
                     ended_now += [(e, rc) for e in members]
                     for e in members:  # by element (a packed task's code is each of its elements'), worst kept
                         self.returncodes[e] = rc if rc or e not in self.returncodes else self.returncodes[e]
-                    done += 1
-                    failed += rc != 0
-                    if self.progress:
-                        self.progress(done, len(tasks), failed, len(running))
+                    count.ended(key, rc)
+                    count.report(running)
         except BaseException:
             for proc, *_ in running.values():
                 _signal(proc, signal.SIGTERM)
@@ -241,6 +238,34 @@ class LocalBackend:
 
     def max_array_size(self) -> int:
         return 1 << 31
+
+
+class _ElementCount:
+    """Progress in elements, as the CLI's bar says, though the pool runs tasks: a packed task is
+    several elements, and a staged element is one task per stage (done when its last one ends)."""
+
+    def __init__(self, requests: Sequence[ArrayRequest], tasks: list[tuple[int, int]],
+                 progress: ProgressFn | None) -> None:
+        self._requests = requests
+        self._progress = progress
+        self._left: dict[int, int] = {}  # element -> its tasks not yet ended
+        for k, t in tasks:
+            for e in _members(requests[k], t):
+                self._left[e] = self._left.get(e, 0) + 1
+        self._failed: set[int] = set()
+        self._done = 0
+
+    def ended(self, key: tuple[int, int], rc: int) -> None:
+        for e in _members(self._requests[key[0]], key[1]):
+            self._left[e] -= 1
+            self._done += self._left[e] == 0
+            if rc:
+                self._failed.add(e)
+
+    def report(self, running: Mapping[tuple[int, int], Any]) -> None:
+        if self._progress:
+            busy = {e for k, t in running for e in _members(self._requests[k], t)}
+            self._progress(self._done, len(self._left), len(self._failed), len(busy))
 
 
 def _units(req: ArrayRequest) -> list[int]:
