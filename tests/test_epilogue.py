@@ -160,7 +160,7 @@ def _hang(*args, **kwargs):
 
 
 def test_a_hanging_epilogue_is_stopped_at_its_deadline(sub, mace_env, monkeypatch) -> None:
-    import mace_hpc.epilogue.finalize as archive_mod  # where finalize looks archive_to up
+    import mace_hpc.context.archive_store as archive_mod  # where finalize imports archive_to from, when it archives
 
     manifest = sub(1, on_complete="merge+archive")
     with monkeypatch.context() as patch:
@@ -209,7 +209,7 @@ def test_epilogue_child_that_fails_leaves_pending_merge(sub, mace_env, monkeypat
 
 _HANGING_ARCHIVE_DRIVER = r"""
 import sys, time
-import mace_hpc.epilogue.finalize as archive_mod  # where finalize looks archive_to up
+import mace_hpc.context.archive_store as archive_mod  # where finalize imports archive_to from
 archive_mod.archive_to = lambda *a, **k: time.sleep(3600)
 from mace_hpc.element import run
 sys.exit(run.main([sys.argv[1], "--index", "0"]))

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ON_COMPLETE, ON_FAILURE, Config, archive_location, effective_cleanup_on_exit, load_config
-from ..context.archive_store import archive_to
 from ..database.merge import MergeReport, merge_many
 from ..errors import InputError
 from ..records import states as st
@@ -401,6 +400,8 @@ def _apply(w: _Work, report: Any, opts: Options) -> Outcome:
     wants_archive = "archive" in policy or (t.cleanup and t.archive_before_cleanup and "merge" in policy)
     if wants_archive:
         try:
+            from ..context.archive_store import archive_to  # lazy: tar and S3 only to archive
+
             record = archive_to(ctx, t.archive_dir or ctx.parent, t.workflow_id, plan=t.plan, index=t.index)
             archived = record.location
             info.update(record.info())
