@@ -11,7 +11,9 @@ what differs is only what mace-hpc adds: the runner, state files, context databa
 
 `--baseline TREE` (a checkout of an older commit, e.g. `git worktree add /tmp/old ddd8200`) also
 runs the mace-hpc side with `PYTHONPATH=TREE`; rounds interleave baseline / current / bare so a
-machine shared with other work loads each alike. Prints medians (min-max); no assertion.
+machine shared with other work loads each alike. Prints medians (min-max); no assertion. CPU: local,
+what the run's own processes used; SLURM, the whole machine's busy time during the run (the
+daemons work for the jobs outside our processes), so SLURM CPU needs an otherwise idle machine.
 
 On SLURM also the current tree with `pack: 10` (10 elements per array task, `--pack 0` skips it).
 
@@ -79,6 +81,15 @@ def children_cpu() -> float:
 CPU: dict[str, list[float]] = {}
 
 
+def machine_cpu() -> float:
+    """Busy CPU seconds of the whole machine so far (/proc/stat: user to softirq). On SLURM the
+    daemons (slurmd, slurmstepd, slurmctld) work for the jobs, outside any process we wait for, so
+    only the machine's total shows a run's whole cost; meaningful on an otherwise idle machine."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+
+
 def merged(root: Path) -> int:
     """Elements whose state file says MERGED (read directly: works for every commit's format)."""
     count = 0
@@ -95,7 +106,7 @@ def run_mace(root: Path, tree: Path, n: int, backend: str, throttle: int, timeou
     env = mace_env(root, tree)
     plan_path = root / "plan.json"
     plan_path.write_text(json.dumps(plan(n, f"ovh-{root.name}", throttle, pack)))
-    t0, cpu0 = time.perf_counter(), children_cpu()
+    t0, cpu0, busy0 = time.perf_counter(), children_cpu(), machine_cpu()
     # cwd: not this checkout, or `python -c`/`-m` would import its mace_hpc ahead of PYTHONPATH
     proc = subprocess.run(submit_argv(plan_path, backend, throttle), env=env, capture_output=True, text=True, cwd=root)
     if backend == "local":
@@ -106,6 +117,8 @@ def run_mace(root: Path, tree: Path, n: int, backend: str, throttle: int, timeou
         if time.perf_counter() - t0 > timeout:
             raise SystemExit(f"{tree}: only {merged(root)}/{n} MERGED after {timeout:.0f} s")
         time.sleep(0.1)
+    if backend == "slurm":
+        CPU.setdefault(f"slurm: {tree} pack {pack}", []).append(machine_cpu() - busy0)
     return time.perf_counter() - t0
 
 
@@ -127,6 +140,7 @@ def run_sbatch(root: Path, n: int, throttle: int, timeout: float) -> float:
     job = subprocess.run(["sbatch", "--parsable", f"--array=0-{n - 1}%{throttle}", "-o", "/dev/null", "-J", "ovh-raw",
                           "--time=5", "--wrap", wrap], capture_output=True, text=True, check=True).stdout.strip()
     job = job.split(";")[0]
+    busy0 = machine_cpu()
     try:
         while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip():
             if time.perf_counter() - t0 > timeout:
@@ -135,6 +149,7 @@ def run_sbatch(root: Path, n: int, throttle: int, timeout: float) -> float:
     finally:
         scancel([job])
     elapsed = time.perf_counter() - t0
+    CPU.setdefault("slurm: raw", []).append(machine_cpu() - busy0)
     done = len(list(root.glob("*/results.json")))
     assert done == n, f"raw array: {done}/{n} results"
     return elapsed
@@ -194,11 +209,15 @@ def main() -> None:
             show(f"local: mace-submit ({label}: {tree.name}) to MERGED", times[f"local: {label}"], times["local: xargs"],
                  CPU[f"local: {tree}"], CPU["local: xargs"])
     if slurm:
-        show(f"slurm: raw sbatch --array=0-{n - 1}%{args.throttle} to empty queue", times["slurm: raw"], None)
+        print("  (SLURM CPU: the whole machine's busy seconds during each run, daemons included)")
+        raw_cpu = CPU["slurm: raw"]
+        show(f"slurm: raw sbatch --array=0-{n - 1}%{args.throttle} to empty queue", times["slurm: raw"], None, raw_cpu)
         for label, tree in trees:
-            show(f"slurm: mace-submit ({label}: {tree.name}) to MERGED", times[f"slurm: {label}"], times["slurm: raw"])
+            show(f"slurm: mace-submit ({label}: {tree.name}) to MERGED", times[f"slurm: {label}"], times["slurm: raw"],
+                 CPU[f"slurm: {tree} pack 1"], raw_cpu)
         if args.pack > 1:
-            show(f"slurm: mace-submit pack {args.pack} (current) to MERGED", times["slurm: packed"], times["slurm: raw"])
+            show(f"slurm: mace-submit pack {args.pack} (current) to MERGED", times["slurm: packed"], times["slurm: raw"],
+                 CPU[f"slurm: {REPO} pack {args.pack}"], raw_cpu)
 
 
 if __name__ == "__main__":
