@@ -428,10 +428,14 @@ def test_staged_laned_pack_skips_only_the_failed_element_downstream(tmp_path: Pa
     assert any(_overlap(x, y) for k, x in enumerate(a) for y in a[k + 1:])
 
 
-def test_the_task_epilogue_marker_only_when_every_element_was_finalized(tmp_path: Path, mace_env: dict[str, Any]) -> None:
+@pytest.mark.parametrize("runner", [["-m", "mace_hpc.element"], ["-m", "mace_hpc.cli.main", "run-element"]],
+                         ids=["job-script-runner", "mace-run-element"])
+def test_the_task_epilogue_marker_only_when_every_element_was_finalized(tmp_path: Path, mace_env: dict[str, Any],
+                                                                        runner: list[str]) -> None:
     """A packed SLURM task's runner leaves `<submission>/ended/<job id>.<restarts>` (the TaskEpilog
     then starts no Python) only when each element ran its own epilogue; an element whose run
-    raised may be left RUNNING, so then there is none and the TaskEpilog finalizes it."""
+    raised may be left RUNNING, so then there is none and the TaskEpilog finalizes it. The same
+    from `mace run-element` (a user's own array script, jobscripts/slurm-array.sh): one runner."""
     import subprocess
 
     from mace_hpc.submission.submit import submit_plan
@@ -446,7 +450,7 @@ def test_the_task_epilogue_marker_only_when_every_element_was_finalized(tmp_path
     for task, job in ((0, "77"), (1, "78")):
         env = {**os.environ, "MACE_PACK": "2", "MACE_PACK_INDICES": "0-3", "SLURM_JOB_ID": job,
                "SLURM_ARRAY_JOB_ID": "76", "SLURM_ARRAY_TASK_ID": str(task)}
-        subprocess.run([sys.executable, "-m", "mace_hpc.element", str(result.submission.manifest_path)],
+        subprocess.run([sys.executable, *runner, str(result.submission.manifest_path)],
                        env=env, timeout=120, capture_output=True)
     assert state(scratch, "mk-e0")["state"] == state(scratch, "mk-e1")["state"] == "MERGED"
     assert sorted(p.name for p in (sub / "ended").iterdir()) == ["77.0"]  # task 1 left element 3 unfinished

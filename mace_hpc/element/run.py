@@ -30,6 +30,7 @@ from ..records.stages import by_name, ordered
 from ..schedulers import JobEnvironment, job_environment
 from . import chain, lanes
 from . import steps as step_runner
+from .arguments import DESCRIPTION, add_arguments
 
 EXIT_TIMEOUT = 124
 # the first time-limit/termination signal this process got, seen by every `_Interrupt` (a packed
@@ -390,23 +391,12 @@ def resource_usage(since: resource.struct_rusage | None = None,
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(
-        prog="mace run-element",
-        description="Run one element of a submitted plan (inside an array job, or by hand with --index).",
-    )
-    parser.add_argument("manifest", help="the submission's manifest.json (exported as $MACE_MANIFEST)")
-    parser.add_argument("--index", type=int, help="element index (default: from the scheduler's array env)")
-    parser.add_argument("--task", type=int, help="packed arrays: the array task to run (its elements one "
-                        "after another; default: from the scheduler's array env)")
-    parser.add_argument("--lane", type=int, help=argparse.SUPPRESS)  # a laned pack's lane (element/lanes.py)
-    parser.add_argument("--claims", help=argparse.SUPPRESS)  # ... and the directory its lanes share
-    parser.add_argument("--stage", help="the stage to run (multi-stage plans; default: $MACE_STAGE, "
-                        "else every stage in order)")
-    parser.add_argument("--settle-stage", metavar="NAME", help="after stage NAME's arrays ended (the settle job): "
-                        "record its elements that did not record an end, skip and cancel what waits for them")
-    parser.add_argument("--jobs", default="", help="with --settle-stage: the stage's array job ids (comma-separated)")
-    parser.add_argument("--no-epilogue", action="store_true", help="do not merge/archive when the element ends")
-    args = parser.parse_args(argv)
+    return run_parsed(add_arguments(argparse.ArgumentParser(prog="mace run-element", description=DESCRIPTION))
+                      .parse_args(argv))
+
+
+def run_parsed(args: Any) -> int:
+    """Run what the runner's command line (element/arguments.py) asked for; the exit code."""
     _received.clear()  # a reused interpreter (local worker): a signal to the previous element is not ours
     lanes.unclean.clear()
     _unfinished.clear()

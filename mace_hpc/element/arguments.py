@@ -1,0 +1,28 @@
+"""The element runner's command line, shared by `python -m mace_hpc.element` (what job scripts
+run) and `mace run-element` (what a user's own array script runs): one parser, so both accept
+the same arguments and run the same code (`element.run.run_parsed`). Only argparse here: `mace
+--help` builds this without importing the runner."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = ("Run one element of a submitted plan (inside an array job, or by hand with --index); for a "
+               "multi-stage plan its stage ($MACE_STAGE in a job), or every stage in order.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("manifest", help="the submission's manifest.json (exported as $MACE_MANIFEST)")
+    parser.add_argument("--index", type=int, help="element index (default: from the scheduler's array env: "
+                        "SLURM_ARRAY_TASK_ID / PBS_ARRAY_INDEX / PBS_ARRAYID, plus MACE_INDEX_OFFSET)")
+    parser.add_argument("--task", type=int, help="packed arrays: the array task to run (its elements one "
+                        "after another; default: from the scheduler's array env)")
+    parser.add_argument("--lane", type=int, help=argparse.SUPPRESS)  # a laned pack's lane (element/lanes.py)
+    parser.add_argument("--claims", help=argparse.SUPPRESS)  # ... and the directory its lanes share
+    parser.add_argument("--stage", help="the stage to run (multi-stage plans; default: $MACE_STAGE, "
+                        "else every stage in order)")
+    parser.add_argument("--settle-stage", metavar="NAME", help="after stage NAME's arrays ended (the settle job): "
+                        "record its elements that did not record an end, skip and cancel what waits for them")
+    parser.add_argument("--jobs", default="", help="with --settle-stage: the stage's array job ids (comma-separated)")
+    parser.add_argument("--no-epilogue", action="store_true", help="do not merge/archive when the element ends")
+    return parser
