@@ -15,6 +15,7 @@ import pytest
 
 from mace_hpc.database.materials import MaterialDatabase
 from mace_hpc.database.merge import (
+    HASH_PREFIX,
     MergeReport,
     content_hash,
     lock_path,
@@ -161,7 +162,7 @@ def test_merge_once_then_again_is_a_noop(tmp_path: Path, contexts) -> None:
         "properties_updated": 0,
         "files_updated": 0,
     }
-    assert report.content_hash == content_hash(rows_of(src, by_identity=False)) and len(report.content_hash) == 64
+    assert report.content_hash.startswith(HASH_PREFIX) and len(report.content_hash) == len(HASH_PREFIX) + 64
     assert report.conflicts == []
     assert_rows_equal(shared, expected_rows([src]))
     snapshot = rows_of(shared)
@@ -370,6 +371,34 @@ def test_remerge_brings_newer_calculation_state_home(tmp_path: Path) -> None:
     assert merge_status(shared)["ledger_entries"] == 2 and merge_status(shared)["workflows_merged"] == 1
 
 
+
+def test_a_source_merged_before_hash_version_2_is_recognised(tmp_path: Path, contexts) -> None:
+    """A ledger written by an older mace-hpc holds `content_hash` of the rows (no HASH_PREFIX):
+    merging that source again finds it (no second copy, no second ledger row); a changed content
+    of the same workflow is merged, under a hash of the current kind."""
+    shared = tmp_path / "shared.db"
+    wid, src = contexts[3]
+    first = merge_database(shared, src, wid)
+    legacy = content_hash(rows_of(src, by_identity=False))  # what the older version wrote
+    conn = sqlite3.connect(shared)
+    conn.execute("UPDATE merge_ledger SET content_hash = ? WHERE workflow_id = ?", (legacy, wid))
+    conn.commit()
+    conn.close()
+    snapshot = rows_of(shared)
+    again = merge_database(shared, src, wid)
+    assert again.status == "already_merged" and again.content_hash == legacy and again.counts == first.counts
+    assert rows_of(shared) == snapshot and scalar(shared, "SELECT count(*) FROM merge_ledger") == 1
+
+    changed = tmp_path / "changed.db"
+    shutil.copy(src, changed)
+    with MaterialDatabase(changed) as db:
+        db.store_material_property("Si", "gap", 1.1)
+    third = merge_database(shared, changed, wid)
+    assert third.status == "merged" and third.counts["properties"] == 1
+    assert third.content_hash.startswith(HASH_PREFIX)
+    assert scalar(shared, "SELECT count(*) FROM merge_ledger") == 2
+    assert merge_database(shared, changed, wid).status == "already_merged"
+
 # ------------------------------------------------------------------------------ concurrency
 
 
@@ -465,8 +494,8 @@ def test_merger_killed_at_random_points_converges(tmp_path: Path, contexts, expe
         order = sources[:]
         rng.shuffle(order)
         batch = rng.choice([1, 4, 16])
-        if iteration == 0:  # a known partial state: 9 batches of 16 committed, the 10th killed
-            proc = FORK.Process(target=_self_killing_worker, args=(str(shared), order, 16, 150, True))
+        if iteration == 0:  # a known partial state: 14 batches of 10 committed, the 15th killed
+            proc = FORK.Process(target=_self_killing_worker, args=(str(shared), order, 10, 150, True))
         elif iteration % 3 != 2:
             kill_at, after = rng.randint(1, N_CONTEXTS), rng.random() < 0.5
             proc = FORK.Process(target=_self_killing_worker, args=(str(shared), order, batch, kill_at, after))
@@ -479,7 +508,7 @@ def test_merger_killed_at_random_points_converges(tmp_path: Path, contexts, expe
         proc.join(60)
         assert proc.exitcode in (0, -signal.SIGKILL)
         observed.append(_assert_all_or_nothing(shared, by_id) if shared.exists() else 0)
-    assert observed[0] == 144
+    assert observed[0] == 140
     for db in [*finished_rounds, shared]:  # a clean run converges everywhere
         reports = merge_many(db, sources, lock_timeout=60)
         assert {r.status for r in reports} <= {"merged", "already_merged"}

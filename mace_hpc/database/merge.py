@@ -35,10 +35,12 @@ Rules beyond plain insertion:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import sqlite3
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +49,7 @@ from typing import Any
 from ..errors import InputError
 from ..util.ids import validate_workflow_id
 from ..util.nfslock import NfsLock
-from .journal import connect, connect_readonly, write_transaction
+from .journal import SQLITE_HEADER, connect, connect_readonly, file_uri, write_transaction
 from .migrate import upgrade, upgrade_file
 from .schema import (
     COLUMNS,
@@ -63,7 +65,8 @@ from .schema import (
 
 STATUSES = ("merged", "already_merged", "empty", "corrupt")
 DEFAULT_BATCH_SIZE = 256
-_IN_CHUNK = 500  # host parameters per IN (...) query, well below SQLite's limit
+#: Marks a ledger hash of the current kind (`_versioned_hash`); one without it is `content_hash`.
+HASH_PREFIX = "v2:"
 
 
 @dataclass
@@ -88,10 +91,11 @@ class MergeReport:
 
 @dataclass
 class _Source:
+    """One source, attached to the shared connection as `schema` for the current transaction."""
+
     workflow_id: str
     path: Path
-    rows: dict[str, list[tuple[Any, ...]]]
-    content_hash: str
+    schema: str
 
 
 def lock_path(shared_db: str | os.PathLike[str]) -> Path:
@@ -106,95 +110,59 @@ def _jsonable(value: Any) -> Any:
 
 
 def content_hash(rows: dict[str, list[tuple[Any, ...]]]) -> str:
-    """SHA-256 over every data table's rows in primary-key order: same rows, same hash."""
+    """The ledger hash mace-hpc wrote before HASH_PREFIX (SHA-256 over the rows as JSON, in
+    primary-key order). Still computed, from rows fetched for it, for a workflow whose ledger has
+    hashes of this kind, so that a source merged by an older version is not merged again."""
     tables = [[table, rows.get(table, [])] for table in DATA_TABLES]
     return hashlib.sha256(json.dumps(tables, default=_jsonable, separators=(",", ":")).encode()).hexdigest()
 
 
-def _migrated_copy(conn: sqlite3.Connection, workflow_id: str) -> sqlite3.Connection:
-    """An in-memory copy of `conn`'s database migrated to the current schema (the source file is
-    never written). Rows without a uid get one derived from the workflow id and their local id,
-    so the same source always hashes and merges the same."""
-    copy = sqlite3.connect(":memory:", isolation_level=None)
-    try:
-        conn.backup(copy)
-        upgrade(copy, uid_seed=workflow_id, backup=False)
-    except BaseException:
-        copy.close()
-        raise
-    finally:
-        conn.close()
-    return copy
+def _hash_lines_sql() -> str:
+    """One statement for a source's hash lines, `<table number><JSON array>`: a material whole
+    (`quote()` for its INTEGER: json_array would render a REAL there with 15 digits only), any
+    other row as its version, `[uid, updated_at]`. That is what a merge acts on: a calculation,
+    property or file in the shared database is replaced only by a newer `updated_at` (which the
+    `_touch` triggers move on every update), so two contents with the same versions merge alike."""
+    materials = ", ".join(f"s.{c}" if c != "space_group" else f"quote(s.{c})" for c in COLUMNS["materials"])
+    parts = [f"SELECT '0' || json_array({materials}) FROM {{s}}.materials AS s"]
+    parts += [f"SELECT '{k}' || json_array(uid, updated_at) FROM {{s}}.{t}" for k, t in enumerate(VERSIONED_TABLES, 1)]
+    return " UNION ALL ".join(parts)
 
 
-_SELECT_SQL = {table: f"SELECT {', '.join(COLUMNS[table])} FROM {table} ORDER BY {key}" for table, key in DATA_TABLES.items()}
+_HASH_SQL = _hash_lines_sql()
+_TABLE_ORDER = ("materials", *VERSIONED_TABLES)
+_PLAIN_SQL = {t: f"SELECT {', '.join(COLUMNS[t])} FROM {{s}}.{t} ORDER BY {key}" for t, key in DATA_TABLES.items()}
+_CALC_REFS = ("calc_id", "prerequisite_calc_id")
 
 
-def _read_rows(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
-    """Every data table's merged columns, in merge-key order (call inside one read snapshot)."""
-    try:  # one statement per table: a current source has them all
-        return {table: conn.execute(sql).fetchall() for table, sql in _SELECT_SQL.items()}
-    except sqlite3.OperationalError:  # an older file may lack a table: read those it has
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        return {table: conn.execute(sql).fetchall() if table in tables else [] for table, sql in _SELECT_SQL.items()}
+def _copied_rows_sql(table: str) -> str:
+    values, joins = [], []
+    for c in COLUMNS[table]:
+        if c in _CALC_REFS:
+            values.append(f"coalesce(map_{c}.new, s.{c})")
+            joins.append(f" LEFT JOIN temp.merge_calc_ids AS map_{c} ON map_{c}.old = s.{c}")
+        else:
+            values.append(f"s.{c}")
+    return f"SELECT {', '.join(values)} FROM {{s}}.{table} AS s{''.join(joins)} WHERE true"
 
 
-def _load_source(workflow_id: str, path: Path) -> _Source | MergeReport:
-    """Read and check one source; a report (empty/corrupt) if it cannot be merged."""
-    source = str(path)
-    if not path.exists():
-        return MergeReport(
-            workflow_id, "empty", source=source, error="no database file (nothing was recorded)"
-        )
-    try:
-        conn = connect_readonly(path, isolation_level=None)
-    except sqlite3.Error as exc:
-        return MergeReport(workflow_id, "corrupt", source=source, error=f"cannot open: {exc}")
-    try:
-        conn.execute("BEGIN")  # one snapshot for the check and every table
-        problems = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
-        if problems != ["ok"]:
-            shown = "; ".join(str(p) for p in problems[:3]) + (" …" if len(problems) > 3 else "")
-            return MergeReport(
-                workflow_id, "corrupt", source=source, error=f"integrity_check failed: {shown}"
-            )
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            return MergeReport(
-                workflow_id,
-                "corrupt",
-                source=source,
-                error=f"schema version {version} is newer than supported ({SCHEMA_VERSION}); upgrade mace-hpc",
-            )
-        if version == SCHEMA_VERSION:
-            rows = _read_rows(conn)
-            conn.execute("COMMIT")
-        else:  # an upstream or older mace-hpc file: read a migrated copy
-            conn.execute("COMMIT")
-            conn = _migrated_copy(conn, workflow_id)
-            rows = _read_rows(conn)
-    except InputError as exc:
-        return MergeReport(workflow_id, "corrupt", source=source, error=str(exc))
-    except sqlite3.Error as exc:
-        return MergeReport(workflow_id, "corrupt", source=source, error=f"unreadable: {exc}")
-    finally:
-        conn.close()
-    if not any(rows.values()):
-        return MergeReport(workflow_id, "empty", source=source)
-    return _Source(workflow_id, path, rows, content_hash(rows))
-
-
-def _load_batch(batch: list[tuple[str, Path]]) -> list[_Source | MergeReport]:
-    return [_load_source(wid, path) for wid, path in batch]
-
-
-_MAT_COLS = COLUMNS["materials"]
-_MAT_CONTENT_IDX = [_MAT_COLS.index(c) for c in MATERIAL_CONTENT_COLUMNS]
+_COPIED_SQL = {t: _copied_rows_sql(t) for t in DATA_TABLES}
 _INSERT_SQL = {
-    table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-    f" ON CONFLICT({DATA_TABLES[table]}) DO NOTHING"
-    for table, cols in COLUMNS.items()
+    t: f"INSERT INTO main.{t} ({', '.join(COLUMNS[t])}) {_COPIED_SQL[t]} ON CONFLICT({key}) DO NOTHING"
+    for t, key in DATA_TABLES.items()
 }
+_CALC_MAP_TABLE_SQL = "CREATE TEMP TABLE IF NOT EXISTS merge_calc_ids (old TEXT PRIMARY KEY, new TEXT NOT NULL)"
+_CALC_IDS_SQL = (
+    "SELECT s.calc_id, s.uid, known.calc_id, taken.calc_id IS NOT NULL FROM {s}.calculations AS s"
+    " LEFT JOIN main.calculations AS known ON known.uid = s.uid"
+    " LEFT JOIN main.calculations AS taken ON taken.calc_id = s.calc_id ORDER BY s.uid"
+)
+_SHARED_MATERIALS_SQL = (
+    f"SELECT s.material_id, {', '.join(f's.{c}' for c in MATERIAL_CONTENT_COLUMNS)},"
+    f" {', '.join(f'm.{c}' for c in MATERIAL_CONTENT_COLUMNS)} FROM {{s}}.materials AS s"
+    " JOIN main.materials AS m ON m.material_id = s.material_id ORDER BY s.material_id"
+)
+
 #: Columns a newer incoming version overwrites: all but the identity (a calculation keeps the id
 #: it has in the shared database, which may differ from the context's).
 _UPDATED_COLS = {
@@ -207,22 +175,134 @@ _UPDATE_SQL = {
 }
 
 
-def _bind_null_directly() -> None:
-    """Bind None as NULL without the sqlite3 module's adaptation protocol.
-
-    The module binds int, float, str and bytearray directly but sends None through
-    `__adapt__`/`__conform__` look-ups that fail with a formatted AttributeError each time: a
-    context's rows carry ~200 NULLs, ~12 % of a merge's insert work (benchmarks/README.md, issue
-    8). An adapter registered for None finds it in one dict look-up; it returns None, which binds
-    NULL exactly as before. Process-wide but without effect on any value; one already registered is kept.
-    """
-    adapters = getattr(sqlite3, "adapters", None)
-    if adapters is not None and (type(None), sqlite3.PrepareProtocol) not in adapters:
-        sqlite3.register_adapter(type(None), {}.get)  # {}.get(x) is None for any x, a C call
+@functools.cache
+def _on(template: str, schema: str) -> str:
+    """A statement template (`{s}`: the attached schema) for one schema, the same str each time."""
+    return template.format(s=schema)
 
 
-def _material_content(row: tuple[Any, ...]) -> dict[str, Any]:
-    return {c: material_value(row[i]) for c, i in zip(MATERIAL_CONTENT_COLUMNS, _MAT_CONTENT_IDX, strict=True)}
+def _versioned_hash(conn: sqlite3.Connection, schema: str) -> tuple[str, dict[str, int]]:
+    """HASH_PREFIX + SHA-256 over the source's hash lines (`_hash_lines_sql`, rendered by SQLite,
+    sorted: one order whatever the scan order), and each table's row count."""
+    lines = sorted(r[0] for r in conn.execute(_on(_HASH_SQL, schema)))
+    counted = Counter(line[0] for line in lines)
+    sizes = {table: counted[str(k)] for k, table in enumerate(_TABLE_ORDER)}
+    return HASH_PREFIX + hashlib.sha256("\n".join(lines).encode()).hexdigest(), sizes
+
+
+def _header_version(path: Path) -> int | None:
+    """`user_version` from the file header (offset 60), None if it is not an SQLite file: which
+    route a source takes. Inside the merge the version is read again through SQLite."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        head = os.pread(fd, 64, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return int.from_bytes(head[60:64], "big", signed=True) if len(head) == 64 and head.startswith(SQLITE_HEADER) else None
+
+
+def _check(conn: sqlite3.Connection, schema: str) -> tuple[int, str | None]:
+    """(user_version, what is wrong) of an open database: integrity_check, then a newer schema."""
+    problems = [r[0] for r in conn.execute(f"PRAGMA {schema}.integrity_check").fetchall()]
+    if problems != ["ok"]:
+        shown = "; ".join(str(p) for p in problems[:3]) + (" …" if len(problems) > 3 else "")
+        return 0, f"integrity_check failed: {shown}"
+    version = int(conn.execute(f"PRAGMA {schema}.user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        return version, f"schema version {version} is newer than supported ({SCHEMA_VERSION}); upgrade mace-hpc"
+    return version, None
+
+
+def _migrated_copy(workflow_id: str, path: Path) -> sqlite3.Connection | MergeReport:
+    """An in-memory copy of an older (or unrecognised) file, checked and migrated to the current
+    schema; the file itself is never written. Rows without a uid get one derived from the
+    workflow id and their local id, so the same source always hashes and merges the same."""
+    source = str(path)
+    try:
+        conn = connect_readonly(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        return MergeReport(workflow_id, "corrupt", source=source, error=f"cannot open: {exc}")
+    try:
+        conn.execute("BEGIN")
+        _, error = _check(conn, "main")
+        conn.execute("COMMIT")
+        if error:
+            return MergeReport(workflow_id, "corrupt", source=source, error=error)
+        copy = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            conn.backup(copy)
+            upgrade(copy, uid_seed=workflow_id, backup=False)
+        except BaseException:
+            copy.close()
+            raise
+        return copy
+    except InputError as exc:
+        return MergeReport(workflow_id, "corrupt", source=source, error=str(exc))
+    except sqlite3.Error as exc:
+        return MergeReport(workflow_id, "corrupt", source=source, error=f"unreadable: {exc}")
+    finally:
+        conn.close()
+
+
+def _unreadable(conn: sqlite3.Connection, src: _Source, exc: sqlite3.Error) -> MergeReport:
+    if not conn.in_transaction:  # SQLite ended the batch: its earlier sources are not written either
+        raise exc
+    return MergeReport(src.workflow_id, "corrupt", source=str(src.path), error=f"unreadable: {exc}")
+
+
+def _attach(conn: sqlite3.Connection, src: _Source) -> MergeReport | None:
+    """Attach a source as `src.schema`, checked; a report (empty/corrupt), and nothing attached,
+    if it cannot be merged.
+
+    Runs before the batch transaction, so that a bad source can be detached again (once SQLite
+    has met a corrupt attached file, every statement of the connection fails while it stays
+    attached, and a file read in a transaction cannot be detached until it ends). A file of the
+    current schema is attached read-only (`mode=ro`); any other file is read through
+    `_migrated_copy` and attached as an in-memory database."""
+    source = str(src.path)
+    if not src.path.exists():
+        return MergeReport(src.workflow_id, "empty", source=source, error="no database file (nothing was recorded)")
+    if _header_version(src.path) != SCHEMA_VERSION:
+        copy = _migrated_copy(src.workflow_id, src.path)
+        if isinstance(copy, MergeReport):
+            return copy
+        try:
+            data = bytearray(copy.serialize())
+        finally:
+            copy.close()
+        data[18:20] = b"\x01\x01"  # a copy of a WAL file says WAL, which an in-memory database cannot open
+        conn.execute(f"ATTACH ':memory:' AS {src.schema}")
+        conn.deserialize(data, name=src.schema)
+        return None
+    try:
+        conn.execute(f"ATTACH ? AS {src.schema}", (file_uri(src.path, "ro"),))
+    except sqlite3.Error as exc:
+        return MergeReport(src.workflow_id, "corrupt", source=source, error=f"cannot open: {exc}")
+    try:
+        version, error = _check(conn, src.schema)
+    except sqlite3.Error as exc:
+        version, error = SCHEMA_VERSION, f"unreadable: {exc}"
+    if error is None and version != SCHEMA_VERSION:
+        error = f"schema version {version} where the file header says {SCHEMA_VERSION}"
+    if error is None:
+        return None
+    conn.execute(f"DETACH DATABASE {src.schema}")
+    return MergeReport(src.workflow_id, "corrupt", source=source, error=error)
+
+
+def _detach_all(conn: sqlite3.Connection) -> None:
+    for _, name, _ in conn.execute("PRAGMA database_list").fetchall():
+        if name not in ("main", "temp"):
+            conn.execute(f"DETACH DATABASE {name}")
+
+
+def _material_content(values: Iterable[Any]) -> dict[str, Any]:
+    return {c: material_value(v) for c, v in zip(MATERIAL_CONTENT_COLUMNS, values, strict=True)}
 
 
 def _canonical(obj: Any) -> str:
@@ -240,29 +320,11 @@ def _recorded_conflicts(conn: sqlite3.Connection, workflow_id: str) -> list[dict
     ]
 
 
-def _lookup_rows(conn: sqlite3.Connection, sql: str, keys: list[Any]) -> list[tuple[Any, ...]]:
-    """Rows of `sql` (with `IN ({})` for the keys), queried in chunks of keys."""
-    rows: list[tuple[Any, ...]] = []
-    for start in range(0, len(keys), _IN_CHUNK):
-        chunk = keys[start : start + _IN_CHUNK]
-        rows.extend(conn.execute(sql.format(", ".join("?" * len(chunk))), chunk).fetchall())
-    return rows
-
-
-def _lookup(conn: sqlite3.Connection, sql: str, keys: list[Any]) -> dict[Any, Any]:
-    return dict(_lookup_rows(conn, sql, keys))
-
-
 def _detect_conflicts(conn: sqlite3.Connection, src: _Source, now: str) -> list[dict[str, Any]]:
-    incoming = src.rows["materials"]
-    sql = f"SELECT {', '.join(_MAT_COLS)} FROM materials WHERE material_id IN ({{}})"
-    shared = {row[0]: _material_content(row) for row in _lookup_rows(conn, sql, [row[0] for row in incoming])}
+    n = len(MATERIAL_CONTENT_COLUMNS)
     conflicts = []
-    for row in incoming:
-        have = shared.get(row[0])
-        if have is None:
-            continue
-        new = _material_content(row)
+    for row in conn.execute(_on(_SHARED_MATERIALS_SQL, src.schema)).fetchall():
+        new, have = _material_content(row[1 : 1 + n]), _material_content(row[1 + n :])
         if have != new:
             conn.execute(
                 "INSERT INTO merge_conflicts (workflow_id, material_id, shared_content, incoming_content,"
@@ -273,39 +335,27 @@ def _detect_conflicts(conn: sqlite3.Connection, src: _Source, now: str) -> list[
     return conflicts
 
 
-def _calc_id_map(conn: sqlite3.Connection, calcs: list[tuple[Any, ...]]) -> dict[str, str]:
-    """Context calc id -> the id the same calculation (same uid) has, or gets, in the shared
-    database, for the ids that differ (rows are copied as they are when none do). Upstream-style ids are only unique per database: one already taken by another
-    calculation gets its uid appended (deterministic, so a re-merge finds the same row)."""
-    cols = COLUMNS["calculations"]
-    i_id, i_uid = cols.index("calc_id"), cols.index("uid")
-    known = _lookup(conn, "SELECT uid, calc_id FROM calculations WHERE uid IN ({})", [r[i_uid] for r in calcs])
-    taken = set(_lookup(conn, "SELECT calc_id, 1 FROM calculations WHERE calc_id IN ({})", [r[i_id] for r in calcs]))
+def _map_calc_ids(conn: sqlite3.Connection, schema: str) -> None:
+    """Fill temp.merge_calc_ids with the context calc ids whose calculation (same uid) has, or
+    gets, another id in the shared database (usually none). Upstream-style ids are only unique
+    per database: one already taken by another calculation gets its uid appended
+    (deterministic, so a re-merge finds the same row)."""
+    rows = conn.execute(_on(_CALC_IDS_SQL, schema)).fetchall()
+    taken = {calc_id for calc_id, _, _, is_taken in rows if is_taken}
     mapping: dict[str, str] = {}
-    for row in calcs:
-        calc_id, uid = row[i_id], row[i_uid]
-        if uid in known:
-            mapping[calc_id] = known[uid]
+    for calc_id, uid, known, _ in rows:
+        if known is not None:
+            mapping[calc_id] = known
             continue
         new = calc_id if calc_id not in taken else f"{calc_id}~{uid[:12]}"
         if new in taken:
             new = f"{calc_id}~{uid}"
         taken.add(new)
         mapping[calc_id] = new
-    return {old: new for old, new in mapping.items() if old != new}  # only ids that change: usually none
-
-
-def _remapped(table: str, rows: list[tuple[Any, ...]], mapping: dict[str, str]) -> list[tuple[Any, ...]]:
-    refs = [i for i, c in enumerate(COLUMNS[table]) if c in ("calc_id", "prerequisite_calc_id")]
-    if not refs or not mapping:
-        return rows
-    out = []
-    for row in rows:
-        values = list(row)
-        for i in refs:
-            values[i] = mapping.get(values[i], values[i])
-        out.append(tuple(values))
-    return out
+    conn.execute("DELETE FROM temp.merge_calc_ids")
+    changed = [(old, new) for old, new in mapping.items() if old != new]
+    if changed:
+        conn.executemany("INSERT INTO temp.merge_calc_ids (old, new) VALUES (?, ?)", changed)
 
 
 def _update_newer(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> int:
@@ -318,39 +368,45 @@ def _update_newer(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ..
 
 
 def _merge_one(conn: sqlite3.Connection, src: _Source, now: str) -> MergeReport:
-    """Copy one loaded source inside the caller's transaction (all of it or, on error, none)."""
-    done = conn.execute(
-        "SELECT counts FROM merge_ledger WHERE workflow_id = ? AND content_hash = ?",
-        (src.workflow_id, src.content_hash),
-    ).fetchone()
-    if done is not None:
+    """Copy one attached, checked source inside the caller's transaction (all of it or, on
+    error, none), unless the ledger has its content already."""
+    ledger = dict(conn.execute("SELECT content_hash, counts FROM merge_ledger WHERE workflow_id = ?", (src.workflow_id,)))
+    try:
+        digest, sizes = _versioned_hash(conn, src.schema)
+        if digest not in ledger and any(not h.startswith(HASH_PREFIX) for h in ledger):
+            legacy = content_hash({t: conn.execute(_on(sql, src.schema)).fetchall() for t, sql in _PLAIN_SQL.items()})
+            digest = legacy if legacy in ledger else digest
+    except sqlite3.Error as exc:
+        return _unreadable(conn, src, exc)
+    if digest in ledger:
         return MergeReport(
             src.workflow_id,
             "already_merged",
-            counts=json.loads(done[0]),
+            counts=json.loads(ledger[digest]),
             conflicts=_recorded_conflicts(conn, src.workflow_id),
-            content_hash=src.content_hash,
+            content_hash=digest,
             source=str(src.path),
         )
+    if not any(sizes.values()):
+        return MergeReport(src.workflow_id, "empty", source=str(src.path))
     conn.execute("SAVEPOINT merge_source")
     try:
         conflicts = _detect_conflicts(conn, src, now)
-        mapping = _calc_id_map(conn, src.rows["calculations"])
+        _map_calc_ids(conn, src.schema)
         counts: dict[str, int] = {}
         updated: dict[str, int] = {}
         for table in DATA_TABLES:
-            rows = _remapped(table, src.rows[table], mapping)
             before = conn.total_changes
-            if rows:
-                conn.executemany(_INSERT_SQL[table], rows)
+            if sizes[table]:  # an empty table's copy would cost its statement's preparation
+                conn.execute(_on(_INSERT_SQL[table], src.schema))
             counts[table] = conn.total_changes - before
-            if table in VERSIONED_TABLES:
-                # some were there already: bring newer versions home
-                updated[f"{table}_updated"] = _update_newer(conn, table, rows) if counts[table] < len(rows) else 0
+            if table in VERSIONED_TABLES:  # some were there already: bring newer versions home
+                rows = conn.execute(_on(_COPIED_SQL[table], src.schema)).fetchall() if counts[table] < sizes[table] else []
+                updated[f"{table}_updated"] = _update_newer(conn, table, rows) if rows else 0
         counts.update(updated)
         conn.execute(
             "INSERT INTO merge_ledger (workflow_id, content_hash, merged_at, counts) VALUES (?, ?, ?, ?)",
-            (src.workflow_id, src.content_hash, now, _canonical(counts)),
+            (src.workflow_id, digest, now, _canonical(counts)),
         )
         conn.execute("RELEASE merge_source")
     except sqlite3.IntegrityError as exc:  # the source's rows break a constraint: the source is at fault
@@ -359,7 +415,7 @@ def _merge_one(conn: sqlite3.Connection, src: _Source, now: str) -> MergeReport:
         return MergeReport(
             src.workflow_id,
             "corrupt",
-            content_hash=src.content_hash,
+            content_hash=digest,
             source=str(src.path),
             error=f"rows rejected by the shared database: {exc}",
         )
@@ -368,7 +424,7 @@ def _merge_one(conn: sqlite3.Connection, src: _Source, now: str) -> MergeReport:
         "merged",
         counts=counts,
         conflicts=conflicts,
-        content_hash=src.content_hash,
+        content_hash=digest,
         source=str(src.path),
     )
 
@@ -383,10 +439,10 @@ def merge_many(
 ) -> list[MergeReport]:
     """Merge `(workflow_id, context_db_path)` sources into `shared_db`, exactly once each.
 
-    One lock acquisition for the whole call; `batch_size` sources per `BEGIN IMMEDIATE`
-    transaction. Returns one report per source, in input order. Raises InputError for an
-    invalid workflow id (before anything is written) and LockTimeout if another merger holds
-    the lock longer than `lock_timeout`.
+    One lock acquisition for the whole call; up to `batch_size` sources per `BEGIN IMMEDIATE`
+    transaction, and no more than SQLite attaches at once (10). Returns one report per source, in
+    input order. Raises InputError for an invalid workflow id (before anything is written) and
+    LockTimeout if another merger holds the lock longer than `lock_timeout`.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -395,7 +451,6 @@ def merge_many(
         return []
     shared_db = Path(os.fspath(shared_db))
     shared_db.parent.mkdir(parents=True, exist_ok=True)
-    _bind_null_directly()
     reports: list[MergeReport] = []
     with NfsLock(lock_path(shared_db), lifetime=lock_lifetime, timeout=lock_timeout) as lock:
         upgrade_file(shared_db)  # an upstream shared database: migrated before we touch it
@@ -403,13 +458,18 @@ def merge_many(
         try:
             ensure_schema(conn)
             complete_schema(conn)  # a context database as the target: it gets the ledger and indexes
-            for start in range(0, len(items), batch_size):
-                loaded = _load_batch(items[start : start + batch_size])
+            conn.execute(_CALC_MAP_TABLE_SQL)
+            size = min(batch_size, conn.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED))
+            for start in range(0, len(items), size):
                 now = utc_now()
-                with write_transaction(conn):
-                    reports.extend(
-                        x if isinstance(x, MergeReport) else _merge_one(conn, x, now) for x in loaded
-                    )
+                group = [_Source(wid, path, f"source{k}") for k, (wid, path) in enumerate(items[start : start + size])]
+                try:
+                    # every ATTACH before any other statement: each one makes SQLite prepare them all anew
+                    checked = [_attach(conn, src) for src in group]
+                    with write_transaction(conn):
+                        reports.extend(r or _merge_one(conn, src, now) for src, r in zip(group, checked, strict=True))
+                finally:
+                    _detach_all(conn)
                 lock.refresh()
         finally:
             conn.close()
