@@ -1,21 +1,29 @@
 """Exactly-once merge of context databases into the shared database (invariant 2 of docs/architecture.md).
 
-Each source is read through a read-only connection (`file:…?mode=ro`), checked with
-`PRAGMA integrity_check`, and hashed (a deterministic SHA-256 over its rows in primary-key
-order). The shared database keeps a ledger keyed by (workflow_id, content_hash): a source already
-in the ledger is skipped, otherwise its rows are copied with `INSERT … ON CONFLICT DO NOTHING`
-and its ledger row is written in the same transaction. So a merge interrupted at any point (even
-kill -9) leaves all of a source or none of it, and re-running, or running concurrently, never
-duplicates or drops a row.
+Each source is ATTACHed to the shared connection read-only (`file:…?mode=ro`), checked with
+`PRAGMA integrity_check` and its schema version, then hashed and copied by SQLite itself
+(`INSERT … SELECT … ON CONFLICT DO NOTHING`): its rows never become Python objects. The shared
+database keeps a ledger keyed by (workflow_id, content_hash): a source already in the ledger is
+skipped, otherwise its rows are copied and its ledger row is written in the same transaction. So
+a merge interrupted at any point (even kill -9) leaves all of a source or none of it, and
+re-running, or running concurrently, never duplicates or drops a row.
 
 One merger at a time holds `NfsLock(<shared_db>.lock)`; the ledger check sits inside the
 `BEGIN IMMEDIATE` transaction anyway, so correctness does not depend on the lock, only fairness
-and NFS safety do. Sources are batched (many per transaction, one fsync per batch) for
-throughput, each inside a SAVEPOINT so one bad source does not spoil its batch.
+and NFS safety do. Sources are batched, each inside a SAVEPOINT so one bad source does not spoil
+its batch, but a batch holds at most 10 sources: SQLite attaches no more, and cannot DETACH a
+database read in a transaction before it ends. So 2,000 sources take 200 commits (fsyncs), not 8;
+on a network filesystem each is a journal round trip (benchmarks/README.md, issue 8, has both).
+A batch's sources are all attached, and checked, before its transaction begins: every ATTACH makes
+SQLite prepare each statement anew, and a source found corrupt is detached again (SQLite fails
+every statement while a corrupt file it has read stays attached). The check and the copy thus
+read two snapshots of a source; a finished context is not written any more, and one that became
+unreadable in between fails its batch (rolled back, nothing written) rather than being half read.
 
-Why sources are not ATTACHed: SQLite cannot DETACH inside a transaction and allows at most ten
-attached databases, which would force one transaction (one fsync) per source. Reading a source
-into memory costs about the same as ATTACH and keeps batches possible.
+The ledger hash (`HASH_PREFIX`, `_hash_lines_sql`) covers each material whole and every other
+row as its version, `(uid, updated_at)`: what a merge acts on. Ledgers written before it hold
+`content_hash` (over every column, in Python); for a workflow with such rows that hash is
+computed too, so a source merged by an older mace-hpc is recognised and not merged again.
 
 Identity: a material is its `material_id` (a name the user chose); a calculation, property or
 file is its global `uid` (schema.py). Upstream's local ids are not identities: a property's or
@@ -40,7 +48,7 @@ import hashlib
 import json
 import os
 import sqlite3
-from collections import Counter
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -185,8 +193,8 @@ def _versioned_hash(conn: sqlite3.Connection, schema: str) -> tuple[str, dict[st
     """HASH_PREFIX + SHA-256 over the source's hash lines (`_hash_lines_sql`, rendered by SQLite,
     sorted: one order whatever the scan order), and each table's row count."""
     lines = sorted(r[0] for r in conn.execute(_on(_HASH_SQL, schema)))
-    counted = Counter(line[0] for line in lines)
-    sizes = {table: counted[str(k)] for k, table in enumerate(_TABLE_ORDER)}
+    heads = [line[0] for line in lines]
+    sizes = {table: heads.count(str(k)) for k, table in enumerate(_TABLE_ORDER)}
     return HASH_PREFIX + hashlib.sha256("\n".join(lines).encode()).hexdigest(), sizes
 
 
@@ -460,6 +468,7 @@ def merge_many(
             complete_schema(conn)  # a context database as the target: it gets the ledger and indexes
             conn.execute(_CALC_MAP_TABLE_SQL)
             size = min(batch_size, conn.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED))
+            refreshed = time.monotonic()
             for start in range(0, len(items), size):
                 now = utc_now()
                 group = [_Source(wid, path, f"source{k}") for k, (wid, path) in enumerate(items[start : start + size])]
@@ -470,7 +479,9 @@ def merge_many(
                         reports.extend(r or _merge_one(conn, src, now) for src, r in zip(group, checked, strict=True))
                 finally:
                     _detach_all(conn)
-                lock.refresh()
+                if time.monotonic() - refreshed > lock_lifetime / 4:  # a file rewrite: not every batch
+                    lock.refresh()
+                    refreshed = time.monotonic()
         finally:
             conn.close()
     return reports
