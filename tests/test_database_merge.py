@@ -494,8 +494,8 @@ def test_merger_killed_at_random_points_converges(tmp_path: Path, contexts, expe
         order = sources[:]
         rng.shuffle(order)
         batch = rng.choice([1, 4, 16])
-        if iteration == 0:  # a known partial state: 14 batches of 10 committed, the 15th killed
-            proc = FORK.Process(target=_self_killing_worker, args=(str(shared), order, 10, 150, True))
+        if iteration == 0:  # a known partial state: 9 batches of 16 committed, the 10th killed
+            proc = FORK.Process(target=_self_killing_worker, args=(str(shared), order, 16, 150, True))
         elif iteration % 3 != 2:
             kill_at, after = rng.randint(1, N_CONTEXTS), rng.random() < 0.5
             proc = FORK.Process(target=_self_killing_worker, args=(str(shared), order, batch, kill_at, after))
@@ -508,7 +508,7 @@ def test_merger_killed_at_random_points_converges(tmp_path: Path, contexts, expe
         proc.join(60)
         assert proc.exitcode in (0, -signal.SIGKILL)
         observed.append(_assert_all_or_nothing(shared, by_id) if shared.exists() else 0)
-    assert observed[0] == 140
+    assert observed[0] == 144
     for db in [*finished_rounds, shared]:  # a clean run converges everywhere
         reports = merge_many(db, sources, lock_timeout=60)
         assert {r.status for r in reports} <= {"merged", "already_merged"}

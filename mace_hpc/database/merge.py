@@ -1,24 +1,29 @@
 """Exactly-once merge of context databases into the shared database (invariant 2 of docs/architecture.md).
 
 Each source is ATTACHed to the shared connection read-only (`file:…?mode=ro`), checked with
-`PRAGMA integrity_check` and its schema version, then hashed and copied by SQLite itself
-(`INSERT … SELECT … ON CONFLICT DO NOTHING`): its rows never become Python objects. The shared
-database keeps a ledger keyed by (workflow_id, content_hash): a source already in the ledger is
-skipped, otherwise its rows are copied and its ledger row is written in the same transaction. So
-a merge interrupted at any point (even kill -9) leaves all of a source or none of it, and
-re-running, or running concurrently, never duplicates or drops a row.
+`PRAGMA integrity_check` and its schema version, and copied by SQLite itself into temporary
+staging tables (`temp.merge_stage_*`, one read transaction per source: one snapshot); from
+there it is hashed and merged with `INSERT … SELECT … ON CONFLICT DO NOTHING`. Its rows never
+become Python objects. The shared database keeps a ledger keyed by (workflow_id, content_hash):
+a source already in the ledger is skipped, otherwise its rows are copied and its ledger row is
+written in the same transaction. So a merge interrupted at any point (even kill -9) leaves all
+of a source or none of it, and re-running, or running concurrently, never duplicates or drops a
+row.
 
 One merger at a time holds `NfsLock(<shared_db>.lock)`; the ledger check sits inside the
 `BEGIN IMMEDIATE` transaction anyway, so correctness does not depend on the lock, only fairness
-and NFS safety do. Sources are batched, each inside a SAVEPOINT so one bad source does not spoil
-its batch, but a batch holds at most 10 sources: SQLite attaches no more, and cannot DETACH a
-database read in a transaction before it ends. So 2,000 sources take 200 commits (fsyncs), not 8;
-on a network filesystem each is a journal round trip (benchmarks/README.md, issue 8, has both).
-A batch's sources are all attached, and checked, before its transaction begins: every ATTACH makes
-SQLite prepare each statement anew, and a source found corrupt is detached again (SQLite fails
-every statement while a corrupt file it has read stays attached). The check and the copy thus
-read two snapshots of a source; a finished context is not written any more, and one that became
-unreadable in between fails its batch (rolled back, nothing written) rather than being half read.
+and NFS safety do. Sources are batched (many per transaction, one fsync per batch) for
+throughput, each inside a SAVEPOINT so one bad source does not spoil its batch.
+
+Why staging: SQLite attaches at most ten databases and cannot DETACH one read in a transaction
+before it ends, so merging straight from attached sources would commit (fsync) every ten
+sources, and every ATTACH makes SQLite prepare each statement of the connection anew. So a
+batch's sources are attached ten at a time, all before anything is read, staged, and detached
+(a source found corrupt at once: while a corrupt file SQLite has read stays attached, every
+statement fails); the batch transaction then reads only the staging tables, with statements
+prepared once. The check and the copy read two snapshots of a source: a finished context is
+not written any more, and one that became unreadable in between fails its batch (nothing
+written) rather than being half read.
 
 The ledger hash (`HASH_PREFIX`, `_hash_lines_sql`) covers each material whole and every other
 row as its version, `(uid, updated_at)`: what a merge acts on. Ledgers written before it hold
@@ -43,7 +48,6 @@ Rules beyond plain insertion:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -99,11 +103,13 @@ class MergeReport:
 
 @dataclass
 class _Source:
-    """One source, attached to the shared connection as `schema` for the current transaction."""
+    """One source of a batch: attached as `schema` while it is staged, then rows `src = number`
+    of the staging tables."""
 
     workflow_id: str
     path: Path
     schema: str
+    number: int
 
 
 def lock_path(shared_db: str | os.PathLike[str]) -> Path:
@@ -125,21 +131,41 @@ def content_hash(rows: dict[str, list[tuple[Any, ...]]]) -> str:
     return hashlib.sha256(json.dumps(tables, default=_jsonable, separators=(",", ":")).encode()).hexdigest()
 
 
+def _stage(table: str) -> str:
+    return f"temp.merge_stage_{table}"
+
+
+#: A batch's sources are copied into these (untyped columns: values kept exactly as read) while
+#: attached, then merged from here: statements that read no attached database stay prepared.
+_STAGE_TABLES_SQL = tuple(
+    f"CREATE TEMP TABLE IF NOT EXISTS merge_stage_{t} (src INTEGER NOT NULL, {', '.join(COLUMNS[t])},"
+    f" PRIMARY KEY (src, {key})) WITHOUT ROWID"
+    for t, key in DATA_TABLES.items()
+)
+_STAGE_SQL = {
+    t: f"INSERT INTO {_stage(t)} (src, {', '.join(COLUMNS[t])}) SELECT ?, {', '.join(COLUMNS[t])} FROM {{s}}.{t}"
+    for t in DATA_TABLES
+}
+
+
 def _hash_lines_sql() -> str:
     """One statement for a source's hash lines, `<table number><JSON array>`: a material whole
     (`quote()` for its INTEGER: json_array would render a REAL there with 15 digits only), any
     other row as its version, `[uid, updated_at]`. That is what a merge acts on: a calculation,
     property or file in the shared database is replaced only by a newer `updated_at` (which the
     `_touch` triggers move on every update), so two contents with the same versions merge alike."""
-    materials = ", ".join(f"s.{c}" if c != "space_group" else f"quote(s.{c})" for c in COLUMNS["materials"])
-    parts = [f"SELECT '0' || json_array({materials}) FROM {{s}}.materials AS s"]
-    parts += [f"SELECT '{k}' || json_array(uid, updated_at) FROM {{s}}.{t}" for k, t in enumerate(VERSIONED_TABLES, 1)]
+    materials = ", ".join(c if c != "space_group" else f"quote({c})" for c in COLUMNS["materials"])
+    parts = [f"SELECT '0' || json_array({materials}) FROM {_stage('materials')} WHERE src = :src"]
+    parts += [
+        f"SELECT '{k}' || json_array(uid, updated_at) FROM {_stage(t)} WHERE src = :src"
+        for k, t in enumerate(VERSIONED_TABLES, 1)
+    ]
     return " UNION ALL ".join(parts)
 
 
 _HASH_SQL = _hash_lines_sql()
 _TABLE_ORDER = ("materials", *VERSIONED_TABLES)
-_PLAIN_SQL = {t: f"SELECT {', '.join(COLUMNS[t])} FROM {{s}}.{t} ORDER BY {key}" for t, key in DATA_TABLES.items()}
+_PLAIN_SQL = {t: f"SELECT {', '.join(COLUMNS[t])} FROM {_stage(t)} WHERE src = ? ORDER BY {key}" for t, key in DATA_TABLES.items()}
 _CALC_REFS = ("calc_id", "prerequisite_calc_id")
 
 
@@ -151,7 +177,7 @@ def _copied_rows_sql(table: str) -> str:
             joins.append(f" LEFT JOIN temp.merge_calc_ids AS map_{c} ON map_{c}.old = s.{c}")
         else:
             values.append(f"s.{c}")
-    return f"SELECT {', '.join(values)} FROM {{s}}.{table} AS s{''.join(joins)} WHERE true"
+    return f"SELECT {', '.join(values)} FROM {_stage(table)} AS s{''.join(joins)} WHERE s.src = ?"
 
 
 _COPIED_SQL = {t: _copied_rows_sql(t) for t in DATA_TABLES}
@@ -161,14 +187,14 @@ _INSERT_SQL = {
 }
 _CALC_MAP_TABLE_SQL = "CREATE TEMP TABLE IF NOT EXISTS merge_calc_ids (old TEXT PRIMARY KEY, new TEXT NOT NULL)"
 _CALC_IDS_SQL = (
-    "SELECT s.calc_id, s.uid, known.calc_id, taken.calc_id IS NOT NULL FROM {s}.calculations AS s"
+    f"SELECT s.calc_id, s.uid, known.calc_id, taken.calc_id IS NOT NULL FROM {_stage('calculations')} AS s"
     " LEFT JOIN main.calculations AS known ON known.uid = s.uid"
-    " LEFT JOIN main.calculations AS taken ON taken.calc_id = s.calc_id ORDER BY s.uid"
+    " LEFT JOIN main.calculations AS taken ON taken.calc_id = s.calc_id WHERE s.src = ? ORDER BY s.uid"
 )
 _SHARED_MATERIALS_SQL = (
     f"SELECT s.material_id, {', '.join(f's.{c}' for c in MATERIAL_CONTENT_COLUMNS)},"
-    f" {', '.join(f'm.{c}' for c in MATERIAL_CONTENT_COLUMNS)} FROM {{s}}.materials AS s"
-    " JOIN main.materials AS m ON m.material_id = s.material_id ORDER BY s.material_id"
+    f" {', '.join(f'm.{c}' for c in MATERIAL_CONTENT_COLUMNS)} FROM {_stage('materials')} AS s"
+    " JOIN main.materials AS m ON m.material_id = s.material_id WHERE s.src = ? ORDER BY s.material_id"
 )
 
 #: Columns a newer incoming version overwrites: all but the identity (a calculation keeps the id
@@ -183,16 +209,10 @@ _UPDATE_SQL = {
 }
 
 
-@functools.cache
-def _on(template: str, schema: str) -> str:
-    """A statement template (`{s}`: the attached schema) for one schema, the same str each time."""
-    return template.format(s=schema)
-
-
-def _versioned_hash(conn: sqlite3.Connection, schema: str) -> tuple[str, dict[str, int]]:
+def _versioned_hash(conn: sqlite3.Connection, number: int) -> tuple[str, dict[str, int]]:
     """HASH_PREFIX + SHA-256 over the source's hash lines (`_hash_lines_sql`, rendered by SQLite,
     sorted: one order whatever the scan order), and each table's row count."""
-    lines = sorted(r[0] for r in conn.execute(_on(_HASH_SQL, schema)))
+    lines = sorted(r[0] for r in conn.execute(_HASH_SQL, {"src": number}))
     heads = [line[0] for line in lines]
     sizes = {table: heads.count(str(k)) for k, table in enumerate(_TABLE_ORDER)}
     return HASH_PREFIX + hashlib.sha256("\n".join(lines).encode()).hexdigest(), sizes
@@ -257,17 +277,11 @@ def _migrated_copy(workflow_id: str, path: Path) -> sqlite3.Connection | MergeRe
         conn.close()
 
 
-def _unreadable(conn: sqlite3.Connection, src: _Source, exc: sqlite3.Error) -> MergeReport:
-    if not conn.in_transaction:  # SQLite ended the batch: its earlier sources are not written either
-        raise exc
-    return MergeReport(src.workflow_id, "corrupt", source=str(src.path), error=f"unreadable: {exc}")
-
-
 def _attach(conn: sqlite3.Connection, src: _Source) -> MergeReport | None:
     """Attach a source as `src.schema`, checked; a report (empty/corrupt), and nothing attached,
     if it cannot be merged.
 
-    Runs before the batch transaction, so that a bad source can be detached again (once SQLite
+    Runs outside any transaction, so that a bad source can be detached again (once SQLite
     has met a corrupt attached file, every statement of the connection fails while it stays
     attached, and a file read in a transaction cannot be detached until it ends). A file of the
     current schema is attached read-only (`mode=ro`); any other file is read through
@@ -303,6 +317,28 @@ def _attach(conn: sqlite3.Connection, src: _Source) -> MergeReport | None:
     return MergeReport(src.workflow_id, "corrupt", source=source, error=error)
 
 
+def _stage_group(conn: sqlite3.Connection, group: list[_Source]) -> list[MergeReport | None]:
+    """Attach, check and stage a group of sources (at most as many as SQLite attaches), then
+    detach them: a report for each that cannot be merged, None for each staged. All are attached
+    before anything is read (every ATTACH makes SQLite prepare each statement anew), and each
+    is copied in one read transaction: one snapshot of its tables."""
+    try:
+        checked = [_attach(conn, src) for src in group]
+        conn.execute("BEGIN")
+        try:
+            for src, report in zip(group, checked, strict=True):
+                if report is None:
+                    for sql in _STAGE_SQL.values():
+                        conn.execute(sql.format(s=src.schema), (src.number,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return checked
+    finally:
+        _detach_all(conn)
+
+
 def _detach_all(conn: sqlite3.Connection) -> None:
     for _, name, _ in conn.execute("PRAGMA database_list").fetchall():
         if name not in ("main", "temp"):
@@ -331,7 +367,7 @@ def _recorded_conflicts(conn: sqlite3.Connection, workflow_id: str) -> list[dict
 def _detect_conflicts(conn: sqlite3.Connection, src: _Source, now: str) -> list[dict[str, Any]]:
     n = len(MATERIAL_CONTENT_COLUMNS)
     conflicts = []
-    for row in conn.execute(_on(_SHARED_MATERIALS_SQL, src.schema)).fetchall():
+    for row in conn.execute(_SHARED_MATERIALS_SQL, (src.number,)).fetchall():
         new, have = _material_content(row[1 : 1 + n]), _material_content(row[1 + n :])
         if have != new:
             conn.execute(
@@ -343,12 +379,12 @@ def _detect_conflicts(conn: sqlite3.Connection, src: _Source, now: str) -> list[
     return conflicts
 
 
-def _map_calc_ids(conn: sqlite3.Connection, schema: str) -> None:
+def _map_calc_ids(conn: sqlite3.Connection, number: int) -> None:
     """Fill temp.merge_calc_ids with the context calc ids whose calculation (same uid) has, or
     gets, another id in the shared database (usually none). Upstream-style ids are only unique
     per database: one already taken by another calculation gets its uid appended
     (deterministic, so a re-merge finds the same row)."""
-    rows = conn.execute(_on(_CALC_IDS_SQL, schema)).fetchall()
+    rows = conn.execute(_CALC_IDS_SQL, (number,)).fetchall()
     taken = {calc_id for calc_id, _, _, is_taken in rows if is_taken}
     mapping: dict[str, str] = {}
     for calc_id, uid, known, _ in rows:
@@ -376,16 +412,13 @@ def _update_newer(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ..
 
 
 def _merge_one(conn: sqlite3.Connection, src: _Source, now: str) -> MergeReport:
-    """Copy one attached, checked source inside the caller's transaction (all of it or, on
-    error, none), unless the ledger has its content already."""
+    """Copy one staged source inside the caller's transaction (all of it or, on error, none),
+    unless the ledger has its content already."""
     ledger = dict(conn.execute("SELECT content_hash, counts FROM merge_ledger WHERE workflow_id = ?", (src.workflow_id,)))
-    try:
-        digest, sizes = _versioned_hash(conn, src.schema)
-        if digest not in ledger and any(not h.startswith(HASH_PREFIX) for h in ledger):
-            legacy = content_hash({t: conn.execute(_on(sql, src.schema)).fetchall() for t, sql in _PLAIN_SQL.items()})
-            digest = legacy if legacy in ledger else digest
-    except sqlite3.Error as exc:
-        return _unreadable(conn, src, exc)
+    digest, sizes = _versioned_hash(conn, src.number)
+    if digest not in ledger and any(not h.startswith(HASH_PREFIX) for h in ledger):
+        legacy = content_hash({t: conn.execute(sql, (src.number,)).fetchall() for t, sql in _PLAIN_SQL.items()})
+        digest = legacy if legacy in ledger else digest
     if digest in ledger:
         return MergeReport(
             src.workflow_id,
@@ -400,16 +433,15 @@ def _merge_one(conn: sqlite3.Connection, src: _Source, now: str) -> MergeReport:
     conn.execute("SAVEPOINT merge_source")
     try:
         conflicts = _detect_conflicts(conn, src, now)
-        _map_calc_ids(conn, src.schema)
+        _map_calc_ids(conn, src.number)
         counts: dict[str, int] = {}
         updated: dict[str, int] = {}
         for table in DATA_TABLES:
             before = conn.total_changes
-            if sizes[table]:  # an empty table's copy would cost its statement's preparation
-                conn.execute(_on(_INSERT_SQL[table], src.schema))
+            conn.execute(_INSERT_SQL[table], (src.number,))
             counts[table] = conn.total_changes - before
             if table in VERSIONED_TABLES:  # some were there already: bring newer versions home
-                rows = conn.execute(_on(_COPIED_SQL[table], src.schema)).fetchall() if counts[table] < sizes[table] else []
+                rows = conn.execute(_COPIED_SQL[table], (src.number,)).fetchall() if counts[table] < sizes[table] else []
                 updated[f"{table}_updated"] = _update_newer(conn, table, rows) if rows else 0
         counts.update(updated)
         conn.execute(
@@ -447,9 +479,9 @@ def merge_many(
 ) -> list[MergeReport]:
     """Merge `(workflow_id, context_db_path)` sources into `shared_db`, exactly once each.
 
-    One lock acquisition for the whole call; up to `batch_size` sources per `BEGIN IMMEDIATE`
-    transaction, and no more than SQLite attaches at once (10). Returns one report per source, in
-    input order. Raises InputError for an invalid workflow id (before anything is written) and
+    One lock acquisition for the whole call; `batch_size` sources per `BEGIN IMMEDIATE`
+    transaction (staged beforehand: SQLite's temporary database holds a batch's rows). Returns one report per
+    source, in input order. Raises InputError for an invalid workflow id (before anything is written) and
     LockTimeout if another merger holds the lock longer than `lock_timeout`.
     """
     if batch_size < 1:
@@ -467,18 +499,22 @@ def merge_many(
             ensure_schema(conn)
             complete_schema(conn)  # a context database as the target: it gets the ledger and indexes
             conn.execute(_CALC_MAP_TABLE_SQL)
-            size = min(batch_size, conn.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED))
+            for statement in _STAGE_TABLES_SQL:
+                conn.execute(statement)
+            group_size = conn.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED)
             refreshed = time.monotonic()
-            for start in range(0, len(items), size):
-                now = utc_now()
-                group = [_Source(wid, path, f"source{k}") for k, (wid, path) in enumerate(items[start : start + size])]
+            for start in range(0, len(items), batch_size):
+                batch = [_Source(wid, path, f"source{k % group_size}", k) for k, (wid, path) in enumerate(items[start : start + batch_size])]
                 try:
-                    # every ATTACH before any other statement: each one makes SQLite prepare them all anew
-                    checked = [_attach(conn, src) for src in group]
+                    staged: list[MergeReport | None] = []
+                    for first in range(0, len(batch), group_size):
+                        staged.extend(_stage_group(conn, batch[first : first + group_size]))
+                    now = utc_now()
                     with write_transaction(conn):
-                        reports.extend(r or _merge_one(conn, src, now) for src, r in zip(group, checked, strict=True))
+                        reports.extend(r or _merge_one(conn, src, now) for src, r in zip(batch, staged, strict=True))
                 finally:
-                    _detach_all(conn)
+                    for table in DATA_TABLES:
+                        conn.execute(f"DELETE FROM {_stage(table)}")
                 if time.monotonic() - refreshed > lock_lifetime / 4:  # a file rewrite: not every batch
                     lock.refresh()
                     refreshed = time.monotonic()
