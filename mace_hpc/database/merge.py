@@ -61,7 +61,7 @@ from typing import Any
 from ..errors import InputError
 from ..util.ids import validate_workflow_id
 from ..util.nfslock import NfsLock
-from .journal import SQLITE_HEADER, connect, connect_readonly, file_uri, write_transaction
+from .journal import connect, connect_readonly, file_uri, write_transaction
 from .migrate import upgrade, upgrade_file
 from .schema import (
     COLUMNS,
@@ -218,22 +218,6 @@ def _versioned_hash(conn: sqlite3.Connection, number: int) -> tuple[str, dict[st
     return HASH_PREFIX + hashlib.sha256("\n".join(lines).encode()).hexdigest(), sizes
 
 
-def _header_version(path: Path) -> int | None:
-    """`user_version` from the file header (offset 60), None if it is not an SQLite file: which
-    route a source takes. Inside the merge the version is read again through SQLite."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        head = os.pread(fd, 64, 0)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return int.from_bytes(head[60:64], "big", signed=True) if len(head) == 64 and head.startswith(SQLITE_HEADER) else None
-
-
 def _check(conn: sqlite3.Connection, schema: str) -> tuple[int, str | None]:
     """(user_version, what is wrong) of an open database: integrity_check, then a newer schema."""
     problems = [r[0] for r in conn.execute(f"PRAGMA {schema}.integrity_check").fetchall()]
@@ -247,20 +231,15 @@ def _check(conn: sqlite3.Connection, schema: str) -> tuple[int, str | None]:
 
 
 def _migrated_copy(workflow_id: str, path: Path) -> sqlite3.Connection | MergeReport:
-    """An in-memory copy of an older (or unrecognised) file, checked and migrated to the current
-    schema; the file itself is never written. Rows without a uid get one derived from the
-    workflow id and their local id, so the same source always hashes and merges the same."""
+    """An in-memory copy of an older (checked) file migrated to the current schema; the file
+    itself is never written. Rows without a uid get one derived from the workflow id and their
+    local id, so the same source always hashes and merges the same."""
     source = str(path)
     try:
         conn = connect_readonly(path, isolation_level=None)
     except sqlite3.Error as exc:
         return MergeReport(workflow_id, "corrupt", source=source, error=f"cannot open: {exc}")
     try:
-        conn.execute("BEGIN")
-        _, error = _check(conn, "main")
-        conn.execute("COMMIT")
-        if error:
-            return MergeReport(workflow_id, "corrupt", source=source, error=error)
         copy = sqlite3.connect(":memory:", isolation_level=None)
         try:
             conn.backup(copy)
@@ -284,23 +263,11 @@ def _attach(conn: sqlite3.Connection, src: _Source) -> MergeReport | None:
     Runs outside any transaction, so that a bad source can be detached again (once SQLite
     has met a corrupt attached file, every statement of the connection fails while it stays
     attached, and a file read in a transaction cannot be detached until it ends). A file of the
-    current schema is attached read-only (`mode=ro`); any other file is read through
-    `_migrated_copy` and attached as an in-memory database."""
+    current schema stays attached read-only (`mode=ro`); one of an older schema is replaced by
+    its `_migrated_copy`, attached as an in-memory database."""
     source = str(src.path)
     if not src.path.exists():
         return MergeReport(src.workflow_id, "empty", source=source, error="no database file (nothing was recorded)")
-    if _header_version(src.path) != SCHEMA_VERSION:
-        copy = _migrated_copy(src.workflow_id, src.path)
-        if isinstance(copy, MergeReport):
-            return copy
-        try:
-            data = bytearray(copy.serialize())
-        finally:
-            copy.close()
-        data[18:20] = b"\x01\x01"  # a copy of a WAL file says WAL, which an in-memory database cannot open
-        conn.execute(f"ATTACH ':memory:' AS {src.schema}")
-        conn.deserialize(data, name=src.schema)
-        return None
     try:
         conn.execute(f"ATTACH ? AS {src.schema}", (file_uri(src.path, "ro"),))
     except sqlite3.Error as exc:
@@ -308,13 +275,23 @@ def _attach(conn: sqlite3.Connection, src: _Source) -> MergeReport | None:
     try:
         version, error = _check(conn, src.schema)
     except sqlite3.Error as exc:
-        version, error = SCHEMA_VERSION, f"unreadable: {exc}"
-    if error is None and version != SCHEMA_VERSION:
-        error = f"schema version {version} where the file header says {SCHEMA_VERSION}"
-    if error is None:
+        version, error = 0, f"unreadable: {exc}"
+    if error is None and version == SCHEMA_VERSION:
         return None
     conn.execute(f"DETACH DATABASE {src.schema}")
-    return MergeReport(src.workflow_id, "corrupt", source=source, error=error)
+    if error is not None:
+        return MergeReport(src.workflow_id, "corrupt", source=source, error=error)
+    copy = _migrated_copy(src.workflow_id, src.path)
+    if isinstance(copy, MergeReport):
+        return copy
+    try:
+        data = bytearray(copy.serialize())
+    finally:
+        copy.close()
+    data[18:20] = b"\x01\x01"  # a copy of a WAL file says WAL, which an in-memory database cannot open
+    conn.execute(f"ATTACH ':memory:' AS {src.schema}")
+    conn.deserialize(data, name=src.schema)
+    return None
 
 
 def _stage_group(conn: sqlite3.Connection, group: list[_Source]) -> list[MergeReport | None]:
@@ -498,6 +475,7 @@ def merge_many(
         try:
             ensure_schema(conn)
             complete_schema(conn)  # a context database as the target: it gets the ledger and indexes
+            conn.execute("PRAGMA temp_store = MEMORY")  # staging: no temporary file (set first: it drops temp tables)
             conn.execute(_CALC_MAP_TABLE_SQL)
             for statement in _STAGE_TABLES_SQL:
                 conn.execute(statement)
