@@ -17,7 +17,7 @@ import pytest
 from test_database_upstream_calls import UPSTREAM_SRC, _upstream_module
 
 from mace_hpc.database.materials import MaterialDatabase
-from mace_hpc.database.merge import merge_database
+from mace_hpc.database.merge import merge_database, merge_many
 from mace_hpc.database.schema import ALL_COLUMNS, SCHEMA_VERSION, create_context_database
 from mace_hpc.errors import InputError
 
@@ -176,6 +176,27 @@ def test_upstream_statements_still_work_on_a_migrated_file(tmp_path: Path) -> No
     with MaterialDatabase(path) as db:
         assert db.get_calculation(new_calc)["slurm_job_id"] == "6001"
 
+
+def test_upstream_files_merge_in_one_batch_with_context_databases(tmp_path: Path) -> None:
+    """An upstream file is merged through an in-memory migrated copy, attached like the context
+    databases around it: one batch of 13, across SQLite's ten attached databases at a time."""
+    sources = []
+    for i in range(13):
+        path = tmp_path / f"s{i}" / "materials.db"
+        if i in (4, 10):
+            make_upstream_db(path, tag=f"u{i}")
+        else:
+            with MaterialDatabase(path) as db:
+                db.create_material(f"m{i}", "Si")
+                db.create_calculation(f"m{i}", "SP", status="completed")
+        sources.append((f"wf-{i}", path))
+    digests = {i: file_digest(sources[i][1]) for i in (4, 10)}
+    shared = tmp_path / "shared.db"
+    reports = merge_many(shared, sources)
+    assert [r.status for r in reports] == ["merged"] * 13
+    assert [r.counts["calculations"] for r in reports] == [3 if i in (4, 10) else 1 for i in range(13)]
+    assert {i: file_digest(sources[i][1]) for i in (4, 10)} == digests and user_version(sources[4][1]) == 0
+    assert [r.status for r in merge_many(shared, sources)] == ["already_merged"] * 13
 
 def test_migrated_upstream_database_merges_into_a_shared_one_exactly_once(tmp_path: Path) -> None:
     shared = tmp_path / "shared.db"

@@ -457,9 +457,10 @@ def merge_many(
     """Merge `(workflow_id, context_db_path)` sources into `shared_db`, exactly once each.
 
     One lock acquisition for the whole call; `batch_size` sources per `BEGIN IMMEDIATE`
-    transaction (staged beforehand: SQLite's temporary database holds a batch's rows). Returns one report per
-    source, in input order. Raises InputError for an invalid workflow id (before anything is written) and
-    LockTimeout if another merger holds the lock longer than `lock_timeout`.
+    transaction (staged beforehand: SQLite's in-memory temporary database holds a batch's rows,
+    as Python lists did before). Returns one report per source, in input order. Raises InputError
+    for an invalid workflow id (before anything is written) and LockTimeout if another merger
+    holds the lock longer than `lock_timeout`.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
