@@ -80,3 +80,35 @@ def test_eight_processes_export_into_one_shared_database(tmp_path, mace_env):
     assert conn.execute("SELECT COUNT(*) FROM calculations").fetchone()[0] == 80
     energies = sorted(r[0] for r in conn.execute("SELECT property_value FROM properties WHERE property_name='energy'"))
     assert energies == sorted(-float(i * 100 + m) for i in range(8) for m in range(10))
+
+
+def test_context_database_commits_unsynced_until_close_shared_stays_synced(tmp_path, mace_env, monkeypatch):
+    """An isolated context's database skips the per-commit fsync (WAL, synchronous NORMAL) and is
+    checkpointed into its file when the context closes, before the runner reports the element;
+    the shared database keeps every commit synced (FULL)."""
+    from mace_hpc.database.materials import MaterialDatabase
+    from mace_hpc.workflow.context import WorkflowContext
+
+    monkeypatch.setenv("MACE_SQLITE_JOURNAL", "wal")
+    with WorkflowContext("syncwf", isolation_mode="isolated", cleanup_on_exit=False) as ctx:
+        db = ctx.get_database()
+        assert db.connection.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        db.create_material(material_id="kept", formula="Cu")
+        path = ctx.database_path
+    assert not Path(f"{path}-wal").exists()  # checkpointed into the file and removed at close
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    assert conn.execute("SELECT material_id FROM materials").fetchall() == [("kept",)]
+    conn.close()
+    shared = MaterialDatabase()
+    assert shared.connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with WorkflowContext("sharedwf", isolation_mode="shared") as ctx:
+        assert ctx.get_database().connection.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_rollback_journal_context_database_keeps_full_sync(tmp_path, mace_env, monkeypatch):
+    """On a network filesystem (rollback journal) nothing is relaxed."""
+    from mace_hpc.workflow.context import WorkflowContext
+
+    monkeypatch.setenv("MACE_SQLITE_JOURNAL", "delete")
+    with WorkflowContext("nfswf", isolation_mode="isolated") as ctx:
+        assert ctx.get_database().connection.execute("PRAGMA synchronous").fetchone()[0] == 2

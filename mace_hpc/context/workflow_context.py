@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..config import ISOLATION_MODES, Config, effective_cleanup_on_exit, load_config, resolve_scratch_root
+from ..database.journal import sync_at_checkpoint
 from ..database.materials_contextual import (
     ContextualMaterialDatabase,
     pop_active_database,
@@ -219,6 +220,8 @@ class WorkflowContext:
             if self.is_isolated:
                 create_context_database(self.database_path)  # without the query indexes: merges ~40 % faster
             self._db = ContextualMaterialDatabase(self.database_path)
+            if self.is_isolated:
+                sync_at_checkpoint(self._db.connection)  # the shared database keeps every commit synced
         return self._db
 
     def export_results(self, target: str | os.PathLike[str] | None = None) -> Path:

@@ -232,6 +232,18 @@ def set_journal_mode(conn: sqlite3.Connection, mode: str, timeout: float = BUSY_
             time.sleep(0.01 + random.random() * 0.04)
 
 
+def sync_at_checkpoint(conn: sqlite3.Connection) -> None:
+    """For an element's own context database: in WAL mode, commits are not fsynced one by one
+    (`synchronous = NORMAL`); the WAL is synced before each checkpoint and the database file after
+    it, and closing the last connection checkpoints. The runner closes the context before it writes
+    the element's final state, so what that state reports is on disk; an OS crash mid-element can
+    lose only the element's last commits, which its next attempt redoes. Saves one fsync per
+    commit (~6 per short element). A rollback-journal database (network filesystems) is left as is.
+    """
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+        conn.execute("PRAGMA synchronous = NORMAL")
+
+
 @contextmanager
 def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """`BEGIN IMMEDIATE` … `COMMIT`, or `ROLLBACK` on any exception: all of it or none of it.
