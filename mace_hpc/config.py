@@ -129,6 +129,8 @@ def _str_list(value: Any) -> list[str]:
 
 @dataclass(frozen=True)
 class Key:
+    """One configuration key: its dotted name, default, converter, help text and environment variable."""
+
     name: str
     default: Any
     convert: Callable[[Any], Any]

@@ -27,6 +27,8 @@ RESULTS_FILE = "results.json"
 
 @dataclass
 class StepOutcome:
+    """How one step ended, as the state file's `steps` list records it."""
+
     name: str
     status: str  # completed | failed | timeout | skipped
     exit_code: int | None

@@ -17,6 +17,8 @@ from .layout import ContextPaths
 
 @dataclass(frozen=True)
 class ContextIdentity:
+    """Who a context belongs to and who created it (`<context>/context.json`)."""
+
     workflow_id: str
     isolation_mode: str
     created_at: float = field(default_factory=time.time)

@@ -26,6 +26,8 @@ _FIX = "submit the plan again (mace-submit PLAN)"
 
 @dataclass(frozen=True)
 class ManifestEntry:
+    """One element of the manifest: its index, workflow id and context directory."""
+
     index: int
     workflow_id: str
     context_dir: str
@@ -36,6 +38,8 @@ class ManifestEntry:
 
 @dataclass(frozen=True)
 class Manifest:
+    """A submission's manifest.json: the plan's settings and its elements (one entry each)."""
+
     plan: str
     isolation_mode: str
     scratch_root: str
