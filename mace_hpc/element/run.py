@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from ..records.layout import ContextPaths, SubmissionPaths
 from ..records.manifest import load_element_spec, load_manifest_for, write_element_copy
 from ..records.stages import by_name, ordered
 from ..schedulers import JobEnvironment, job_environment
+from ..util.procs import hostname
 from . import chain, lanes
 from . import steps as step_runner
 from .arguments import DESCRIPTION, add_arguments
@@ -149,7 +149,7 @@ def run_element(
     since = resource.getrusage(resource.RUSAGE_CHILDREN)  # this element's usage is what comes after
     attempt = previous.attempts + 1
     element_fields: dict[str, Any] = dict(
-        state=st.RUNNING, run_state=st.RUNNING, attempts=attempt, host=socket.gethostname(),
+        state=st.RUNNING, run_state=st.RUNNING, attempts=attempt, host=hostname(),
         pid=os.getpid(), started_at=started_at, scheduler=job.ids(), index=index,
         workflow_id=entry.workflow_id, removed=False,  # this run's data is new: finalize it
     )

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -41,6 +40,7 @@ from ..util.atomic import atomic_write_json
 from ..util.ids import validate_workflow_id
 from ..util.nfslock import LockTimeout, NfsLock
 from ..util.private import ensure_private_dir
+from ..util.procs import hostname
 
 
 def _traceback() -> str:
@@ -119,7 +119,7 @@ def log_line(context_dir: Path, line: str) -> None:
         paths.logs.mkdir(exist_ok=True, mode=0o700)
         fd = os.open(paths.epilogue_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "a", encoding="utf-8") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {socket.gethostname()} pid {os.getpid()}: {line}\n")
+            fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {hostname()} pid {os.getpid()}: {line}\n")
     except OSError:
         pass
 
@@ -144,7 +144,7 @@ def wants_finalizing(state: ElementState, opts: Options, workflow_id: str = "") 
     if name == st.RUNNING:
         if workflow_id in opts.scheduler_states or (state.pid != os.getpid() and state.runner_dead_here()):
             return True, ""  # the scheduler says its job ended, or its runner died on this host
-        if opts.ended and state.host != socket.gethostname():
+        if opts.ended and state.host != hostname():
             return True, ""  # every job has ended (the backstop): a runner elsewhere is gone too
         return False, "running"
     if name in DONE_STATES:
@@ -202,7 +202,7 @@ def quarantine(context_dir: Path, reason: str, *, run_state: str | None = None) 
     dest = qdir / f"{context_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}.{os.getpid()}"
     ident = read_identity(context_dir)
     os.rename(context_dir, dest)
-    record = {"reason": reason, "at": time.time(), "from": str(context_dir), "host": socket.gethostname()}
+    record = {"reason": reason, "at": time.time(), "from": str(context_dir), "host": hostname()}
     try:
         atomic_write_json(dest / "QUARANTINE.json", record)
     except OSError:
@@ -366,7 +366,7 @@ def _pending(w: _Work, reason: str, opts: Options, detail: str = "", **extra: An
 def _apply(w: _Work, report: Any, opts: Options) -> Outcome:
     t, state, before, run_state, policy = w.target, w.state, w.before, w.run_state, w.policy
     ctx = t.context_dir
-    info: dict[str, Any] = {"policy": policy, "by": opts.by, "at": time.time(), "host": socket.gethostname()}
+    info: dict[str, Any] = {"policy": policy, "by": opts.by, "at": time.time(), "host": hostname()}
     merged = bool(state.epilogue.get("merged")) and state.state == st.PENDING_MERGE
     merge_dict: dict[str, Any] | None = None
     conflicts = 0

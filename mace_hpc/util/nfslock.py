@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 
 from ..errors import MaceError
 from .ids import random_uid
-from .procs import process_start_time
+from .procs import hostname, process_start_time
 
 EMPTY_GRACE_S = 5.0  # an empty/unparsable lock file younger than this is being written
 BREAK_LOCK_STALE_S = 30.0  # lifetime of the `.break` guard: breaking takes milliseconds
@@ -76,7 +75,7 @@ def _read(path: Path) -> _Seen | None:
 
 def _holder_is_dead(info: dict[str, Any]) -> bool:
     """True only if the holder is on this host and certainly not running any more."""
-    if info.get("host") != socket.gethostname():
+    if info.get("host") != hostname():
         return False
     try:
         pid = int(info["pid"])
@@ -129,7 +128,7 @@ def describe_holder(seen: _Seen | None) -> str:
 
 
 def _unique_sibling(path: Path, tag: str) -> Path:
-    return path.with_name(f"{path.name}.{tag}.{socket.gethostname()}.{os.getpid()}.{random_uid()[:12]}")
+    return path.with_name(f"{path.name}.{tag}.{hostname()}.{os.getpid()}.{random_uid()[:12]}")
 
 
 def _remove_if(path: Path, accept: _Seen | str) -> bool:
@@ -171,7 +170,7 @@ def _holder_content(token: str, lifetime: float) -> bytes:
     pid = os.getpid()
     return json.dumps(
         {
-            "host": socket.gethostname(),
+            "host": hostname(),
             "pid": pid,
             "start_time": process_start_time(pid),
             "acquired_at": time.time(),
