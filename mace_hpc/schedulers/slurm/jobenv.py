@@ -7,7 +7,7 @@ import re
 import subprocess
 from collections.abc import Mapping
 
-from ..base import JobEnvironment
+from ..jobenv import JobEnvironment
 
 _SLURM_ID = re.compile(r"\d+(_\d+)?")
 _KV = re.compile(r"(\w+(?::\w+)?)=(.*?)(?=\s+\w+(?::\w+)?=|$)")
