@@ -10,7 +10,6 @@ jobs) resolve the same database.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -205,6 +204,8 @@ class WorkflowContext:
             from .archive import archive_context  # lazy: only archiving contexts need zip and hashing
 
             self.archive_path = archive_context(self.directory, self.config.path("archive_dir"), self.workflow_id)
+        import shutil  # lazy: only cleaning up a context removes a tree; elements start without it
+
         shutil.rmtree(self.directory)
         self.state = "cleaned"
         return self.archive_path

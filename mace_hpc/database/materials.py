@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -671,6 +670,8 @@ class MaterialDatabase(WorkflowRecordsMixin, AnalysisMixin):
         finally:
             dest.close()
         if self.ase_db_path.is_file():
+            import shutil  # lazy: only a backup copies files; elements start without it
+
             shutil.copy2(self.ase_db_path, target_dir / f"structures_backup_{stamp}.db")
         return target
 

@@ -20,7 +20,6 @@ Two finalizers never work on one context at once: each holds the context's `.epi
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -225,6 +224,8 @@ def remove_data(context_dir: Path) -> None:
         if entry.name in TOMBSTONE_FILES or entry.name.startswith(EPILOGUE_LOCK):
             continue
         if entry.is_dir(follow_symlinks=False):
+            import shutil  # lazy: only removing a context's data; elements start without it
+
             shutil.rmtree(entry.path)
         else:
             os.unlink(entry.path)

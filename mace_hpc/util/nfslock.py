@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,6 +254,8 @@ class NfsLock:
                     f"could not acquire lock {self.path} within {timeout:g} s: held by "
                     f"{describe_holder(_read(self.path))}; if that process is gone, delete the lock file"
                 )
+            import random  # lazy: only a contended lock waits; taking a free one must not import it
+
             time.sleep(self.poll * random.uniform(0.5, 1.5))
 
     def refresh(self) -> None:
