@@ -240,7 +240,7 @@ def test_time_limit_signal_still_requeues(tmp_path, mace_env, fake_backend):
 # What an element's runner must start without (issue 15: for a short element the runner's start is
 # most of its cost). `inspect` may be in sys.modules only as the runner's not-yet-run placeholder
 # (element/__main__.py); `ast` and `dis` are what running it would import.
-NOT_AT_START = ("inspect", "ast", "dis", "socket", "tempfile", "shutil", "random", "uuid",
+NOT_AT_START = ("inspect", "ast", "dis", "socket", "tempfile", "shutil", "random", "uuid", "argparse", "gettext",
                 "mace_hpc.schedulers.base", "mace_hpc.schedulers.pbs.dialect", "mace_hpc.records.submission")
 _LOADED = ("import json, runpy, sys, atexit\n"
            "def loaded():\n"
@@ -279,3 +279,18 @@ def test_a_whole_element_run_stays_lean(tmp_path, mace_env):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == []
     assert read_state(mace_env["scratch_root"] / "lean-e0").state == "MERGED"
+
+
+def test_a_job_scripts_command_line_reads_as_argparse_reads_it():
+    """`plain_arguments` (the runner's start without argparse) gives exactly the parser's namespace
+    for the command lines job scripts run, and leaves every other one to the parser."""
+    import argparse
+
+    from mace_hpc.element.arguments import add_arguments, plain_arguments
+
+    parser = add_arguments(argparse.ArgumentParser())
+    for argv in (["/s/manifest.json"], ["m.json", "--index", "0"], ["m.json", "--index", "007"], ["m b", "--index", "12"]):
+        assert vars(plain_arguments(argv)) == vars(parser.parse_args(argv)), argv
+    for argv in ([], ["m.json", "--index", "-1"], ["m.json", "--index=3"], ["m.json", "--ind", "3"], ["-h"], [""],
+                 ["m.json", "--index", "٣"], ["m.json", "--task", "1"], ["m.json", "--no-epilogue"], ["--", "m.json"]):
+        assert plain_arguments(argv) is None, argv

@@ -30,7 +30,7 @@ from ..schedulers import JobEnvironment, job_environment
 from ..util.procs import hostname
 from . import chain, lanes
 from . import steps as step_runner
-from .arguments import DESCRIPTION, add_arguments
+from .arguments import DESCRIPTION, add_arguments, plain_arguments
 
 EXIT_TIMEOUT = 124
 # the first time-limit/termination signal this process got, seen by every `_Interrupt` (a packed
@@ -389,10 +389,12 @@ def resource_usage(since: resource.struct_rusage | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    args = plain_arguments(sys.argv[1:] if argv is None else argv)
+    if args is None:
+        import argparse  # lazy: only a command line other than a job script's needs the parser
 
-    return run_parsed(add_arguments(argparse.ArgumentParser(prog="mace run-element", description=DESCRIPTION))
-                      .parse_args(argv))
+        args = add_arguments(argparse.ArgumentParser(prog="mace run-element", description=DESCRIPTION)).parse_args(argv)
+    return run_parsed(args)
 
 
 def run_parsed(args: Any) -> int:
