@@ -242,7 +242,7 @@ def test_time_limit_signal_still_requeues(tmp_path, mace_env, fake_backend):
 # (element/__main__.py); `ast` and `dis` are what running it would import.
 NOT_AT_START = ("inspect", "ast", "dis", "socket", "tempfile", "shutil", "random", "uuid", "argparse", "gettext",
                 "mace_hpc.schedulers.base", "mace_hpc.schedulers.pbs.dialect", "mace_hpc.records.submission",
-                "mace_hpc.database.filters")
+                "mace_hpc.database.filters", "mace_hpc.element.chain", "mace_hpc.records.stages")
 _LOADED = ("import json, runpy, sys, atexit\n"
            "def loaded():\n"
            "    ran = {n for n, m in sys.modules.items() if n != 'inspect' or 'signature' in vars(m)}\n"

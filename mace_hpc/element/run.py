@@ -13,7 +13,9 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from ..context.workflow_context import WorkflowContext
@@ -25,10 +27,9 @@ from ..records import states as st
 from ..records.element_state import read_state, write_stage, write_state
 from ..records.layout import ContextPaths, SubmissionPaths
 from ..records.manifest import load_element_spec, load_manifest_for, write_element_copy
-from ..records.stages import by_name, ordered
 from ..schedulers import JobEnvironment, job_environment
 from ..util.procs import hostname
-from . import chain, lanes
+from . import lanes
 from . import steps as step_runner
 from .arguments import DESCRIPTION, add_arguments, plain_arguments
 
@@ -117,14 +118,19 @@ def run_element(
     if job.is_filler(index):
         return 0  # a covering range submitted for a sparse list: this index was not asked for
     manifest = load_manifest_for(manifest_path, index)  # its own entry only: O(1) in the plan's size
-    stage = chain.stage_of(os.environ, stage, manifest.stages)
+    chain = _stage_chain(stage, manifest.stages)
+    stage = chain.stage_of(os.environ, stage, manifest.stages) if chain else None
     if manifest.stages and stage is None:
         return _run_chain_here(manifest_path, index, manifest.stages, run_epilogue)
     entry = manifest.entry(index, str(manifest_path))
     context_dir = Path(entry.context_dir)
     paths = ContextPaths(context_dir)
     element = resolve_context_dir(load_element_spec(submission.elements, index), context_dir)
-    stage_def = by_name(manifest.stages)[stage] if stage else None
+    stage_def = None
+    if stage:
+        from ..records.stages import by_name  # lazy: as _stage_chain
+
+        stage_def = by_name(manifest.stages)[stage]
     interrupt = _Interrupt()
     interrupt.install()
 
@@ -331,8 +337,20 @@ def _run_steps(ctx: WorkflowContext, workflow_id: str, element: dict[str, Any], 
     return st.COMPLETED, ""
 
 
+def _stage_chain(stage: str | None, stages: Sequence[Any]) -> ModuleType | None:
+    """`element/chain.py` when this run decides around stages (a multi-stage plan, or a stage asked
+    for, which chain checks); None for a single-stage plan, whose runner never imports it."""
+    if not (stage or os.environ.get(env_names.STAGE) or stages):
+        return None
+    from . import chain  # lazy: only multi-stage plans run stages; a plain element starts without it
+
+    return chain
+
+
 def _run_chain_here(manifest_path: Path, index: int, stages: Any, run_epilogue: bool) -> int:
     """`--index N` by hand on a multi-stage plan: every stage in order, in this process."""
+    from ..records.stages import ordered  # lazy: as _stage_chain
+
     code = 0
     for s in ordered(stages):
         code = run_element(manifest_path, index, stage=s.name, run_epilogue=run_epilogue) or code
@@ -404,6 +422,8 @@ def run_parsed(args: Any) -> int:
     _unfinished.clear()
     try:
         if args.settle_stage:
+            from . import chain  # lazy: the settle job only
+
             settled = chain.settle_stage(Path(args.manifest), args.settle_stage, [j for j in args.jobs.split(",") if j])
             print(f"mace settle: stage {args.settle_stage}: {len(settled)} element(s) settled {settled}")
             return 0
