@@ -101,7 +101,7 @@ class MergeReport:
         return asdict(self)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # private, read field by field: no generated repr/eq to build at start
 class _Source:
     """One source of a batch: attached as `schema` while it is staged, then rows `src = number`
     of the staging tables."""

@@ -298,7 +298,7 @@ def _outcome(t: Target, before: str, state: str, action: str, reason: str = "", 
     return Outcome(t.workflow_id, str(t.context_dir), before, state, action, reason, index=t.index, **kw)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # private, read field by field: no generated repr/eq to build at start
 class _Work:
     """A locked context that needs its policy applied."""
 

@@ -44,7 +44,7 @@ class LockTimeout(MaceError):
     """The lock could not be acquired in time; the message says who holds it."""
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # private, read field by field: no generated repr/eq to build at start
 class _Seen:
     """What a waiter observed at the lock path: parsed content (or None) and file identity."""
 
