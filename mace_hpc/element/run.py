@@ -414,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     if args is None:
         import argparse  # lazy: only a command line other than a job script's needs the parser
 
-        args = add_arguments(argparse.ArgumentParser(prog="mace run-element", description=DESCRIPTION)).parse_args(argv)
+        parser = argparse.ArgumentParser(prog="mace run-element", description=DESCRIPTION)
+        args = add_arguments(parser).parse_args(argv)
     return run_parsed(args)
 
 

@@ -2,8 +2,8 @@
 
 Each scheduler package has the same shape: `backend.py` (submit, query, cancel: the `Backend`
 protocol), `states.py` (its own scheduler-state table onto `records.State`) and `jobenv.py` (a
-`JobEnvironment`, ../jobenv.py: what a process inside one of its jobs asks instead of naming the
-scheduler).
+`JobEnvironment`, whose base class is in `schedulers/jobenv.py`: what a process inside one of its
+jobs asks instead of naming the scheduler).
 One `ArrayRequest` describes one job array (or, with `indices=None`, one plain job such as the
 backstop merge job). The helpers here are scheduler-neutral so every backend compresses arrays,
 chunks large plans and quotes job-script values the same way.
