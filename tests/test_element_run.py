@@ -235,3 +235,63 @@ def test_time_limit_signal_still_requeues(tmp_path, mace_env, fake_backend):
     rc, state, calls = _run_requeue_element(tmp_path, mace_env, fake_backend, signal.SIGUSR2, cancel_first=False)
     assert calls.split() == ["requeue", f"{state.scheduler['SLURM_ARRAY_JOB_ID']}_0"]
     assert state.state == "PENDING" and state.requeued is True and rc == 124
+
+
+# What an element's runner must start without (issue 15: for a short element the runner's start is
+# most of its cost). `inspect` may be in sys.modules only as the runner's not-yet-run placeholder
+# (element/__main__.py); `ast` and `dis` are what running it would import.
+NOT_AT_START = ("typing", "inspect", "ast", "dis", "socket", "tempfile", "shutil", "random", "uuid", "argparse",
+                "gettext", "mace_hpc.schedulers.base", "mace_hpc.schedulers.pbs.dialect", "mace_hpc.records.submission",
+                "mace_hpc.database.filters", "mace_hpc.element.chain", "mace_hpc.records.stages")
+_LOADED = ("import json, runpy, sys, atexit\n"
+           "def loaded():\n"
+           "    ran = {n for n, m in sys.modules.items() if n != 'inspect' or 'signature' in vars(m)}\n"
+           "    print(json.dumps(sorted(ran & set(sys.argv[1].split(',')))))\n")
+
+
+def _without_site(*argv: str) -> subprocess.CompletedProcess[str]:
+    """A fresh `python -S` (no site-packages .pth imports, which differ between installs) with the
+    repository on its path."""
+    import mace_hpc
+
+    root = str(Path(mace_hpc.__file__).resolve().parent.parent)
+    return subprocess.run([PY, "-S", *argv], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": root})
+
+
+def test_the_runner_imports_nothing_only_rare_paths_need():
+    proc = _without_site("-c", _LOADED + "import mace_hpc.element.__main__\nloaded()", ",".join(NOT_AT_START))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+
+
+def test_a_whole_element_run_stays_lean(tmp_path, mace_env):
+    """`python -m mace_hpc.element MANIFEST --index 0` as a job runs it, one step, merged by its
+    epilogue: still none of them in the runner's process when it exits."""
+    from mace_hpc.config import load_config
+
+    plan = {"name": "lean", "isolation_mode": "isolated", "on_complete": "merge",
+            "elements": [{"id": "e0", "steps": [{"name": "calc", "command": ["true"]}]}]}
+    result = submit_plan(plan, config=load_config(), backend="local", prepare_only=True)
+    manifest = result.submission.directory / "manifest.json"
+    run = ("atexit.register(loaded)\nsys.argv = ['mace_hpc.element', *sys.argv[2:]]\n"
+           "runpy.run_module('mace_hpc.element', run_name='__main__', alter_sys=True)")
+    proc = _without_site("-c", _LOADED + run, ",".join(NOT_AT_START), str(manifest), "--index", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == []
+    assert read_state(mace_env["scratch_root"] / "lean-e0").state == "MERGED"
+
+
+def test_a_job_scripts_command_line_reads_as_argparse_reads_it():
+    """`plain_arguments` (the runner's start without argparse) gives exactly the parser's namespace
+    for the command lines job scripts run, and leaves every other one to the parser."""
+    import argparse
+
+    from mace_hpc.element.arguments import add_arguments, plain_arguments
+
+    parser = add_arguments(argparse.ArgumentParser())
+    for argv in (["/s/manifest.json"], ["m.json", "--index", "0"], ["m.json", "--index", "007"], ["m b", "--index", "12"]):
+        assert vars(plain_arguments(argv)) == vars(parser.parse_args(argv)), argv
+    for argv in ([], ["m.json", "--index", "-1"], ["m.json", "--index=3"], ["m.json", "--ind", "3"], ["-h"], [""],
+                 ["m.json", "--index", "٣"], ["m.json", "--task", "1"], ["m.json", "--no-epilogue"], ["--", "m.json"]):
+        assert plain_arguments(argv) is None, argv

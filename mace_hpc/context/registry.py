@@ -8,20 +8,22 @@ that psutil can prove stale (pid gone, or reused by a process with another start
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
-from typing import Any
 
 from ..records.layout import REGISTRY_DIR
 from ..util.atomic import atomic_write_json, read_json
 from ..util.nfslock import NfsLock
 from ..util.private import ensure_private_dir
-from ..util.procs import process_alive, process_start_time
+from ..util.procs import hostname, process_alive, process_start_time
+
+TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _entry_path(scratch_root: Path, workflow_id: str) -> Path:
-    return scratch_root / REGISTRY_DIR / f"{workflow_id}.{socket.gethostname()}.{os.getpid()}.json"
+    return scratch_root / REGISTRY_DIR / f"{workflow_id}.{hostname()}.{os.getpid()}.json"
 
 
 def register(scratch_root: Path, workflow_id: str, info: dict[str, Any]) -> Path:
@@ -30,7 +32,7 @@ def register(scratch_root: Path, workflow_id: str, info: dict[str, Any]) -> Path
     ensure_private_dir(path.parent, "registry directory", parents=True)
     entry = {
         "workflow_id": workflow_id,
-        "host": socket.gethostname(),
+        "host": hostname(),
         "pid": os.getpid(),
         "process_start": process_start_time(os.getpid()),
         "activated_at": time.time(),
@@ -49,7 +51,7 @@ def unregister(scratch_root: Path, workflow_id: str) -> None:
 
 def is_alive(entry: dict[str, Any]) -> bool | None:
     """True/False for a process on this host; None when it runs elsewhere (cannot tell)."""
-    if entry.get("host") != socket.gethostname():
+    if entry.get("host") != hostname():
         return None
     return process_alive(entry.get("pid"), entry.get("process_start"))
 
@@ -80,7 +82,7 @@ def holders_lock(scratch_root: Path, workflow_id: str) -> NfsLock:
 
 def other_holders(scratch_root: Path, workflow_id: str) -> list[dict[str, Any]]:
     """Live (or, on another host, possibly live) processes that hold `workflow_id`, besides this one."""
-    me = (socket.gethostname(), os.getpid())
+    me = (hostname(), os.getpid())
     return [e for e in list_entries(scratch_root) if e["workflow_id"] == workflow_id
             and e["status"] != "stale" and (e.get("host"), e.get("pid")) != me]
 

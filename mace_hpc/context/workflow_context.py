@@ -10,10 +10,8 @@ jobs) resolve the same database.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
-from typing import Any, ClassVar
 
 from ..config import ISOLATION_MODES, Config, effective_cleanup_on_exit, load_config, resolve_scratch_root
 from ..database.journal import sync_at_checkpoint
@@ -31,6 +29,10 @@ from ..records.layout import CONTEXT_SUBDIRS, ContextPaths
 from ..util.ids import path_inside, validate_workflow_id
 from ..util.private import ensure_private_dir
 from . import registry
+
+TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
@@ -206,6 +208,8 @@ class WorkflowContext:
             from .archive import archive_context  # lazy: only archiving contexts need zip and hashing
 
             self.archive_path = archive_context(self.directory, self.config.path("archive_dir"), self.workflow_id)
+        import shutil  # lazy: only cleaning up a context removes a tree; elements start without it
+
         shutil.rmtree(self.directory)
         self.state = "cleaned"
         return self.archive_path

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
 
-from . import filters
+TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Properties a completed calculation of each type is expected to yield (upstream's lists).
 EXPECTED_PROPERTIES: dict[str, tuple[str, ...]] = {
@@ -48,6 +49,8 @@ class AnalysisMixin:
     def filter_materials_by_properties(self, filter_strings: Sequence[str], logic: str = "AND") -> list[dict[str, Any]]:
         """Materials whose property values pass `["band_gap > 3.0", ...]` combined with AND/OR
         (properties only, as upstream: a material without properties never matches)."""
+        from . import filters  # lazy: only filtering parses expressions; an element's database never does
+
         parsed = [filters.parse_simple(s) for s in filter_strings]
         props = self._latest_properties()
         return [
@@ -57,12 +60,16 @@ class AnalysisMixin:
 
     def filter_materials_advanced(self, expression: str) -> list[dict[str, Any]]:
         """Materials matching an expression with AND/OR/NOT, parentheses, LIKE, IN, IS NULL."""
+        from . import filters  # lazy: as above
+
         predicate = filters.parse_advanced(expression)
         props = self._latest_properties()
         return [m for m in self.get_all_materials() if predicate({**props.get(m["material_id"], {}), **m})]
 
     def filter_properties(self, filter_strings: Sequence[str], material_id: str | None = None) -> list[dict[str, Any]]:
         """Property rows passing any of the filters whose name is theirs (OR, as upstream)."""
+        from . import filters  # lazy: as above
+
         parsed = [filters.parse_simple(s) for s in filter_strings]
         rows = self.get_material_properties(material_id) if material_id else self.get_all_properties()
         return [

@@ -10,7 +10,6 @@ front: a writer waits on the busy timeout instead of failing half-way with "data
 from __future__ import annotations
 
 import os
-import random
 import re
 import sqlite3
 import time
@@ -229,6 +228,8 @@ def set_journal_mode(conn: sqlite3.Connection, mode: str, timeout: float = BUSY_
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
+            import random  # lazy: only a locked database waits; elements start without it
+
             time.sleep(0.01 + random.random() * 0.04)
 
 

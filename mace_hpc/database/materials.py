@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from ..config import load_config
 from ..errors import InputError
@@ -52,6 +50,10 @@ from .schema import (
     utc_now,
 )
 from .workflow_records import WorkflowRecordsMixin
+
+TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "MaterialConflictError",
@@ -671,6 +673,8 @@ class MaterialDatabase(WorkflowRecordsMixin, AnalysisMixin):
         finally:
             dest.close()
         if self.ase_db_path.is_file():
+            import shutil  # lazy: only a backup copies files; elements start without it
+
             shutil.copy2(self.ase_db_path, target_dir / f"structures_backup_{stamp}.db")
         return target
 

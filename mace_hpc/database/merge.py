@@ -56,7 +56,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..errors import InputError
 from ..util.ids import validate_workflow_id
@@ -74,6 +73,10 @@ from .schema import (
     material_value,
     utc_now,
 )
+
+TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
+if TYPE_CHECKING:
+    from typing import Any
 
 STATUSES = ("merged", "already_merged", "empty", "corrupt")
 DEFAULT_BATCH_SIZE = 256
@@ -101,7 +104,7 @@ class MergeReport:
         return asdict(self)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # private, read field by field: no generated repr/eq to build at start
 class _Source:
     """One source of a batch: attached as `schema` while it is staged, then rows `src = number`
     of the staging tables."""

@@ -19,13 +19,13 @@ import hashlib
 import os
 import sqlite3
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import InputError
+from ..util.atomic import temp_file_beside
 from ..util.ids import random_uid
 from .journal import BUSY_TIMEOUT_S
 from .schema import (
@@ -158,7 +158,7 @@ def write_backup(path: Path) -> Path:
     target = path.with_name(f"{path.name}.backup-{time.strftime('%Y%m%d-%H%M%S')}")
     if target.exists():
         target = target.with_name(f"{target.name}-{os.getpid()}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".backup.tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path, ".backup.tmp")
     os.close(fd)
     try:
         src = sqlite3.connect("file:" + quote(os.path.abspath(path)) + "?mode=ro", uri=True, timeout=60)

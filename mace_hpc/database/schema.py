@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..util.atomic import temp_file_beside
 from .journal import journal_mode_for
 
 SCHEMA_VERSION = 2
@@ -338,7 +338,7 @@ def create_context_database(path: str | os.PathLike[str]) -> bool:
     if journal_mode_for(path) == "wal":
         image = image[:18] + b"\x02\x02" + image[20:]
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = temp_file_beside(path)
     except OSError:  # no such or no writable directory: the normal open says so
         return False
     try:

@@ -5,13 +5,19 @@ the same arguments and run the same code (`element.run.run_parsed`). Only argpar
 
 from __future__ import annotations
 
-import argparse
+from types import SimpleNamespace
+
+TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
+if TYPE_CHECKING:
+    import argparse
 
 DESCRIPTION = ("Run one element of a submitted plan (inside an array job, or by hand with --index); for a "
                "multi-stage plan its stage ($MACE_STAGE in a job), or every stage in order.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    import argparse  # lazy: a job script's own command line is read without it (plain_arguments)
+
     parser.add_argument("manifest", help="the submission's manifest.json (exported as $MACE_MANIFEST)")
     parser.add_argument("--index", type=int, help="element index (default: from the scheduler's array env: "
                         "SLURM_ARRAY_TASK_ID / PBS_ARRAY_INDEX / PBS_ARRAYID, plus MACE_INDEX_OFFSET)")
@@ -26,3 +32,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--jobs", default="", help="with --settle-stage: the stage's array job ids (comma-separated)")
     parser.add_argument("--no-epilogue", action="store_true", help="do not merge/archive when the element ends")
     return parser
+
+
+def plain_arguments(argv: list[str]) -> SimpleNamespace | None:
+    """What `add_arguments`' parser makes of the command lines job scripts run, `MANIFEST` and
+    `MANIFEST --index N` (N digits), without importing argparse (~3% of an element's start under
+    `python -S`); None for any other command line, which argparse reads with its checks and messages."""
+    if len(argv) == 1:
+        index = None
+    elif len(argv) == 3 and argv[1] == "--index" and argv[2].isascii() and argv[2].isdigit():
+        index = int(argv[2])
+    else:
+        return None
+    if not argv[0] or argv[0].startswith("-"):
+        return None  # an option where the manifest goes, or an empty one: argparse says what is wrong
+    return SimpleNamespace(manifest=argv[0], index=index, task=None, lane=None, claims=None, stage=None,
+                           settle_stage=None, jobs="", no_epilogue=False)

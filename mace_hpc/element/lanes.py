@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,6 +91,8 @@ def team(argv_of: Callable[[int, str], list[str]], count: int, cpus: str | None)
     the claims yielded, then `wait()`s. Each element's steps see OMP_NUM_THREADS = their share of
     the cpus (`cpus`, MACE_CPUS) unless the environment sets it: `count` lanes of numerical code
     each starting a thread per core would share every core `count` times over."""
+    import tempfile  # lazy: only a laned pack shares a directory; elements start without it
+
     saved = os.environ.get(THREADS_VAR)
     if saved is None and cpus:
         os.environ[THREADS_VAR] = cpus

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 from ..context.workflow_context import WorkflowContext
 from ..epilogue.hook import run_epilogue as epilogue
@@ -26,11 +26,15 @@ from ..records import states as st
 from ..records.element_state import read_state, write_stage, write_state
 from ..records.layout import ContextPaths, SubmissionPaths
 from ..records.manifest import load_element_spec, load_manifest_for, write_element_copy
-from ..records.stages import by_name, ordered
 from ..schedulers import JobEnvironment, job_environment
-from . import chain, lanes
+from ..util.procs import hostname
+from . import lanes
 from . import steps as step_runner
-from .arguments import DESCRIPTION, add_arguments
+from .arguments import DESCRIPTION, add_arguments, plain_arguments
+
+TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
+if TYPE_CHECKING:
+    from typing import Any
 
 EXIT_TIMEOUT = 124
 # the first time-limit/termination signal this process got, seen by every `_Interrupt` (a packed
@@ -117,14 +121,19 @@ def run_element(
     if job.is_filler(index):
         return 0  # a covering range submitted for a sparse list: this index was not asked for
     manifest = load_manifest_for(manifest_path, index)  # its own entry only: O(1) in the plan's size
-    stage = chain.stage_of(os.environ, stage, manifest.stages)
+    chain = _stage_chain(stage, manifest.stages)
+    stage = chain.stage_of(os.environ, stage, manifest.stages) if chain else None
     if manifest.stages and stage is None:
         return _run_chain_here(manifest_path, index, manifest.stages, run_epilogue)
     entry = manifest.entry(index, str(manifest_path))
     context_dir = Path(entry.context_dir)
     paths = ContextPaths(context_dir)
     element = resolve_context_dir(load_element_spec(submission.elements, index), context_dir)
-    stage_def = by_name(manifest.stages)[stage] if stage else None
+    stage_def = None
+    if stage:
+        from ..records.stages import by_name  # lazy: as _stage_chain
+
+        stage_def = by_name(manifest.stages)[stage]
     interrupt = _Interrupt()
     interrupt.install()
 
@@ -149,7 +158,7 @@ def run_element(
     since = resource.getrusage(resource.RUSAGE_CHILDREN)  # this element's usage is what comes after
     attempt = previous.attempts + 1
     element_fields: dict[str, Any] = dict(
-        state=st.RUNNING, run_state=st.RUNNING, attempts=attempt, host=socket.gethostname(),
+        state=st.RUNNING, run_state=st.RUNNING, attempts=attempt, host=hostname(),
         pid=os.getpid(), started_at=started_at, scheduler=job.ids(), index=index,
         workflow_id=entry.workflow_id, removed=False,  # this run's data is new: finalize it
     )
@@ -331,8 +340,20 @@ def _run_steps(ctx: WorkflowContext, workflow_id: str, element: dict[str, Any], 
     return st.COMPLETED, ""
 
 
+def _stage_chain(stage: str | None, stages: Sequence[Any]) -> ModuleType | None:
+    """`element/chain.py` when this run decides around stages (a multi-stage plan, or a stage asked
+    for, which chain checks); None for a single-stage plan, whose runner never imports it."""
+    if not (stage or os.environ.get(env_names.STAGE) or stages):
+        return None
+    from . import chain  # lazy: only multi-stage plans run stages; a plain element starts without it
+
+    return chain
+
+
 def _run_chain_here(manifest_path: Path, index: int, stages: Any, run_epilogue: bool) -> int:
     """`--index N` by hand on a multi-stage plan: every stage in order, in this process."""
+    from ..records.stages import ordered  # lazy: as _stage_chain
+
     code = 0
     for s in ordered(stages):
         code = run_element(manifest_path, index, stage=s.name, run_epilogue=run_epilogue) or code
@@ -389,10 +410,13 @@ def resource_usage(since: resource.struct_rusage | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    args = plain_arguments(sys.argv[1:] if argv is None else argv)
+    if args is None:
+        import argparse  # lazy: only a command line other than a job script's needs the parser
 
-    return run_parsed(add_arguments(argparse.ArgumentParser(prog="mace run-element", description=DESCRIPTION))
-                      .parse_args(argv))
+        parser = argparse.ArgumentParser(prog="mace run-element", description=DESCRIPTION)
+        args = add_arguments(parser).parse_args(argv)
+    return run_parsed(args)
 
 
 def run_parsed(args: Any) -> int:
@@ -402,6 +426,8 @@ def run_parsed(args: Any) -> int:
     _unfinished.clear()
     try:
         if args.settle_stage:
+            from . import chain  # lazy: the settle job only
+
             settled = chain.settle_stage(Path(args.manifest), args.settle_stage, [j for j in args.jobs.split(",") if j])
             print(f"mace settle: stage {args.settle_stage}: {len(settled)} element(s) settled {settled}")
             return 0

@@ -18,15 +18,20 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import InputError
+
+TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
+if TYPE_CHECKING:
+    from typing import Any
 
 RESULTS_FILE = "results.json"
 
 
 @dataclass
 class StepOutcome:
+    """How one step ended, as the state file's `steps` list records it."""
+
     name: str
     status: str  # completed | failed | timeout | skipped
     exit_code: int | None

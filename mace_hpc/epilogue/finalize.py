@@ -20,13 +20,10 @@ Two finalizers never work on one context at once: each holds the context's `.epi
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..config import ON_COMPLETE, ON_FAILURE, Config, archive_location, effective_cleanup_on_exit, load_config
 from ..database.merge import MergeReport, merge_many
@@ -41,6 +38,11 @@ from ..util.atomic import atomic_write_json
 from ..util.ids import validate_workflow_id
 from ..util.nfslock import LockTimeout, NfsLock
 from ..util.private import ensure_private_dir
+from ..util.procs import hostname
+
+TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _traceback() -> str:
@@ -119,7 +121,7 @@ def log_line(context_dir: Path, line: str) -> None:
         paths.logs.mkdir(exist_ok=True, mode=0o700)
         fd = os.open(paths.epilogue_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "a", encoding="utf-8") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {socket.gethostname()} pid {os.getpid()}: {line}\n")
+            fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {hostname()} pid {os.getpid()}: {line}\n")
     except OSError:
         pass
 
@@ -144,7 +146,7 @@ def wants_finalizing(state: ElementState, opts: Options, workflow_id: str = "") 
     if name == st.RUNNING:
         if workflow_id in opts.scheduler_states or (state.pid != os.getpid() and state.runner_dead_here()):
             return True, ""  # the scheduler says its job ended, or its runner died on this host
-        if opts.ended and state.host != socket.gethostname():
+        if opts.ended and state.host != hostname():
             return True, ""  # every job has ended (the backstop): a runner elsewhere is gone too
         return False, "running"
     if name in DONE_STATES:
@@ -202,7 +204,7 @@ def quarantine(context_dir: Path, reason: str, *, run_state: str | None = None) 
     dest = qdir / f"{context_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}.{os.getpid()}"
     ident = read_identity(context_dir)
     os.rename(context_dir, dest)
-    record = {"reason": reason, "at": time.time(), "from": str(context_dir), "host": socket.gethostname()}
+    record = {"reason": reason, "at": time.time(), "from": str(context_dir), "host": hostname()}
     try:
         atomic_write_json(dest / "QUARANTINE.json", record)
     except OSError:
@@ -225,6 +227,8 @@ def remove_data(context_dir: Path) -> None:
         if entry.name in TOMBSTONE_FILES or entry.name.startswith(EPILOGUE_LOCK):
             continue
         if entry.is_dir(follow_symlinks=False):
+            import shutil  # lazy: only removing a context's data; elements start without it
+
             shutil.rmtree(entry.path)
         else:
             os.unlink(entry.path)
@@ -297,7 +301,7 @@ def _outcome(t: Target, before: str, state: str, action: str, reason: str = "", 
     return Outcome(t.workflow_id, str(t.context_dir), before, state, action, reason, index=t.index, **kw)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # private, read field by field: no generated repr/eq to build at start
 class _Work:
     """A locked context that needs its policy applied."""
 
@@ -366,7 +370,7 @@ def _pending(w: _Work, reason: str, opts: Options, detail: str = "", **extra: An
 def _apply(w: _Work, report: Any, opts: Options) -> Outcome:
     t, state, before, run_state, policy = w.target, w.state, w.before, w.run_state, w.policy
     ctx = t.context_dir
-    info: dict[str, Any] = {"policy": policy, "by": opts.by, "at": time.time(), "host": socket.gethostname()}
+    info: dict[str, Any] = {"policy": policy, "by": opts.by, "at": time.time(), "host": hostname()}
     merged = bool(state.epilogue.get("merged")) and state.state == st.PENDING_MERGE
     merge_dict: dict[str, Any] | None = None
     conflicts = 0

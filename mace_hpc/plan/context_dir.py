@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
+if TYPE_CHECKING:
+    from typing import Any
 
 CONTEXT_DIR_TOKEN = "{context_dir}"
 

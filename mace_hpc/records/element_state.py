@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..util.atomic import atomic_write_json, read_json
 from ..util.nfslock import NfsLock
-from ..util.procs import process_alive
+from ..util.procs import hostname, process_alive
 from .layout import state_path
 from .states import ARCHIVED, COMPLETED, MERGED, PENDING, RUNNING, State
+
+TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
+if TYPE_CHECKING:
+    from typing import Any
 
 VERSION = 1
 HISTORY_LIMIT = 50
@@ -95,7 +97,7 @@ class ElementState:
     def runner_dead_here(self) -> bool:
         """A RUNNING state whose runner is provably gone: it ran on this host and its pid is dead
         (or now another process). Then nothing will ever record its end but us."""
-        if self.state != RUNNING or self.host != socket.gethostname() or not self.pid:
+        if self.state != RUNNING or self.host != hostname() or not self.pid:
             return False
         return not process_alive(self.pid, started_by=self.started_at)
 
@@ -147,7 +149,7 @@ def write_state(context_dir: str | os.PathLike[str], *, fsync: bool = True, **up
     now = time.time()
     history = current.history
     if "state" in updates:
-        history = (history + [[str(updates["state"]), now, socket.gethostname()]])[-HISTORY_LIMIT:]
+        history = (history + [[str(updates["state"]), now, hostname()]])[-HISTORY_LIMIT:]
     new = dataclasses.replace(current, **updates, updated_at=now, history=history)
     atomic_write_json(state_path(context_dir), new.to_dict(), fsync=fsync)
     return new

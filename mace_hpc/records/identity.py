@@ -6,21 +6,26 @@ It survives cleanup (a tombstone keeps it) so a context is still known after its
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from ..util.atomic import atomic_write_json, read_json
+from ..util.procs import hostname
 from .layout import ContextPaths
+
+TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass(frozen=True)
 class ContextIdentity:
+    """Who a context belongs to and who created it (`<context>/context.json`)."""
+
     workflow_id: str
     isolation_mode: str
     created_at: float = field(default_factory=time.time)
-    created_by: dict[str, Any] = field(default_factory=lambda: {"host": socket.gethostname(), "pid": os.getpid()})
+    created_by: dict[str, Any] = field(default_factory=lambda: {"host": hostname(), "pid": os.getpid()})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

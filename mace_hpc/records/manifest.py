@@ -12,13 +12,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..util.atomic import atomic_write_bytes, atomic_write_json, read_bytes, read_json
 from ..util.private import is_private_file
 from ._io import RecordError, read_versioned
 from .layout import ELEMENT_FILE
-from .stages import Stage, stages_from
+
+TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .stages import Stage
 
 VERSION = 1
 _FIX = "submit the plan again (mace-submit PLAN)"
@@ -26,6 +30,8 @@ _FIX = "submit the plan again (mace-submit PLAN)"
 
 @dataclass(frozen=True)
 class ManifestEntry:
+    """One element of the manifest: its index, workflow id and context directory."""
+
     index: int
     workflow_id: str
     context_dir: str
@@ -36,6 +42,8 @@ class ManifestEntry:
 
 @dataclass(frozen=True)
 class Manifest:
+    """A submission's manifest.json: the plan's settings and its elements (one entry each)."""
+
     plan: str
     isolation_mode: str
     scratch_root: str
@@ -58,7 +66,7 @@ class Manifest:
                 scratch_root=str(data.get("scratch_root") or ""), shared_database=str(data.get("shared_database") or ""),
                 archive_dir=str(data.get("archive_dir") or ""), on_complete=str(data.get("on_complete") or "merge"),
                 on_failure=str(data.get("on_failure") or "keep"), plan_dir=str(data.get("plan_dir") or ""),
-                elements=entries, stages=stages_from(data.get("stages")),
+                elements=entries, stages=_stages_from(data.get("stages")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RecordError(f"{where}: not a mace-hpc manifest ({type(exc).__name__}: {exc}); {_FIX}") from None
@@ -91,6 +99,14 @@ class Manifest:
             if e.workflow_id == context_dir.name:
                 return ManifestEntry(e.index, e.workflow_id, wanted)
         return None
+
+
+def _stages_from(data: Any) -> tuple[Stage, ...]:
+    if not data:
+        return ()  # a single-stage plan: its runner never loads the stage model
+    from .stages import stages_from  # lazy: only a multi-stage plan's manifest has stages
+
+    return stages_from(data)
 
 
 def load_manifest_for(path: str | os.PathLike[str], index: int) -> Manifest:

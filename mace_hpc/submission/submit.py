@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -40,7 +39,7 @@ from ..status.reconcile import ACTIVE, collect
 from ..util.atomic import atomic_write_bytes
 from ..util.nfslock import LockTimeout, NfsLock
 from ..util.private import ensure_private_dir
-from ..util.procs import process_start_time
+from ..util.procs import hostname, process_start_time
 from .contexts import Submission, build_submission, create_contexts, remove_created
 from .local_epilogue import BatchedEpilogue, deferrable
 
@@ -581,4 +580,4 @@ def cancel_unstarted(entries: Sequence[ManifestEntry], message: str) -> int:
 
 def own_runner() -> Runner:
     """This process, as recorded while it submits or (locally) runs a plan: pid, host, start time."""
-    return Runner(os.getpid(), socket.gethostname(), process_start_time(os.getpid()))
+    return Runner(os.getpid(), hostname(), process_start_time(os.getpid()))

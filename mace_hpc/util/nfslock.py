@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from ..errors import MaceError
 from .ids import random_uid
-from .procs import process_start_time
+from .procs import hostname, process_start_time
+
+TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
+if TYPE_CHECKING:
+    from typing import Any
 
 EMPTY_GRACE_S = 5.0  # an empty/unparsable lock file younger than this is being written
 BREAK_LOCK_STALE_S = 30.0  # lifetime of the `.break` guard: breaking takes milliseconds
@@ -46,15 +47,13 @@ class LockTimeout(MaceError):
     """The lock could not be acquired in time; the message says who holds it."""
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # private, read field by field: no generated repr/eq to build at start
 class _Seen:
     """What a waiter observed at the lock path: parsed content (or None) and file identity."""
 
     info: dict[str, Any] | None
     ino: int
     mtime: float
-
-
 
 
 def _read(path: Path) -> _Seen | None:
@@ -76,7 +75,7 @@ def _read(path: Path) -> _Seen | None:
 
 def _holder_is_dead(info: dict[str, Any]) -> bool:
     """True only if the holder is on this host and certainly not running any more."""
-    if info.get("host") != socket.gethostname():
+    if info.get("host") != hostname():
         return False
     try:
         pid = int(info["pid"])
@@ -129,7 +128,7 @@ def describe_holder(seen: _Seen | None) -> str:
 
 
 def _unique_sibling(path: Path, tag: str) -> Path:
-    return path.with_name(f"{path.name}.{tag}.{socket.gethostname()}.{os.getpid()}.{random_uid()[:12]}")
+    return path.with_name(f"{path.name}.{tag}.{hostname()}.{os.getpid()}.{random_uid()[:12]}")
 
 
 def _remove_if(path: Path, accept: _Seen | str) -> bool:
@@ -171,7 +170,7 @@ def _holder_content(token: str, lifetime: float) -> bytes:
     pid = os.getpid()
     return json.dumps(
         {
-            "host": socket.gethostname(),
+            "host": hostname(),
             "pid": pid,
             "start_time": process_start_time(pid),
             "acquired_at": time.time(),
@@ -256,6 +255,8 @@ class NfsLock:
                     f"could not acquire lock {self.path} within {timeout:g} s: held by "
                     f"{describe_holder(_read(self.path))}; if that process is gone, delete the lock file"
                 )
+            import random  # lazy: only a contended lock waits; taking a free one must not import it
+
             time.sleep(self.poll * random.uniform(0.5, 1.5))
 
     def refresh(self) -> None:

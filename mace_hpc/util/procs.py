@@ -4,10 +4,15 @@ submission runners and element runners alike."""
 from __future__ import annotations
 
 import os
-import socket
 
 START_TOLERANCE_S = 1.0  # create_time() is rounded differently across psutil versions/platforms
 _PROC = "/proc"
+
+
+def hostname() -> str:
+    """This machine's name as records store it: `socket.gethostname()` (glibc reads it from
+    uname(2)) without importing `socket` (~3% of every element's start)."""
+    return os.uname().nodename
 
 
 def _linux_start_time(pid: int) -> float | None:
@@ -43,7 +48,7 @@ def process_alive(pid: object, started: object = None, *, started_by: object = N
     at `started` (its recorded create time) or no later than `started_by` (a time the process
     itself wrote down after it started); a reused pid is not. A process on another host is not
     provably alive here: False (callers that must not break another host's hold check the host)."""
-    if host is not None and host != socket.gethostname():
+    if host is not None and host != hostname():
         return False
     import psutil  # lazy: only status and stale-lock checks ask; elements start without it
 

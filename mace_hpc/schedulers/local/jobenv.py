@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...records import env as env_names
-from ..base import JobEnvironment
+from ..jobenv import JobEnvironment
 
 
 class LocalJobEnv(JobEnvironment):

@@ -41,25 +41,28 @@ PBS Pro, checked against a real OpenPBS 23.06 in CI (tests/test_submission_pbs_r
 - `qrerun` needs a manager (root): a job cannot requeue itself on PBS Pro as it can on SLURM.
 """
 
+from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
-from .dialect import (
-    FLAVORS,
-    PbsJobId,
-    check_flavor,
-    covered_ids,
-    detect_flavor,
-    parse_job_id,
-    parse_qsub_output,
-    parse_version_output,
-    pbspro_range,
-    translate_dependency,
-)
 from .jobenv import PbsJobEnv
 
+TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
 if TYPE_CHECKING:
+    from typing import Any
+
+    from .dialect import (
+        FLAVORS,
+        PbsJobId,
+        check_flavor,
+        covered_ids,
+        detect_flavor,
+        parse_job_id,
+        parse_qsub_output,
+        parse_version_output,
+        pbspro_range,
+        translate_dependency,
+    )
     from .qstat import element_states, normalize_pbs_state, parse_qstat, parse_qstat_json, parse_qstat_text
     from .script import JobSpec, render_script
 
@@ -72,14 +75,18 @@ __all__ = [
 
 _NEEDS_SUBMITIT = {"PbsBackend": "backend", "PbsExecutor": "plugin", "PbsInfoWatcher": "plugin", "PbsJob": "plugin",
                    "PbsJobEnvironment": "plugin"}
-#: Parsers and the script renderer: only submitting and querying need them, not a job's environment.
+#: Dialect, parsers and the script renderer: only submitting and querying need them, not a job's
+#: environment (`PbsJobEnv`, which every element start asks whether this is a PBS job).
 _ON_USE = {"element_states": "qstat", "normalize_pbs_state": "qstat", "parse_qstat": "qstat",
-           "parse_qstat_json": "qstat", "parse_qstat_text": "qstat", "JobSpec": "script", "render_script": "script"}
+           "parse_qstat_json": "qstat", "parse_qstat_text": "qstat", "JobSpec": "script", "render_script": "script",
+           **dict.fromkeys(("FLAVORS", "PbsJobId", "check_flavor", "covered_ids", "detect_flavor", "parse_job_id",
+                            "parse_qsub_output", "parse_version_output", "pbspro_range", "translate_dependency"),
+                           "dialect")}
 
 
 def __getattr__(name: str) -> Any:
-    """The submitit-based parts load on first use: a job asking its environment (every element
-    start) must not pay for importing submitit."""
+    """The submitit-based parts, the dialect and the parsers load on first use: a job asking its
+    environment (every element start) must not pay for importing them."""
     if name in _NEEDS_SUBMITIT:
         if _NEEDS_SUBMITIT[name] == "backend":
             from . import backend as module  # lazy: submitit only for submitting
@@ -88,4 +95,6 @@ def __getattr__(name: str) -> Any:
         return getattr(module, name)
     if name in _ON_USE:
         return getattr(importlib.import_module(f".{_ON_USE[name]}", __name__), name)
+    if name == "dialect":  # `pbs.dialect` as when this package imported it itself
+        return importlib.import_module(".dialect", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

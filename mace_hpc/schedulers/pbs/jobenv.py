@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from ...errors import InputError
 from ...records import env as env_names
-from ..base import JobEnvironment, is_listed
-from .dialect import parse_job_id
+from ..jobenv import JobEnvironment, is_listed
 
 
 class PbsJobEnv(JobEnvironment):
@@ -24,6 +23,7 @@ def subjob_of(job_id: str) -> tuple[str, int, dict[str, str]] | None:
     (`123[4].server`, Torque `123-4`); None for a plain job, a filler subjob of a covering range,
     or not a PBS id. One qstat call; without qstat the variables are empty."""
     from .backend import PbsBackend  # lazy: qstat only when a hook asks
+    from .dialect import parse_job_id  # lazy: a job asking its environment needs no job-id parser
 
     try:
         jid = parse_job_id(job_id)

@@ -7,10 +7,11 @@ import re
 import subprocess
 from collections.abc import Mapping
 
-from ..base import JobEnvironment
+from ..jobenv import JobEnvironment
 
-_SLURM_ID = re.compile(r"\d+(_\d+)?")
-_KV = re.compile(r"(\w+(?::\w+)?)=(.*?)(?=\s+\w+(?::\w+)?=|$)")
+# patterns, compiled (and cached by `re`) when a site hook first asks: an element's start never does
+_SLURM_ID = r"\d+(_\d+)?"
+_KV = r"(\w+(?::\w+)?)=(.*?)(?=\s+\w+(?::\w+)?=|$)"
 SCONTROL_TIMEOUT_S = 20.0
 
 
@@ -38,12 +39,12 @@ class SlurmJobEnv(JobEnvironment):
 def parse_scontrol(text: str) -> dict[str, str]:
     """`scontrol show job -o` (one line of Key=Value) -> dict; values may contain spaces."""
     line = text.strip().splitlines()[0] if text.strip() else ""
-    return {m.group(1): m.group(2).strip() for m in _KV.finditer(line)}
+    return {m.group(1): m.group(2).strip() for m in re.finditer(_KV, line)}
 
 
 def scontrol_job(job_id: str) -> dict[str, str]:
     """One `scontrol show job -o ID` (an array task's own id or `123_4`); {} when unknown."""
-    if not _SLURM_ID.fullmatch(job_id):
+    if not re.fullmatch(_SLURM_ID, job_id):
         return {}
     try:
         proc = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
