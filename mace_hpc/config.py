@@ -13,14 +13,11 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 from .util.inputs import InputProblem, loads_json, loads_yaml, read_input_text
 from .util.paths import usable_directory
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 ISOLATION_MODES = ("shared", "isolated")
 BACKENDS = ("local", "slurm", "pbs")

@@ -240,8 +240,8 @@ def test_time_limit_signal_still_requeues(tmp_path, mace_env, fake_backend):
 # What an element's runner must start without (issue 15: for a short element the runner's start is
 # most of its cost). `inspect` may be in sys.modules only as the runner's not-yet-run placeholder
 # (element/__main__.py); `ast` and `dis` are what running it would import.
-NOT_AT_START = ("typing", "inspect", "ast", "dis", "socket", "tempfile", "shutil", "random", "uuid", "argparse",
-                "gettext", "mace_hpc.schedulers.base", "mace_hpc.schedulers.pbs.dialect", "mace_hpc.records.submission",
+NOT_AT_START = ("inspect", "ast", "dis", "socket", "tempfile", "shutil", "random", "uuid", "argparse", "gettext",
+                "mace_hpc.schedulers.base", "mace_hpc.schedulers.pbs.dialect", "mace_hpc.records.submission",
                 "mace_hpc.database.filters", "mace_hpc.element.chain", "mace_hpc.records.stages")
 _LOADED = ("import json, runpy, sys, atexit\n"
            "def loaded():\n"

@@ -10,16 +10,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from ..records.layout import REGISTRY_DIR
 from ..util.atomic import atomic_write_json, read_json
 from ..util.nfslock import NfsLock
 from ..util.private import ensure_private_dir
 from ..util.procs import hostname, process_alive, process_start_time
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 
 def _entry_path(scratch_root: Path, workflow_id: str) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any, ClassVar
 
 from ..config import ISOLATION_MODES, Config, effective_cleanup_on_exit, load_config, resolve_scratch_root
 from ..database.journal import sync_at_checkpoint
@@ -29,10 +30,6 @@ from ..records.layout import CONTEXT_SUBDIRS, ContextPaths
 from ..util.ids import path_inside, validate_workflow_id
 from ..util.private import ensure_private_dir
 from . import registry
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any, ClassVar
 
 DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 

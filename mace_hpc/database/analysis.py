@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
+from typing import Any
 
 #: Properties a completed calculation of each type is expected to yield (upstream's lists).
 EXPECTED_PROPERTIES: dict[str, tuple[str, ...]] = {

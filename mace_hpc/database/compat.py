@@ -12,10 +12,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
+from typing import Any
 
 # Name parts that end a material's name in CRYSTAL file names (calculation types, structure and
 # symmetry keywords, basis-set sizes, functionals), as upstream's naming convention has them.

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from ..config import load_config
 from ..errors import InputError
@@ -50,10 +51,6 @@ from .schema import (
     utc_now,
 )
 from .workflow_records import WorkflowRecordsMixin
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 __all__ = [
     "MaterialConflictError",

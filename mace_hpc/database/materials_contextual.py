@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from ..config import load_config
 from ..errors import InputError
@@ -20,10 +21,6 @@ from ..util.ids import path_inside, validate_workflow_id
 from . import materials
 from .materials import MaterialDatabase
 from .schema import COLUMNS
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 # the databases of the workflow contexts active in this process, innermost last; WorkflowContext
 # pushes on activation and pops on exit (the database layer never imports the context layer)

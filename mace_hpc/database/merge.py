@@ -56,6 +56,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 from ..util.ids import validate_workflow_id
@@ -73,10 +74,6 @@ from .schema import (
     material_value,
     utc_now,
 )
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 STATUSES = ("merged", "already_merged", "empty", "corrupt")
 DEFAULT_BATCH_SIZE = 256

@@ -11,12 +11,9 @@ import numbers
 import os
 import sqlite3
 from collections.abc import Mapping
+from typing import Any
 
 from ..errors import InputError
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 
 def require_text(value: Any, field: str) -> str:

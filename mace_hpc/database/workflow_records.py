@@ -10,13 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from .rows import encode_any_json, require_text, unused_id
 from .schema import local_now
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 
 def _load_list(text: Any) -> list[Any]:

@@ -5,16 +5,11 @@ interpreters run it once per element (`runpy`, as `python -m` would) without pay
 interpreter and its imports per element.
 """
 
-from __future__ import annotations
-
 import importlib
 import importlib.util
 import sys
 import types
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
+from typing import Any
 
 
 class _RunOnFirstUse(types.ModuleType):

@@ -6,8 +6,8 @@ the same arguments and run the same code (`element.run.run_parsed`). Only argpar
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
 if TYPE_CHECKING:
     import argparse
 

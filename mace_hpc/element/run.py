@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from ..context.workflow_context import WorkflowContext
 from ..epilogue.hook import run_epilogue as epilogue
@@ -31,10 +32,6 @@ from ..util.procs import hostname
 from . import lanes
 from . import steps as step_runner
 from .arguments import DESCRIPTION, add_arguments, plain_arguments
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 EXIT_TIMEOUT = 124
 # the first time-limit/termination signal this process got, seen by every `_Interrupt` (a packed

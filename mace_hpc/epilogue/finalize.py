@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..config import ON_COMPLETE, ON_FAILURE, Config, archive_location, effective_cleanup_on_exit, load_config
 from ..database.merge import MergeReport, merge_many
@@ -39,10 +40,6 @@ from ..util.ids import validate_workflow_id
 from ..util.nfslock import LockTimeout, NfsLock
 from ..util.private import ensure_private_dir
 from ..util.procs import hostname
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 
 def _traceback() -> str:

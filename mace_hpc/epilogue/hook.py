@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import archive_location, load_config
 from ..database.merge import lock_path
@@ -34,10 +35,6 @@ from ..records.layout import ContextPaths, SubmissionPaths
 from ..records.manifest import Manifest, plan_of_context, read_manifest
 from ..util.nfslock import LockTimeout, NfsLock
 from .finalize import Options, Outcome, Target, finalize, log_line, target_from_context, target_from_manifest
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 KILL_GRACE_S = 5.0
 DEFAULT_DEADLINE_S = 60.0

@@ -8,9 +8,10 @@ importing this package must not pull in the loader, the validator and YAML with 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..util.lazy import lazy_attributes
 
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
 if TYPE_CHECKING:
     from .load import load_plan, load_plan_data, plan_from_any
     from .model import Element, Plan, Step

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
+from typing import Any
 
 CONTEXT_DIR_TOKEN = "{context_dir}"
 

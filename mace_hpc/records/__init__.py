@@ -11,9 +11,10 @@ runner must not import the submission record's module, which only submitting and
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..util.lazy import lazy_attributes
 
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
 if TYPE_CHECKING:
     from ._io import RecordError
     from .element_state import ElementState, read_state, read_state_strict, write_state

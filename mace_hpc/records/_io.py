@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from ..errors import InputError
 from ..util.atomic import read_json
 from ..util.private import is_private_file
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 
 class RecordError(InputError):

@@ -12,16 +12,13 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..util.atomic import atomic_write_json, read_json
 from ..util.nfslock import NfsLock
 from ..util.procs import hostname, process_alive
 from .layout import state_path
 from .states import ARCHIVED, COMPLETED, MERGED, PENDING, RUNNING, State
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 VERSION = 1
 HISTORY_LIMIT = 50

@@ -8,14 +8,11 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from ..util.atomic import atomic_write_json, read_json
 from ..util.procs import hostname
 from .layout import ContextPaths
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..util.atomic import atomic_write_bytes, atomic_write_json, read_bytes, read_json
 from ..util.private import is_private_file
 from ._io import RecordError, read_versioned
 from .layout import ELEMENT_FILE
 
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
 if TYPE_CHECKING:
-    from typing import Any
-
     from .stages import Stage
 
 VERSION = 1

@@ -9,10 +9,11 @@ environment at every start (`jobenv.py`) needs none of them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..util.lazy import lazy_attributes
 from .jobenv import JobEnvironment, job_environment
 
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
 if TYPE_CHECKING:
     from .base import ArrayRequest, Backend, get_backend
 

@@ -12,14 +12,11 @@ import importlib
 import os
 import subprocess
 from collections.abc import Mapping
+from typing import Any
 
 from ..errors import InputError
 from ..records import env as env_names
 from ..records.pack import task_elements
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 
 class JobEnvironment:

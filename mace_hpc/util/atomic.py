@@ -10,12 +10,9 @@ import errno
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from .ids import random_uid
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 _NEW_FILE = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 

@@ -13,10 +13,7 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
+from typing import Any
 
 MAX_FILE_BYTES = 16 << 20  # a plan of 10,000 explicit elements is about 3 MiB
 MAX_DEPTH = 100  # plans need about 10 levels; kwargs and metadata get the rest

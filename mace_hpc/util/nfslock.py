@@ -29,14 +29,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from ..errors import MaceError
 from .ids import random_uid
 from .procs import hostname, process_start_time
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 EMPTY_GRACE_S = 5.0  # an empty/unparsable lock file younger than this is being written
 BREAK_LOCK_STALE_S = 30.0  # lifetime of the `.break` guard: breaking takes milliseconds
@@ -54,6 +51,8 @@ class _Seen:
     info: dict[str, Any] | None
     ino: int
     mtime: float
+
+
 
 
 def _read(path: Path) -> _Seen | None:

@@ -1,12 +1,8 @@
 """The embedded default: array elements as processes on this machine (see backend.py)."""
 
-from __future__ import annotations
+from typing import Any
 
 from .jobenv import LocalJobEnv
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 __all__ = ["LocalBackend", "LocalJobEnv"]
 

@@ -41,16 +41,13 @@ PBS Pro, checked against a real OpenPBS 23.06 in CI (tests/test_submission_pbs_r
 - `qrerun` needs a manager (root): a job cannot requeue itself on PBS Pro as it can on SLURM.
 """
 
-from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
 from .jobenv import PbsJobEnv
 
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
 if TYPE_CHECKING:
-    from typing import Any
-
     from .dialect import (
         FLAVORS,
         PbsJobId,

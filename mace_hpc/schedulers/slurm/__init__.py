@@ -1,13 +1,9 @@
 """SLURM: `sbatch --array` per chunk (backend.py), its state table (states.py), inside a job (jobenv.py)."""
 
-from __future__ import annotations
+from typing import Any
 
 from .jobenv import SlurmJobEnv
 from .states import normalize_slurm_state
-
-TYPE_CHECKING = False  # typing's own, without importing typing when the runner starts
-if TYPE_CHECKING:
-    from typing import Any
 
 __all__ = ["SlurmBackend", "SlurmJobEnv", "normalize_slurm_state"]
 
