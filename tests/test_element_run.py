@@ -295,3 +295,68 @@ def test_a_job_scripts_command_line_reads_as_argparse_reads_it():
     for argv in ([], ["m.json", "--index", "-1"], ["m.json", "--index=3"], ["m.json", "--ind", "3"], ["-h"], [""],
                  ["m.json", "--index", "٣"], ["m.json", "--task", "1"], ["m.json", "--no-epilogue"], ["--", "m.json"]):
         assert plain_arguments(argv) is None, argv
+
+
+def test_jobs_start_the_runner_without_site_and_user_code_still_gets_it(tmp_path, mace_env):
+    """Every backend's job execs `element_command`: `python -S element/start.py MANIFEST` (site's
+    `.pth` processing was the largest part of a short element's start). A plain element runs and
+    merges without site ever loading, found through the start file's own location (no PYTHONPATH);
+    a function step's user code sees site-packages (PyYAML here) as under a normal `python`."""
+    from mace_hpc.element.start import runner_argv
+    from mace_hpc.submission.submit import element_command
+
+    (tmp_path / "uses_yaml.py").write_text(
+        "import json, sys\n"
+        "import yaml\n"
+        "def probe(out):\n"
+        "    json.dump({'site': 'site' in sys.modules, 'yaml': yaml.safe_load('a: 1')}, open(out, 'w'))\n"
+        "    return {'ok': 1}\n")
+    out = tmp_path / "probe.json"
+    plan = {"name": "nosite", "isolation_mode": "isolated", "on_complete": "merge", "elements": [
+        {"id": "plain", "steps": [{"name": "calc", "command": ["true"]}]},
+        {"id": "fn", "materials": [{"material_id": "m", "formula": "Al"}],
+         "steps": [{"name": "work", "function": "uses_yaml:probe", "kwargs": {"out": str(out)}}]}]}
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(plan))
+    manifest = submit_plan(plan_path, backend="local", prepare_only=True).submission.manifest_path
+    argv = element_command(manifest)
+    assert argv[:3] == [sys.executable, "-S", str(Path(__file__).parent.parent / "mace_hpc" / "element" / "start.py")]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    plain = subprocess.run([argv[0], "-X", "importtime", *argv[1:], "--index", "0"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in plain.stderr.splitlines() if line.startswith("import time:")}
+    assert "mace_hpc.element.run" in loaded and "site" not in loaded
+    assert read_state(mace_env["scratch_root"] / "nosite-plain").state == "MERGED"
+
+    fn = subprocess.run([*argv, "--index", "1"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert fn.returncode == 0, fn.stderr[-2000:]
+    assert json.loads(out.read_text()) == {"site": True, "yaml": {"a": 1}}
+    assert read_state(mace_env["scratch_root"] / "nosite-fn").state == "MERGED"
+    # a site's own interpreter may be another environment: it starts the runner as a module, with site
+    assert runner_argv("/opt/site/bin/python3") == ["/opt/site/bin/python3", "-m", "mace_hpc.element"]
+
+
+def test_a_module_the_runner_imports_late_is_found_through_site():
+    """After the runner's own imports, the first top-level import nothing finds (psutil for a
+    contended lock, PyYAML, boto3) starts site once and is retried; standard-library probes for
+    absent optional modules do not start it."""
+    import psutil
+
+    import mace_hpc
+
+    root = str(Path(mace_hpc.__file__).resolve().parent.parent)
+    # an editable install (CI's) keeps psutil out of the package's directory; a wheel's shares it
+    via_site = not Path(psutil.__file__).resolve().is_relative_to(root)
+    code = ("import sys; sys.path[0] = sys.argv[1]\n"
+            "from mace_hpc.element import start\n"
+            "sys.meta_path.append(start._SiteOnMiss)\n"
+            "try:\n    import _winapi\nexcept ImportError:\n    pass\n"
+            "before = 'site' in sys.modules\n"
+            "import psutil\n"
+            "print(before, 'site' in sys.modules, start._SiteOnMiss in sys.meta_path, callable(psutil.pid_exists))\n")
+    proc = subprocess.run([PY, "-S", "-c", code, root], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", str(via_site), str(not via_site), "True"]

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from .start import runner_argv
+
 # the lanes this runner started (only the runner of a laned task has any)
 _procs: list[subprocess.Popen[bytes]] = []
 # exit codes of lanes that did not end cleanly (killed by a signal, or an element of theirs raised):
@@ -81,7 +83,7 @@ class Claims:
 def lane_argv(manifest: str | os.PathLike[str], task: int, lane: int, claims: str, stage: str | None,
               run_epilogue: bool) -> list[str]:
     """The command of lane `lane` of packed task `task`: this interpreter, the runner module."""
-    return [sys.executable, "-m", "mace_hpc.element", str(manifest), "--task", str(task), "--lane", str(lane),
+    return [*runner_argv(), str(manifest), "--task", str(task), "--lane", str(lane),
             "--claims", claims, *(["--stage", stage] if stage else []), *([] if run_epilogue else ["--no-epilogue"])]
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .start import ensure_site
 
 RESULTS_FILE = "results.json"
 
@@ -157,6 +158,7 @@ def _kill_group(pgid: int) -> None:
 
 def load_callable(spec: str, search_path: list[str]) -> Any:
     module_name, _, attr = spec.partition(":")
+    ensure_site()
     for p in reversed(search_path):
         if p and p not in sys.path:
             sys.path.insert(0, p)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config
+from ..element.start import runner_argv
 from ..epilogue.backstop import backstop_record, backstop_request
 from ..epilogue.finalize import Options
 from ..epilogue.pending import merge_pending
@@ -60,7 +60,7 @@ class SubmitResult:
 
 def element_command(manifest: Path, python: str | None = None) -> list[str]:
     """The argv every backend runs for an element (the index comes from the environment)."""
-    return [python or sys.executable, "-m", "mace_hpc.element", str(manifest)]
+    return [*runner_argv(python), str(manifest)]
 
 
 def preflight_programs(plan: Plan) -> None:
