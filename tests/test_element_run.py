@@ -302,7 +302,7 @@ def test_jobs_start_the_runner_without_site_and_user_code_still_gets_it(tmp_path
     `.pth` processing was the largest part of a short element's start). A plain element runs and
     merges without site ever loading, found through the start file's own location (no PYTHONPATH);
     a function step's user code sees site-packages (PyYAML here) as under a normal `python`."""
-    from mace_hpc.element.start import runner_argv
+    from mace_hpc.records.runner import runner_argv
     from mace_hpc.submission.submit import element_command
 
     (tmp_path / "uses_yaml.py").write_text(

@@ -215,7 +215,8 @@ def reusable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     (pkg / "__init__.py").write_text("")
     (pkg / "__main__.py").write_text(REUSABLE_MAIN)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path / "lib"), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setattr(worker_mod, "REUSABLE_MODULES", frozenset({"reuseme"}))
+    monkeypatch.setattr(worker_mod, "runner_module",
+                        lambda command: "reuseme" if list(command[1:3]) == ["-m", "reuseme"] else None)
     return "reuseme"
 
 
@@ -292,6 +293,18 @@ def test_setup_lines_or_other_modules_get_a_new_process_each(tmp_path: Path, reu
     assert {s["plan_var"] for s in seen} == {"from-setup"} and len({s["pid"] for s in seen}) == 3
     assert worker_mod.worker_key(["python3", "-m", "other.module"], {}) is None
     assert worker_mod.worker_key([PY, "script.py"], {}) is None
+
+
+def test_the_element_runner_runs_in_workers_in_either_of_its_start_forms() -> None:
+    """What mace-submit records (`python -S .../element/start.py`, or `-m` for a site's own
+    interpreter) is what the pool reuses workers for; anything else is a new process."""
+    from mace_hpc.records.runner import runner_argv
+    from mace_hpc.submission.submit import element_command
+
+    for command in (element_command(Path("/s/manifest.json")), [*runner_argv("/opt/py/bin/python3"), "m.json"]):
+        assert worker_mod.runner_module(command) == "mace_hpc.element"
+        assert worker_mod.worker_key(command, {}) is not None
+    assert worker_mod.worker_key([PY, "-S", "/elsewhere/start.py", "m.json"], {}) is None
 
 
 # ---------------------------------------------------------------------------- render, query, cancel

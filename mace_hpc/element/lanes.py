@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .start import runner_argv
+from ..records.runner import runner_argv
 
 # the lanes this runner started (only the runner of a laned task has any)
 _procs: list[subprocess.Popen[bytes]] = []

@@ -1,4 +1,4 @@
-"""How a job starts its element runner: `python -S <this file> MANIFEST ...`, site-packages on demand.
+"""`python -S <this file> MANIFEST ...`: the element runner, with site-packages only on demand.
 
 Site initialisation (every `.pth` file of the environment, editable-install finders,
 `sitecustomize`) is the largest single part of a short element's start: ~50 ms of CPU per element
@@ -15,15 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-
-
-def runner_argv(python: str | None = None) -> list[str]:
-    """The interpreter and runner every backend's job (and a packed task's lanes) execs, before
-    the runner's own arguments. A site's own `python` (scheduler.python) may be another
-    environment, where this file's location means nothing: it gets `-m`, with site."""
-    if python and python != sys.executable:
-        return [python, "-m", "mace_hpc.element"]
-    return [sys.executable, "-S", os.path.abspath(__file__)]
 
 
 class _SiteOnMiss:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config
-from ..element.start import runner_argv
 from ..epilogue.backstop import backstop_record, backstop_request
 from ..epilogue.finalize import Options
 from ..epilogue.pending import merge_pending
@@ -31,6 +30,7 @@ from ..records.layout import STATE_FILE, submissions_root
 from ..records.manifest import ManifestEntry, read_manifest
 from ..records.pack import lane_cpus, lane_slots
 from ..records.pack import lanes as pack_lanes
+from ..records.runner import runner_argv
 from ..records.stages import Stage, ordered
 from ..records.submission import ARRAY, SETTLE, JobEntry, Runner, SubmissionRecord, read_record, write_record
 from ..schedulers import ArrayRequest, Backend, get_backend

@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-#: modules whose `__main__` only imports when imported, so a worker may run them repeatedly
-REUSABLE_MODULES = frozenset({"mace_hpc.element"})
+from ...records.runner import runner_module
+
 WORKER_MODULE = "mace_hpc.schedulers.local.worker"
 
 
@@ -208,8 +208,8 @@ class WorkerPool:
 
     def run(self, key: tuple[Any, ...], command: Sequence[str], argv: Sequence[str], env: Mapping[str, str],
             out: Path) -> WorkerRun:
-        """Start `python -m command[2] argv` in an idle worker of `key`, or in a new one."""
-        job = (command[2], argv, env, out)
+        """Start the runner module of `command` with `argv` in an idle worker of `key`, or in a new one."""
+        job = (runner_module(command), argv, env, out)
         idle = self._idle.setdefault(key, [])
         while idle:
             worker = idle.pop()
@@ -256,8 +256,9 @@ class WorkerPool:
 
 def worker_key(command: Sequence[str], env: Mapping[str, str]) -> tuple[Any, ...] | None:
     """Which workers can run this command: (interpreter, PYTHON* variables), or None when the
-    command is not `python -m <reusable module> ...` (then every element is a new process)."""
-    if len(command) < 3 or command[1] != "-m" or command[2] not in REUSABLE_MODULES:
+    command does not start the element runner (then every element is a new process). The runner's
+    `__main__` only imports when imported, so a worker may run it repeatedly."""
+    if runner_module(command) is None:
         return None
     return (os.path.realpath(command[0]), tuple(sorted((k, v) for k, v in env.items() if k.startswith("PYTHON"))))
 
