@@ -30,6 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_submit import machine  # noqa: E402
 
+REPO = Path(__file__).resolve().parent.parent
+
 STEP = ["true"]
 
 
@@ -42,6 +44,13 @@ def timed(argv: list[str], env: dict[str, str], n: int) -> list[float]:
         if proc.returncode != 0:
             raise SystemExit(f"{argv} failed: {proc.stderr.decode()[-500:]}")
     return out
+
+
+def runner_start(tree: Path) -> list[str]:
+    """How that commit's jobs start the runner: `python -S element/start.py` where the tree has
+    it (records/runner.py), `python -m mace_hpc.element` before."""
+    start = tree / "mace_hpc" / "element" / "start.py"
+    return [sys.executable, "-S", str(start)] if start.exists() else [sys.executable, "-m", "mace_hpc.element"]
 
 
 def run_elements(root: Path, mode: str, on_complete: str, n: int) -> list[float]:
@@ -60,8 +69,8 @@ def run_elements(root: Path, mode: str, on_complete: str, n: int) -> list[float]
     times = []
     for i in range(n):
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "mace_hpc.element", str(result.submission.manifest_path),
-                               "--index", str(i)], env=env, capture_output=True)
+        proc = subprocess.run([*runner_start(REPO), str(result.submission.manifest_path), "--index", str(i)],
+                              env=env, capture_output=True)
         times.append(time.perf_counter() - t0)
         if proc.returncode != 0:
             raise SystemExit(f"element {i} failed: {proc.stderr.decode()[-800:]}")
@@ -87,7 +96,7 @@ def compare(baseline: Path, n: int) -> None:
     """Old and new runners alternating element by element; medians and CPU time per element."""
     sides = []
     with tempfile.TemporaryDirectory(prefix="bench-runner-ab-", dir="/tmp") as tmp:
-        for label, tree in (("baseline", baseline.resolve()), ("current", Path(__file__).resolve().parent.parent)):
+        for label, tree in (("baseline", baseline.resolve()), ("current", REPO)):
             root = Path(tmp) / label
             root.mkdir()
             (root / "none.json").write_text("{}")
@@ -97,12 +106,12 @@ def compare(baseline: Path, n: int) -> None:
             # cwd: not a checkout, or `python -c`/`-m` would import its mace_hpc ahead of PYTHONPATH
             manifest = subprocess.run([sys.executable, "-c", PREPARE, str(root), str(n), json.dumps(environ)],
                                       env=env, capture_output=True, text=True, check=True, cwd=root).stdout.strip()
-            sides.append((f"{label} ({tree.name})", manifest, env, [], [], root))
+            sides.append((f"{label} ({tree.name})", manifest, env, [], [], root, runner_start(tree)))
         for i in range(n):
-            for label, manifest, env, wall, cpu, root in sides if i % 2 == 0 else sides[::-1]:
+            for label, manifest, env, wall, cpu, root, start in sides if i % 2 == 0 else sides[::-1]:
                 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.perf_counter()
-                proc = subprocess.run([sys.executable, "-m", "mace_hpc.element", manifest, "--index", str(i)],
+                proc = subprocess.run([*start, manifest, "--index", str(i)],
                                       env=env, capture_output=True, cwd=root)
                 wall.append(time.perf_counter() - t0)
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -110,7 +119,7 @@ def compare(baseline: Path, n: int) -> None:
                 if proc.returncode != 0:
                     raise SystemExit(f"{label}: element {i} failed: {proc.stderr.decode()[-800:]}")
     print(f"{n} elements each, alternating (one `true` step, isolated, on_complete=merge), median (min-max):")
-    for label, _, _, wall, cpu, _ in sides:
+    for label, _, _, wall, cpu, _, _ in sides:
         print(f"  {label:<24} wall {statistics.median(wall) * 1000:6.1f} ms ({min(wall) * 1000:.0f}-{max(wall) * 1000:.0f}); "
               f"CPU {statistics.median(cpu) * 1000:6.1f} ms")
 

@@ -10,10 +10,28 @@ from typing import Any
 
 
 def print_json(obj: Any, compact: bool = False) -> None:
-    # dumps + one write: json.dump writes every token separately (seconds for 10,000 status rows);
-    # `compact`: no indent, so the C encoder runs (5x faster for 10,000 report rows)
-    text = json.dumps(obj, default=str) if compact else json.dumps(obj, indent=2, sort_keys=True, default=str)
-    sys.stdout.write(text + "\n")
+    """One write (json.dump writes every token separately: seconds for 10,000 status rows).
+    `compact`: one line. Otherwise a top-level object's keys one per line and a list under one of
+    them one item per line: readable, greppable, and every line is C-encoded (`indent` would send
+    everything through json's pure-Python encoder: half of `mace status --json` at 10,000 rows)."""
+    sys.stdout.write((_one_line(obj) if compact else _by_line(obj)) + "\n")
+
+
+def _one_line(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _by_line(obj: Any) -> str:
+    if not isinstance(obj, dict) or not obj:
+        return _one_line(obj)
+    lines = []
+    for key, value in sorted(obj.items(), key=lambda kv: str(kv[0])):
+        if isinstance(value, list) and value:
+            value_text = "[\n" + ",\n".join("    " + _one_line(v) for v in value) + "\n  ]"
+        else:
+            value_text = _one_line(value)
+        lines.append(f"  {json.dumps(str(key))}: {value_text}")
+    return "{\n" + ",\n".join(lines) + "\n}"
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
