@@ -14,7 +14,6 @@ Keys of mappings are never substituted, only values.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math
@@ -265,9 +264,8 @@ def expand_sweep(
             eid, workflow_id = element_id(render_id(values, texts), "sweep.id", plan_name)
             values["workflow_id"] = texts["workflow_id"] = workflow_id
             body = render_body(values, texts)
-            element = dataclasses.replace(validate_element_body(
-                body, "sweep.template", index=index, eid=eid, workflow_id=workflow_id, base_env=base_env
-            ), params={n: values[n] for n in names})
+            element = validate_element_body(body, "sweep.template", index=index, eid=eid, workflow_id=workflow_id,
+                                            base_env=base_env, params={n: values[n] for n in names})
         except PlanError as exc:
             where = ", ".join(f"{n}={show(values[n], 30)}" for n in names)
             raise PlanError(f"{exc} (sweep element {index}: {where})") from None

@@ -9,7 +9,6 @@ restricted to a conservative character set.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import functools
 import math
@@ -556,14 +555,16 @@ def validate_element_body(
     eid: str,
     workflow_id: str,
     base_env: Mapping[str, str],
+    params: dict[str, Any] | None = None,
 ) -> Element:
-    """Materials, env and steps of an element whose placeholders are already substituted."""
+    """Materials, env and steps of an element whose placeholders are already substituted;
+    `params`: the sweep values that made it (metadata)."""
     materials = validate_materials(body.get("materials"), join(path, "materials"))
     env = validate_env(body.get("env"), path, "env")
     if base_env:
         env = {**base_env, **env}
     steps = validate_steps(body.get("steps"), join(path, "steps"), {m["material_id"] for m in materials})
-    return Element(index, eid, workflow_id, materials, env, steps)
+    return Element(index, eid, workflow_id, materials, env, steps, params or {})
 
 
 def validate_element_record(data: Any, path: str = "element") -> Element:
@@ -579,8 +580,8 @@ def validate_element_record(data: Any, path: str = "element") -> Element:
     )
     params = as_mapping(data.get("params") or {}, join(path, "params"))
     body = {k: v for k, v in data.items() if k != "params"}
-    element = validate_element_body(body, path, index=index, eid=eid, workflow_id=workflow_id, base_env={})
-    return dataclasses.replace(element, params=dict(params)) if params else element
+    return validate_element_body(body, path, index=index, eid=eid, workflow_id=workflow_id, base_env={},
+                                 params=dict(params))
 
 
 def validate_plan_fields(data: Mapping[str, Any]) -> dict[str, Any]:
