@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # .ci/oldest-python.sh - the archive tests under the oldest Python this machine has (Debian's
 # /usr/bin/python3, 3.11.2: no tarfile.data_filter/FilterError, which arrived in 3.11.4/3.12).
-# pyproject says requires-python >=3.10, so archive/restore must not depend on newer tarfile APIs.
+# pyproject says requires-python >=3.11 (sqlite3 serialize), so archive/restore must not depend on tarfile APIs newer than 3.11.0.
 # Dependencies come from Debian packages (offline-friendly, no venv); run as root from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."

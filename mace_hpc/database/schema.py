@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..util.atomic import temp_file_beside
@@ -259,7 +259,7 @@ CONTEXT_SCHEMA_STATEMENTS: tuple[str, ...] = (
 
 def utc_now() -> str:
     """Fixed-width UTC timestamp (microseconds): sorts as text in time order (merge versions)."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def local_now() -> str:

@@ -9,10 +9,10 @@ as, their names in every JSON file written before this module existed.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class State(str, Enum):
+class State(StrEnum):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
@@ -25,10 +25,6 @@ class State(str, Enum):
     KEPT = "KEPT"
     QUARANTINED = "QUARANTINED"
     SKIPPED = "SKIPPED"  # a stage that never ran because a stage it needs failed (multi-stage plans)
-
-    # a str subclass must print as its value everywhere (f-strings, format, str)
-    __str__ = str.__str__
-    __format__ = str.__format__
 
     @classmethod
     def parse(cls, value: object, default: State | None = None) -> State | None:
