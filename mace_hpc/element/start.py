@@ -1,10 +1,10 @@
 """`python -S <this file> MANIFEST ...`: the element runner, with site-packages only on demand.
 
 Site initialisation (every `.pth` file of the environment, editable-install finders,
-`sitecustomize`) is the largest single part of a short element's start: ~50 ms of CPU per element
-on the CI machine, where the whole runner costs ~110 ms; conda and module-system environments on
-clusters often have more `.pth` files still. The runner itself needs only the standard library and
-this package, so it starts without site (`-S`) and with the directory holding `mace_hpc` first on
+`sitecustomize`) costs ~50 ms of CPU in a bare interpreter on the CI machine; the runner imports
+much of what it loads anyway, so skipping it saves ~17 ms of the runner's ~150 (more where
+conda or module-system environments carry more `.pth` files). The runner itself needs only the
+standard library and this package, so it starts without site (`-S`) and with the directory holding `mace_hpc` first on
 `sys.path`. Site is started, once, when something needs it: before a function step imports the
 user's code (`ensure_site`), and for the first later top-level import that neither satisfies
 (PyYAML for a YAML config, psutil for a contended lock, boto3 for an S3 archive), which is then
