@@ -290,10 +290,12 @@ def test_a_job_scripts_command_line_reads_as_argparse_reads_it():
     from mace_hpc.element.arguments import add_arguments, plain_arguments
 
     parser = add_arguments(argparse.ArgumentParser())
-    for argv in (["/s/manifest.json"], ["m.json", "--index", "0"], ["m.json", "--index", "007"], ["m b", "--index", "12"]):
+    for argv in (["/s/manifest.json"], ["m.json", "--index", "0"], ["m.json", "--index", "007"], ["m b", "--index", "12"],
+                 ["m.json", "--no-epilogue"], ["m.json", "--index", "3", "--no-epilogue"]):  # the last two: local workers
         assert vars(plain_arguments(argv)) == vars(parser.parse_args(argv)), argv
     for argv in ([], ["m.json", "--index", "-1"], ["m.json", "--index=3"], ["m.json", "--ind", "3"], ["-h"], [""],
-                 ["m.json", "--index", "٣"], ["m.json", "--task", "1"], ["m.json", "--no-epilogue"], ["--", "m.json"]):
+                 ["m.json", "--index", "٣"], ["m.json", "--task", "1"], ["--no-epilogue"], ["m.json", "--no-epilogue", "--index", "3"],
+                 ["--index", "3", "--no-epilogue"], ["--", "m.json"]):
         assert plain_arguments(argv) is None, argv
 
 
