@@ -359,3 +359,30 @@ def test_merging_into_an_upstream_shared_database_migrates_it_first(tmp_path: Pa
     assert [r[4] for r in conn.execute(UP_PROPERTIES_READ, ("Al2O3",))] == ["band_gap", "band_gap",
                                                                           "space_group_symbol"]
     assert conn.execute("SELECT workflow_id FROM calculations WHERE calc_id = ?", (calc_id,)).fetchone() == ("wf-new",)
+
+
+def test_a_database_at_this_schema_opens_with_one_connection_and_others_are_still_migrated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`upgrade_file` reads the schema version from the file's header: a database already at this
+    schema (every context database, from the template) gets no extra connection (whose -wal and
+    -shm files a WAL database would create and remove), an upstream one is still migrated first,
+    and what is no SQLite file (or a FIFO, which must not hang the open) is left to SQLite."""
+    import os
+
+    from mace_hpc.database import migrate
+
+    current = tmp_path / "ctx.db"
+    create_context_database(current)
+    assert migrate.header_version(current) == SCHEMA_VERSION
+    opened: list[str] = []
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(migrate.sqlite3, "connect", lambda p, *a, **k: opened.append(str(p)) or real_connect(p, *a, **k))
+    migrate.upgrade_file(current)
+    assert opened == []
+    upstream = make_upstream_db(tmp_path / "up.db")
+    assert migrate.header_version(upstream) == 0
+    migrate.upgrade_file(upstream)
+    assert opened[:1] == [str(upstream)] and user_version(upstream) == SCHEMA_VERSION  # (then its backup)
+    (tmp_path / "text.db").write_text("not a database")
+    os.mkfifo(tmp_path / "fifo.db")
+    assert [migrate.header_version(tmp_path / n) for n in ("text.db", "fifo.db", "missing.db")] == [None] * 3

@@ -178,11 +178,29 @@ def write_backup(path: Path) -> Path:
     return target
 
 
+def header_version(path: str | os.PathLike[str]) -> int | None:
+    """`user_version` as the file's own header holds it (bytes 60-63), or None when the file is no
+    SQLite database: the common case, a database already at this schema, needs no connection here
+    (a connection to a WAL database creates and removes its -wal and -shm files: ~1 ms per element
+    open). A newer header page still in the WAL is seen by `ensure_schema` on the real connection."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # a FIFO must not hang it
+        try:
+            header = os.pread(fd, 64, 0)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    if len(header) < 64 or not header.startswith(b"SQLite format 3\0"):
+        return None
+    return int.from_bytes(header[60:64], "big")
+
+
 def upgrade_file(path: str | os.PathLike[str]) -> None:
     """Migrate the database at `path` if it is older than SCHEMA_VERSION, through a plain
     connection, before anything else (journal mode, pragmas) touches the file: a database that
     cannot be migrated stays byte-for-byte as it was."""
-    if not os.path.exists(path):
+    if not os.path.exists(path) or header_version(path) == SCHEMA_VERSION:
         return
     conn = sqlite3.connect(os.fspath(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
