@@ -112,3 +112,24 @@ def test_rollback_journal_context_database_keeps_full_sync(tmp_path, mace_env, m
     monkeypatch.setenv("MACE_SQLITE_JOURNAL", "delete")
     with WorkflowContext("nfswf", isolation_mode="isolated") as ctx:
         assert ctx.get_database().connection.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_leaving_a_context_without_cleaning_it_up_does_not_wait_for_its_holders_lock(tmp_path, mace_env):
+    """Only a holder that may clean the context up decides anything when it leaves (invariant 8:
+    the last one out cleans up); one that keeps the context (every element runner) just removes
+    its registry entry, even while another holder's clean-up holds the lock for a long time."""
+    import threading
+
+    from mace_hpc.context import registry
+    from mace_hpc.workflow.context import WorkflowContext
+
+    ctx = WorkflowContext("keepwf", isolation_mode="isolated", cleanup_on_exit=False)
+    ctx.activate()
+    entries = lambda: [e["workflow_id"] for e in registry.list_entries(ctx.scratch_root)]  # noqa: E731
+    assert entries() == ["keepwf"]
+    with registry.holders_lock(ctx.scratch_root, "keepwf"):
+        leaving = threading.Thread(target=ctx.deactivate)
+        leaving.start()
+        leaving.join(10)
+        assert not leaving.is_alive()
+    assert entries() == [] and ctx.directory.is_dir()

@@ -173,10 +173,11 @@ class WorkflowContext:
         self._saved_env = {}
         self.close()
         self.state = "failed" if failed else "finished"
+        if not self.cleanup_on_exit:  # leaving without cleaning up decides nothing for the others: no lock
+            registry.unregister(self.scratch_root, self.workflow_id)
+            return
         with registry.holders_lock(self.scratch_root, self.workflow_id):
             registry.unregister(self.scratch_root, self.workflow_id)
-            if not self.cleanup_on_exit:
-                return
             others = registry.other_holders(self.scratch_root, self.workflow_id)
             if others:  # invariant 8: never remove a context another live process still writes to
                 who = ", ".join(f"pid {e.get('pid')} on {e.get('host')}" for e in others[:3])
