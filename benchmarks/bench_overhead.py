@@ -15,9 +15,12 @@ machine shared with other work loads each alike. Prints medians (min-max); no as
 what the run's own processes used; SLURM, the whole machine's busy time during the run (the
 daemons work for the jobs outside our processes), so SLURM CPU needs an otherwise idle machine.
 
-On SLURM also the current tree with `pack: 10` (10 elements per array task, `--pack 0` skips it).
+On SLURM also the current tree with `pack: 10` (10 elements per array task, `--pack 0` skips it),
+and with `--floor` the raw array's command under FLOOR: the least any per-element Python runner
+does (its entry, three fsynced state writes, one row merged into SQLite under a lock), the
+figure no per-element runner of ours can go below.
 
-    python benchmarks/bench_overhead.py [--elements 100] [--repeat 3] [--no-slurm] [--baseline TREE] [--pack K]
+    python benchmarks/bench_overhead.py [--elements 100] [--repeat 3] [--no-slurm] [--baseline TREE] [--pack K] [--floor]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import json
 import os
 import resource
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -133,9 +137,44 @@ def run_xargs(root: Path, n: int, workers: int) -> float:
     return elapsed
 
 
-def run_sbatch(root: Path, n: int, throttle: int, timeout: float) -> float:
+FLOOR = """# the least a per-element Python runner does, without mace-hpc: read its entry, state RUNNING
+# (atomic, fsynced), run the step, state COMPLETED, one row merged into a shared SQLite database
+# under a lock, state MERGED
+import fcntl, json, os, sqlite3, sys, time
+root, i = sys.argv[1], os.environ["SLURM_ARRAY_TASK_ID"]
+d = os.path.join(root, i)
+argv = json.load(open(os.path.join(root, "manifest.json")))["elements"][int(i)]
+os.makedirs(d, exist_ok=True)
+def state(s):
+    tmp = os.path.join(d, ".state.tmp")
+    with open(tmp, "w") as fh:
+        json.dump({"state": s, "at": time.time()}, fh); fh.flush(); os.fsync(fh.fileno())
+    os.replace(tmp, os.path.join(d, "state.json"))
+state("RUNNING")
+_, status = os.waitpid(os.posix_spawn(argv[0], argv + [d], os.environ), 0)
+state("COMPLETED" if status == 0 else "FAILED")
+with open(os.path.join(root, "shared.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    db = sqlite3.connect(os.path.join(root, "shared.db"), isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("INSERT INTO results VALUES (?, ?)", (i, open(os.path.join(d, "results.json")).read()))
+    db.execute("COMMIT")
+state("MERGED")
+"""
+
+
+def run_sbatch(root: Path, n: int, throttle: int, timeout: float, floor: bool = False) -> float:
+    """The raw array of the bare command, or (`floor`) of the bare command under FLOOR."""
     root.mkdir(parents=True)
-    wrap = " ".join([*STEP[:2], f"\"{CODE}\"", f"{root}/$SLURM_ARRAY_TASK_ID"])
+    if floor:
+        (root / "floor.py").write_text(FLOOR)
+        (root / "manifest.json").write_text(json.dumps({"elements": [STEP] * n}))
+        with sqlite3.connect(root / "shared.db") as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE results (element, results)")
+        wrap = f"exec {sys.executable} -S {root}/floor.py {root}"
+    else:
+        wrap = " ".join([*STEP[:2], f"\"{CODE}\"", f"{root}/$SLURM_ARRAY_TASK_ID"])
     t0 = time.perf_counter()
     job = subprocess.run(["sbatch", "--parsable", f"--array=0-{n - 1}%{throttle}", "-o", "/dev/null", "-J", "ovh-raw",
                           "--time=5", "--wrap", wrap], capture_output=True, text=True, check=True).stdout.strip()
@@ -149,9 +188,13 @@ def run_sbatch(root: Path, n: int, throttle: int, timeout: float) -> float:
     finally:
         scancel([job])
     elapsed = time.perf_counter() - t0
-    CPU.setdefault("slurm: raw", []).append(machine_cpu() - busy0)
+    CPU.setdefault("slurm: floor" if floor else "slurm: raw", []).append(machine_cpu() - busy0)
     done = len(list(root.glob("*/results.json")))
     assert done == n, f"raw array: {done}/{n} results"
+    if floor:
+        with sqlite3.connect(root / "shared.db") as db:
+            merged = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        assert merged == n, f"floor runner: {merged}/{n} merged"
     return elapsed
 
 
@@ -176,6 +219,8 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, help="a checkout of an older commit, run the same way")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--pack", type=int, default=10, help="SLURM: also the current tree with `pack: K` (0: skip)")
+    ap.add_argument("--floor", action="store_true", help="SLURM: also the bare command under FLOOR, the least "
+                    "a per-element Python runner does (no mace-hpc)")
     args = ap.parse_args()
     trees = ([("baseline", args.baseline.resolve())] if args.baseline else []) + [("current", REPO)]
     slurm = not args.no_slurm and shutil.which("sbatch") is not None
@@ -197,6 +242,9 @@ def main() -> None:
                 for label, tree in trees:
                     times.setdefault(f"slurm: {label}", []).append(
                         run_mace(tmp / f"slurm-{label}{r}", tree, n, "slurm", args.throttle, args.timeout))
+                if args.floor:
+                    times.setdefault("slurm: floor", []).append(
+                        run_sbatch(tmp / f"floor{r}", n, args.throttle, args.timeout, floor=True))
                 if args.pack > 1:
                     times.setdefault("slurm: packed", []).append(
                         run_mace(tmp / f"slurm-pack{r}", REPO, n, "slurm", args.throttle, args.timeout, args.pack))
@@ -212,6 +260,9 @@ def main() -> None:
         print("  (SLURM CPU: the whole machine's busy seconds during each run, daemons included)")
         raw_cpu = CPU["slurm: raw"]
         show(f"slurm: raw sbatch --array=0-{n - 1}%{args.throttle} to empty queue", times["slurm: raw"], None, raw_cpu)
+        if args.floor:
+            show("slurm: the same array, each under a floor runner", times["slurm: floor"], times["slurm: raw"],
+                 CPU["slurm: floor"], raw_cpu)
         for label, tree in trees:
             show(f"slurm: mace-submit ({label}: {tree.name}) to MERGED", times[f"slurm: {label}"], times["slurm: raw"],
                  CPU[f"slurm: {tree} pack 1"], raw_cpu)
