@@ -124,6 +124,12 @@ def test_submit_env_merge_resubmit(pbs_site, tmp_path, mace_env, monkeypatch):
     assert set(states(report).values()) == {"MERGED"}
     attempts = {e["workflow_id"]: e.get("attempts") for e in report["elements"]}
     assert attempts == {"pbsrun-e0": 1, "pbsrun-e1": 1, "pbsrun-e2": 2, "pbsrun-e3": 1}
+    # the resubmission's script and logs sit beside the first attempt's instead of replacing them
+    # (PBS Pro expands no job id in -o; Torque names each subjob's file by its job's sequence number)
+    logs = {p.name for p in (mace_env["scratch_root"] / ".submissions" / "pbsrun" / "logs").iterdir()}
+    assert {"pbsrun.pbs", "pbsrun.r2.pbs", "pbsrun-merge.pbs", "pbsrun-merge.r2.pbs"} <= logs, sorted(logs)
+    if flavor == "pbspro":
+        assert {"pbsrun.2.log", "pbsrun.r2.2.log"} <= logs, sorted(logs)
 
     conn = sqlite3.connect(mace_env["shared_database"])
     rows = conn.execute("SELECT material_id, property_value FROM properties WHERE property_name='score'").fetchall()

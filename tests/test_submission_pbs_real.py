@@ -339,6 +339,13 @@ def test_failed_elements_resubmitted_as_a_sparse_array(pbs_run: Run) -> None:
     # -J takes one range: [0, 1, 3] went out as 0-3; subjob 2 exited 0 without running element 2 again
     assert pbs_run.state("envp-e2")["attempts"] == 1
     assert pbs_run.srv.qstat(new_job)[f"{seq}[2]{server}"]["Exit_status"] == 0
+    # the resubmission's logs sit beside the first attempt's (PBS copied both back), not over them
+    logs = pbs_run.scratch / ".submissions" / "envp" / "logs"
+    wanted = {f"envp.{i}.log" for i in range(4)} | {f"envp.r2.{i}.log" for i in FAILING} | {"envp.pbs", "envp.r2.pbs"}
+    deadline = time.monotonic() + 60  # PBS copies a subjob's output back after it ended, maybe after its merge
+    while not wanted <= {p.name for p in logs.iterdir()} and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert wanted <= {p.name for p in logs.iterdir()}, sorted(p.name for p in logs.iterdir())
     # every element merged exactly once, whichever of runner, mom epilogue and backstop got there first
     conn = sqlite3.connect(pbs_run.root / "shared.db")
     rows = conn.execute("SELECT material_id, property_value FROM properties WHERE property_name='score' "

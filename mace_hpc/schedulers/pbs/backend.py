@@ -69,8 +69,7 @@ class PbsBackend:
         return PbsExecutor(Path(req.work_dir), flavor=self.flavor(req))
 
     def script_path(self, req: ArrayRequest) -> Path:
-        suffix = f"@{req.index_offset}" if req.index_offset else ""
-        return Path(req.work_dir) / f"{check_job_name(req.name)}{suffix}.pbs"
+        return Path(req.work_dir) / f"{_stem(req)}.pbs"
 
     def spec(self, req: ArrayRequest) -> JobSpec:
         ex = self.executor(req)
@@ -97,13 +96,12 @@ class PbsBackend:
                 exports.append(f"export {key}={shell_quote(value, f'env.{key}')}")
         setup = [check_script_value(s, f"scheduler.setup[{i}]") for i, s in enumerate(sched.get("setup") or [])]
         command = "exec " + " ".join(shell_quote(a, f"command[{i}]") for i, a in enumerate(req.command))
-        stem = f"{name}@{req.index_offset}" if req.index_offset else name
         return JobSpec(
             flavor=flavor,
             name=name,
             command=command,
             work_dir=Path(req.work_dir).resolve(),
-            log_stem=stem,
+            log_stem=_stem(req),
             task_ids=req.task_ids() if req.indices is not None else None,
             max_parallel=int(req.max_parallel) if req.max_parallel else None,
             queue=sched.get("partition"),
@@ -203,3 +201,16 @@ def _translated(req: ArrayRequest, flavor: str) -> str | None:
         dep = "afterany:" + ":".join(req.after_ids)
         return dep if are_placeholders(req.after_ids) else translate_dependency(dep, flavor)
     return translate_dependency(req.dependency, flavor) if req.dependency else None
+
+
+def _stem(req: ArrayRequest) -> str:
+    """The name of this submission's script and logs in the logs directory: the array's name (with
+    its chunk's offset), plus `.r2`, `.r3`, ... when an earlier submission of it (`mace resubmit`)
+    left its script there. PBS Pro expands no job id in `-o`, so without this a resubmit's logs
+    would overwrite the first attempt's."""
+    base = f"{check_job_name(req.name)}{f'@{req.index_offset}' if req.index_offset else ''}"
+    stem, attempt = base, 1
+    while (Path(req.work_dir) / f"{stem}.pbs").exists():
+        attempt += 1
+        stem = f"{base}.r{attempt}"
+    return stem
