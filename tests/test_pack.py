@@ -475,3 +475,29 @@ def test_a_runner_started_by_a_big_process_reports_its_own_memory(tmp_path: Path
     assert proc.returncode == 0
     e0 = state(result.submission.scratch_root, "bigp-e0")
     assert e0["state"] == "MERGED" and 0 < e0["peak_rss_bytes"] < 200 << 20, e0["peak_rss_bytes"]
+
+
+def test_efficiency_report_recommends_packing_short_unpacked_elements(
+        tmp_path: Path, mace_env: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """Short elements run unpacked: `mace report --efficiency` says which `pack` would give tasks of
+    about a minute without leaving the throttle's slots idle; a packed plan, or elements that run
+    long enough, get no such advice."""
+    from mace_hpc.status.efficiency import recommended_pack
+
+    path, _ = pack_plan(tmp_path, "short", 6, 1, max_parallel=2)
+    assert run(["submit", str(path)]) == 0
+    capsys.readouterr()
+    assert run(["report", "short", "--efficiency", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert summary["completed"] == 6 and summary["percentiles"]["elapsed_s"]["p50"] < 30
+    assert summary["recommended"]["pack"] == 3  # 6 elements, 2 at once: 3 per task keeps both slots busy
+    assert run(["report", "short", "--efficiency"]) == 0
+    assert '`"pack": 3` in the plan' in capsys.readouterr().out
+    packed, _ = pack_plan(tmp_path, "packed", 6, 2, max_parallel=2)
+    assert run(["submit", str(packed)]) == 0
+    capsys.readouterr()
+    assert run(["report", "packed", "--efficiency", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["recommended"]["pack"] is None
+    assert recommended_pack(0.2, 100, 1, 8) == 12  # tasks of a minute would be 300 elements: the throttle caps it
+    assert recommended_pack(5.0, 1000, 1, 8) == 12 and recommended_pack(45.0, 1000, 1, 8) is None
+    assert recommended_pack(1.0, 3, 1, 2) is None and recommended_pack(None, 10, 1, 1) is None

@@ -339,7 +339,7 @@ def test_local_plan_retries_named_errors_and_notifies_once(tmp_path: Path, mace_
 
 
 def test_local_efficiency_report_from_the_runner_records(tmp_path: Path, mace_env: dict[str, Path], capsys) -> None:
-    plan = {"name": "effl", "resources": {"time": 2, "mem": "1G"},
+    plan = {"name": "effl", "resources": {"time": 2, "mem": "1G"}, "max_parallel": 1,
             "elements": [{"id": f"e{i}", "steps": [{"name": "s", "command": [
                 sys.executable, "-c", "import time; t = time.time()\nwhile time.time() - t < 0.3: pass"]}]}
                 for i in range(3)]}
@@ -357,8 +357,12 @@ def test_local_efficiency_report_from_the_runner_records(tmp_path: Path, mace_en
         assert 0 < r["cpu_efficiency"] <= 1.5 and r["core_hours"] == pytest.approx(r["elapsed_s"] / 3600, abs=1e-6)
     rec = data["summary"]["recommended"]
     assert rec["time"] == 1 and rec["mem"].endswith("M")
-    # --rightsize applies it to the next submission of the plan
+    assert rec["pack"] == 3  # short elements, one at a time: all three in one task would still keep it busy
+    # --rightsize applies it to the next submission of the plan (and passes the packing advice on)
     assert run(["submit", str(path), "--backend", "local", "--rightsize"]) == 0
+    out, err = capsys.readouterr()
+    note = next(line for line in out.splitlines() + err.splitlines() if "rightsized from" in line)
+    assert note.endswith('; its elements are short: consider `"pack": 3` in the plan'), note
     _, record = find_record(mace_env["scratch_root"], "effl")
     assert record.scheduler["time"] == 1 and record.scheduler["mem"] == rec["mem"]
 
@@ -379,7 +383,7 @@ def test_percentiles_and_recommendation() -> None:
              "time_used": 0.1, "mem_used": 0.1, "core_hours": 0.1, "core_hours_wasted": 0.05} for i in range(1, 21)]
     s = summarize(rows)
     assert s["percentiles"]["elapsed_s"]["p95"] == 19 * 60.0
-    assert s["recommended"] == {"time": 24, "mem": f"{math.ceil(1900 * 1.25)}M", "margin": 0.25}
+    assert s["recommended"] == {"time": 24, "mem": f"{math.ceil(1900 * 1.25)}M", "margin": 0.25, "pack": None}
 
 
 def test_retries_are_grouped_by_their_new_resources(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,8 +3,9 @@
 Per element: elapsed vs requested time, MaxRSS vs requested memory, CPU efficiency (TotalCPU /
 (Elapsed x AllocCPUS)), core-hours used and wasted (the idle share of a completed run; all of a
 failed one, and of every earlier attempt of a retried element). Per plan: p50/p95 of elapsed,
-MaxRSS and CPU efficiency over the completed elements, and the recommended `time` and `mem`
-(p95 plus a margin) that `mace-submit --rightsize` applies.
+MaxRSS and CPU efficiency over the completed elements, the recommended `time` and `mem` (p95 plus
+a margin) that `mace-submit --rightsize` applies, and for an unpacked plan of short elements a
+`pack` to put in the plan (docs/plan-format.md, "When to pack").
 
 The scheduler's accounting is read once for all arrays (`sacct`: one call; PBS: one qstat per
 array); a figure it lacks (MaxRSS of a job shorter than the sampling interval, every figure on
@@ -36,6 +37,10 @@ from ..schedulers.base import element_usage
 MB = 1 << 20
 _ABSENT = ElementState(state="")  # "not read": the scheduler's record had every figure
 MARGIN = 0.25  # recommended = p95 * (1 + MARGIN)
+# elements shorter than this (median) are worth packing: unpacked, each pays a runner start (~0.15 s
+# of CPU: benchmarks/README.md) and a scheduler task; the recommended `pack` aims at tasks of PACK_TASK_S
+PACK_BELOW_S = 30.0
+PACK_TASK_S = 60.0
 COLUMNS = ("index", "workflow_id", "job_id", "state", "source", "elapsed_s", "time_limit_s", "time_used",
            "max_rss_bytes", "req_mem_bytes", "mem_used", "alloc_cpus", "total_cpu_s", "cpu_efficiency",
            "core_hours", "core_hours_wasted", "attempts")
@@ -133,8 +138,18 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
-def summarize(rows: list[dict[str, Any]], margin: float = MARGIN) -> dict[str, Any]:
-    """p50/p95 over the completed elements, totals, and the recommended time (min) and mem."""
+def recommended_pack(p50_elapsed: float | None, elements: int, pack: int, max_parallel: int) -> int | None:
+    """`pack: K` for an unpacked plan of short elements: tasks of about PACK_TASK_S, but never so
+    few tasks that the throttle (`max_parallel`) could not keep them all busy; None otherwise."""
+    if pack > 1 or p50_elapsed is None or p50_elapsed >= PACK_BELOW_S:
+        return None
+    k = min(math.ceil(PACK_TASK_S / max(p50_elapsed, 0.5)), elements // max(1, max_parallel))
+    return k if k >= 2 else None
+
+
+def summarize(rows: list[dict[str, Any]], margin: float = MARGIN, *, pack: int = 1,
+              max_parallel: int = 1) -> dict[str, Any]:
+    """p50/p95 over the completed elements, totals, and the recommended time (min), mem and pack."""
     ok = [r for r in rows if r["completed"]]
     stats: dict[str, Any] = {}
     for key in ("elapsed_s", "max_rss_bytes", "cpu_efficiency", "time_used", "mem_used"):
@@ -146,6 +161,7 @@ def summarize(rows: list[dict[str, Any]], margin: float = MARGIN) -> dict[str, A
         "time": max(1, math.ceil(p95_t * (1 + margin) / 60)) if p95_t is not None else None,
         "mem": f"{max(1, math.ceil(p95_m * (1 + margin) / MB))}M" if p95_m else None,
         "margin": margin,
+        "pack": recommended_pack(stats["elapsed_s"]["p50"], len(rows), pack, max_parallel),
     }
     used = sum(r["core_hours"] or 0.0 for r in rows)
     wasted = sum(r["core_hours_wasted"] or 0.0 for r in rows)
@@ -160,4 +176,5 @@ def efficiency_report(record: SubmissionRecord, manifest: Manifest, accounting: 
     return {"plan": record.plan, "backend": record.backend, "requested": {k: record.scheduler.get(k) for k in
                                                                           ("time", "mem", "cpus", "partition")},
             "scheduler_calls": getattr(accounting, "calls", 0), "scheduler_error": error,
-            "summary": summarize(rows), "columns": list(COLUMNS), "elements": rows}
+            "summary": summarize(rows, pack=record.pack, max_parallel=record.max_parallel),
+            "columns": list(COLUMNS), "elements": rows}

@@ -30,5 +30,6 @@ def rightsize(plan: Plan, cfg: Config) -> tuple[Plan, str]:
     changes = {"time": rec["time"], **({"mem": rec["mem"]} if rec["mem"] else {})}
     before = {k: plan.resources.get(k, record.scheduler.get(k)) for k in changes}
     note = ", ".join(f"{k} {before[k]} -> {v}" for k, v in changes.items())
+    advice = f"; its elements are short: consider `\"pack\": {rec['pack']}` in the plan" if rec["pack"] else ""
     return dataclasses.replace(plan, resources={**plan.resources, **changes}), (
-        f"rightsized from {report['summary']['completed']} completed element(s) of the last submission: {note}")
+        f"rightsized from {report['summary']['completed']} completed element(s) of the last submission: {note}{advice}")

@@ -58,6 +58,9 @@ def _efficiency(args: argparse.Namespace) -> int:
     print(f"recommended: time {rec['time'] or '-'} min, mem {rec['mem'] or '-'} (p95 + {rec['margin']:.0%}; "
           f"requested: time {data['requested']['time']} min, mem {data['requested']['mem'] or '-'}); "
           f"apply with `mace-submit PLAN --rightsize`")
+    if rec["pack"]:
+        print(f"short elements (elapsed p50 {num(p['elapsed_s']['p50'], digits=1)} s): pack them, "
+              f"`\"pack\": {rec['pack']}` in the plan (tasks of about a minute; docs/plan-format.md, \"When to pack\")")
     if data["scheduler_error"]:
         print(f"scheduler accounting not read ({data['scheduler_error']}): figures from the runner's records")
     return 0
