@@ -394,6 +394,16 @@ def load_config(
     return cfg
 
 
+def effective_signal_margin(time_min: Any, margin: Any) -> int:
+    """Seconds before the time limit at which an element is told to wrap up (`scheduler.signal_margin`,
+    default 120): the configured margin, or half the limit when the margin is not below it (a margin
+    >= the limit would stop the element as soon as it started: `time: 1` with the default 120 left a
+    packed element one second). One rule for every backend and for a packed element's own budget."""
+    limit_s = int(time_min or 60) * 60
+    margin_s = int(margin or 120)
+    return margin_s if margin_s < limit_s else max(limit_s // 2, 1)
+
+
 def effective_cleanup_on_exit(cfg: Config) -> bool:
     """`context_settings.cleanup_on_exit` when set, else `auto_cleanup`."""
     value = cfg["context_settings.cleanup_on_exit"]

@@ -226,6 +226,30 @@ def test_each_element_keeps_its_own_time_budget(tmp_path: Path, mace_env: dict[s
     assert "own time budget" in state(scratch, "tb-e1")["message"]
 
 
+
+def test_a_one_minute_time_limit_leaves_a_packed_element_half_a_minute(tmp_path: Path, mace_env: dict[str, Any],
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`time: 1` with the default signal_margin (120 s, more than the limit) left each packed element
+    a budget of one second, so every element longer than that was stopped as TIMEOUT. The margin
+    follows one rule everywhere (config.effective_signal_margin: half the limit when the margin is
+    not below it), and the element budget with it: 30 s, as SLURM's --signal and PBS's watchdog."""
+    from mace_hpc.schedulers.pbs.backend import PbsBackend
+    from mace_hpc.schedulers.slurm.backend import SlurmBackend
+
+    elements = [{"id": f"e{i}", "steps": [{"name": "s", "command": [sys.executable, "-c", "import time; time.sleep(1.5)"]}]}
+                for i in range(2)]
+    path = tmp_path / "short.json"
+    path.write_text(json.dumps({"name": "short", "isolation_mode": "isolated", "pack": 2, "resources": {"time": 1},
+                                "elements": elements}))
+    assert run(["submit", str(path), "--dry-run"]) == 0
+    assert "MACE_PACK_TIME=30" in capsys.readouterr().out
+    assert run(["submit", str(path)]) == 0
+    assert [state(mace_env["scratch_root"], f"short-e{i}")["state"] for i in range(2)] == ["MERGED"] * 2
+    req = ArrayRequest("short", indices=[0, 1], max_parallel=1, command=["x"], pack=2,
+                       scheduler={"time": 2, "signal_margin": 120}, work_dir=tmp_path)
+    assert "#SBATCH --signal=B:USR2@60" in SlurmBackend().render(req)[0]
+    assert "( sleep 60 && kill -s USR2 $$ )" in PbsBackend(flavor="pbspro").render(req)[0]
+
 # ------------------------------------------------------------------ lanes: cpus > 1 runs elements at once
 # sleeps, then writes what it saw (its runner's pid, its cpus) and fails when told to
 LANE_STEP = ("import json, os, sys, time; time.sleep(float(sys.argv[1])); json.dump({'pid': os.getppid(), "

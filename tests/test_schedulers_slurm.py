@@ -32,7 +32,7 @@ from mace_hpc.schedulers.base import (
     shell_quote,
 )
 from mace_hpc.schedulers.slurm import backend as slurm_mod
-from mace_hpc.schedulers.slurm.backend import SlurmBackend, job_env, signal_margin
+from mace_hpc.schedulers.slurm.backend import SlurmBackend, job_env
 from mace_hpc.schedulers.slurm.states import normalize_slurm_state
 
 # ---------------------------------------------------------------------------- array helpers
@@ -194,10 +194,14 @@ def test_render_plain_job_and_defaults(tmp_path: Path) -> None:
     assert not any("MACE_INDEX_OFFSET" in ln for ln in d)
 
 
-def test_signal_margin_never_exceeds_limit() -> None:
-    assert signal_margin({"time": 1, "signal_margin": 50}) == 50
-    assert signal_margin({"time": 1, "signal_margin": 120}) == 30
-    assert signal_margin({"time": 60, "signal_margin": 120}) == 120
+def test_signal_margin_never_exceeds_limit(tmp_path: Path) -> None:
+    from mace_hpc.config import effective_signal_margin
+
+    assert effective_signal_margin(1, 50) == 50
+    assert effective_signal_margin(1, 120) == 30 and effective_signal_margin(1, None) == 30  # default 120
+    assert effective_signal_margin(60, 120) == 120 and effective_signal_margin(2, 120) == 60
+    req = _req(tmp_path, scheduler={"time": 1, "signal_margin": 120})
+    assert "#SBATCH --signal=B:USR2@30" in _directives(SlurmBackend().render(req)[0])
 
 
 def test_unsafe_env_values_stay_data(tmp_path: Path) -> None:

@@ -10,4 +10,5 @@
 cd /scratch/mace/sub || exit 1
 
 export MACE_NOTE='a b,c'
+( sleep 1080 && kill -s USR2 $$ ) >/dev/null 2>&1 &
 exec python3 -m mace_hpc.element.run --manifest /scratch/mace/sub/manifest.json

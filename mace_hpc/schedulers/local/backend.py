@@ -32,6 +32,7 @@ from typing import Any
 
 import psutil
 
+from ...config import effective_signal_margin
 from ...errors import InputError
 from ...records import env as env_names
 from ...records.states import State
@@ -315,7 +316,7 @@ def _signal(proc: subprocess.Popen[bytes], sig: int, group: bool = False) -> Non
 def _limits(req: ArrayRequest) -> tuple[float, float]:
     """(time limit, signal margin) in seconds of a request's elements."""
     limit_s = float(req.scheduler.get("time") or 60) * 60
-    return limit_s, min(float(req.scheduler.get("signal_margin") or 0), limit_s / 2)
+    return limit_s, float(effective_signal_margin(req.scheduler.get("time"), req.scheduler.get("signal_margin")))
 
 
 def _wait_any(procs: list[Any], timeout: float) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import typing as tp
 from pathlib import Path
 
+from ...config import effective_signal_margin
 from ...errors import ConfigError, InputError, SchedulerError
 from ...records.states import State
 from ..base import (
@@ -116,7 +117,7 @@ class PbsBackend:
             exports=exports,
             dependency=_translated(req, flavor),
             requeue=bool(sched.get("requeue")),
-            signal_margin=int(sched.get("signal_margin") or 0) or None,
+            signal_margin=effective_signal_margin(sched.get("time"), sched.get("signal_margin")),
             pbspro_throttle=ex.pbspro_throttle() if flavor == "pbspro" else True,
             index_offset=int(req.index_offset) if req.indices is not None else None,
         )

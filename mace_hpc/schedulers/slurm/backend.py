@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ...config import effective_signal_margin
 from ...errors import InputError, SchedulerError, SchedulerUnavailable
 from ...records.states import PENDING, State
 from ..base import (
@@ -104,16 +105,6 @@ def job_env(req: ArrayRequest) -> dict[str, str]:
     return {**({"MACE_INDEX_OFFSET": str(int(req.index_offset))} if req.indices is not None else {}), **env}
 
 
-def signal_margin(sched: Mapping[str, Any]) -> int:
-    """Seconds before the time limit for USR2; at most half the limit when the margin would exceed it.
-
-    A margin >= the limit would signal the element as soon as it starts.
-    """
-    limit_s = int(sched.get("time") or 60) * 60
-    margin = int(sched.get("signal_margin") or 120)
-    return margin if margin < limit_s else max(limit_s // 2, 1)
-
-
 class SlurmBackend:
     """`sbatch`/`squeue`/`sacct`/`scancel` through argv lists; submitit writes the job script."""
 
@@ -147,7 +138,7 @@ class SlurmBackend:
         script_exports = [f"export {k}={shell_quote(v, f'env.{k}')}" for k, v in exported.items()]
         extra: dict[str, Any] = {
             "export": "ALL",
-            "signal": f"B:USR2@{signal_margin(sched)}",
+            "signal": f"B:USR2@{effective_signal_margin(sched.get('time'), sched.get('signal_margin'))}",
         }
         if req.indices is not None:
             extra["array"] = array_spec(req.task_ids(), int(req.max_parallel))
