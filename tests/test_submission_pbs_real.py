@@ -219,9 +219,10 @@ def pbs_run(pbs_server: PbsServer) -> Iterator[Run]:
         # the watchdog's USR2 40 s before a 1-minute walltime: the runner records TIMEOUT, runs its epilogue
         "usr2": plan("usr2", {"resources": {"time": 1, "signal_margin": 40},
                               "elements": [_element(0, [{"name": "nap", "command": ["sleep", "300"]}])]}),
-        # no watchdog (margin >= walltime): PBS itself kills the job at the walltime (Exit_status -29)
-        "wallkill": plan("wallkill", {"resources": {"time": 1, "signal_margin": 60},
-                                      "elements": [_element(0, [{"name": "nap", "command": ["sleep", "300"]}])]}),
+        # the walltime unannounced: the step first kills the job script's watchdog (its `sleep 30`:
+        # 60 s walltime, 30 s margin), so PBS itself kills the job at the walltime (Exit_status -29)
+        "wallkill": plan("wallkill", {"resources": {"time": 1, "signal_margin": 30}, "elements": [_element(0, [
+            {"name": "nap", "command": ["sh", "-c", "pkill -u \"$(id -u)\" -xf 'sleep 30'; exec sleep 300"]}])]}),
         # the runner is killed hard: only the mom's epilogue (jobscripts/pbs-epilogue.sh) can finalize it
         "hardkill": plan("hardkill", {"elements": [_element(0, [{"name": "die", "command": [python, "-c", KILL_RUNNER]}])]}),
         # two stages chained as whole arrays (PBS has no element-wise array dependency): element 1's
