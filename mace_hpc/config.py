@@ -19,6 +19,8 @@ from .errors import ConfigError
 from .util.inputs import InputProblem, loads_json, loads_yaml, read_input_text
 from .util.paths import usable_directory
 
+DEFAULT_SIGNAL_MARGIN = 120  # s: `scheduler.signal_margin` when not set (effective_signal_margin caps it)
+
 ISOLATION_MODES = ("shared", "isolated")
 BACKENDS = ("local", "slurm", "pbs")
 ON_COMPLETE = ("merge", "archive", "merge+archive", "keep")
@@ -169,7 +171,7 @@ KEYS: dict[str, Key] = {
         _k("scheduler.mem", None, _opt_str, "memory per element, e.g. 2G"),
         _k("scheduler.gres", None, _opt_str, "generic resources, e.g. gpu:1"),
         _k("scheduler.setup", [], _str_list, "shell lines run before the element (module load, venv)"),
-        _k("scheduler.signal_margin", 120, _pos_int, "seconds before the time limit at which the element is signalled"),
+        _k("scheduler.signal_margin", DEFAULT_SIGNAL_MARGIN, _pos_int, "seconds before the time limit at which the element is signalled"),
         _k("scheduler.requeue", False, _bool, "requeue a preempted or timed-out element into its context"),
         _k("scheduler.max_array_size", None, _opt_pos_int, "largest array per submission (default: ask the cluster)"),
         _k("scheduler.pbs_flavor", None, lambda v: None if v is None else _choice(*PBS_FLAVORS)(v), "pbspro | torque (default: detect)"),
@@ -394,13 +396,13 @@ def load_config(
     return cfg
 
 
-def effective_signal_margin(time_min: Any, margin: Any) -> int:
-    """Seconds before the time limit at which an element is told to wrap up (`scheduler.signal_margin`,
-    default 120): the configured margin, or half the limit when the margin is not below it (a margin
-    >= the limit would stop the element as soon as it started: `time: 1` with the default 120 left a
-    packed element one second). One rule for every backend and for a packed element's own budget."""
-    limit_s = int(time_min or 60) * 60
-    margin_s = int(margin or 120)
+def effective_signal_margin(scheduler: Mapping[str, Any]) -> int:
+    """Seconds before a job's time limit (`time`, minutes) at which its element is told to wrap up:
+    `signal_margin`, or half the limit when the margin is not below it (a margin >= the limit would
+    stop the element as soon as it started: `time: 1` with the default 120 left a packed element one
+    second). One rule for every backend and for a packed element's own budget."""
+    limit_s = int(scheduler.get("time") or 60) * 60
+    margin_s = int(scheduler.get("signal_margin") or DEFAULT_SIGNAL_MARGIN)
     return margin_s if margin_s < limit_s else max(limit_s // 2, 1)
 
 

@@ -197,9 +197,10 @@ def test_render_plain_job_and_defaults(tmp_path: Path) -> None:
 def test_signal_margin_never_exceeds_limit(tmp_path: Path) -> None:
     from mace_hpc.config import effective_signal_margin
 
-    assert effective_signal_margin(1, 50) == 50
-    assert effective_signal_margin(1, 120) == 30 and effective_signal_margin(1, None) == 30  # default 120
-    assert effective_signal_margin(60, 120) == 120 and effective_signal_margin(2, 120) == 60
+    assert effective_signal_margin({"time": 1, "signal_margin": 50}) == 50
+    assert effective_signal_margin({"time": 1, "signal_margin": 120}) == 30 == effective_signal_margin({"time": 1})
+    assert effective_signal_margin({"time": 60, "signal_margin": 120}) == 120
+    assert effective_signal_margin({"time": 2, "signal_margin": 120}) == 60
     req = _req(tmp_path, scheduler={"time": 1, "signal_margin": 120})
     assert "#SBATCH --signal=B:USR2@30" in _directives(SlurmBackend().render(req)[0])
 

@@ -132,7 +132,7 @@ def pack_requests(
     ordered = sorted(set(indices))
     per_chunk = max(1, max_array_size) * pack
     minutes = int(scheduler.get("time") or 60)
-    budget = max(1, minutes * 60 - effective_signal_margin(minutes, scheduler.get("signal_margin")))
+    budget = max(1, minutes * 60 - effective_signal_margin(scheduler))
     cpus = int(scheduler.get("cpus") or 1)
     lanes = pack_lanes(pack, cpus)
     laned = {env_names.PACK_LANES: str(lanes), env_names.CPUS: str(lane_cpus(pack, cpus))} if lanes > 1 else {}

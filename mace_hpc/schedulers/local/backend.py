@@ -316,7 +316,7 @@ def _signal(proc: subprocess.Popen[bytes], sig: int, group: bool = False) -> Non
 def _limits(req: ArrayRequest) -> tuple[float, float]:
     """(time limit, signal margin) in seconds of a request's elements."""
     limit_s = float(req.scheduler.get("time") or 60) * 60
-    return limit_s, float(effective_signal_margin(req.scheduler.get("time"), req.scheduler.get("signal_margin")))
+    return limit_s, float(effective_signal_margin(req.scheduler))
 
 
 def _wait_any(procs: list[Any], timeout: float) -> None:

@@ -117,7 +117,7 @@ class PbsBackend:
             exports=exports,
             dependency=_translated(req, flavor),
             requeue=bool(sched.get("requeue")),
-            signal_margin=effective_signal_margin(sched.get("time"), sched.get("signal_margin")),
+            signal_margin=effective_signal_margin(sched),
             pbspro_throttle=ex.pbspro_throttle() if flavor == "pbspro" else True,
             index_offset=int(req.index_offset) if req.indices is not None else None,
         )

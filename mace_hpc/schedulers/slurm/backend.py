@@ -138,7 +138,7 @@ class SlurmBackend:
         script_exports = [f"export {k}={shell_quote(v, f'env.{k}')}" for k, v in exported.items()]
         extra: dict[str, Any] = {
             "export": "ALL",
-            "signal": f"B:USR2@{effective_signal_margin(sched.get('time'), sched.get('signal_margin'))}",
+            "signal": f"B:USR2@{effective_signal_margin(sched)}",
         }
         if req.indices is not None:
             extra["array"] = array_spec(req.task_ids(), int(req.max_parallel))
